@@ -1,0 +1,17 @@
+"""`GET /v1/collections`: the collections and how much each holds."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.deps import ServicesDep
+from app.schemas import CollectionList, CollectionPublic
+
+router = APIRouter(prefix="/v1/collections", tags=["collections"])
+
+
+@router.get("", response_model=CollectionList)
+def list_collections(services: ServicesDep) -> CollectionList:
+    return CollectionList(
+        collections=[CollectionPublic(**c.__dict__) for c in services.kb().list_collections()]
+    )

@@ -1,0 +1,1 @@
+"""Turning files into chunks: loaders, cleaning, chunking and the ingest pipeline."""

@@ -1,0 +1,1 @@
+"""Triton kernels for the inference engine and their plain-torch twins."""

@@ -1,0 +1,143 @@
+"""Reference generation backend on Hugging Face transformers (also the baseline for parity tests).
+
+Loads a local GGUF file (dequantized by transformers) or a local safetensors folder, applies the model's
+chat template and streams text through `TextIteratorStreamer`. One generation runs at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+from llm.base import ChatMessage, ContextOverflowError, FinishReason, GenerationEvent, SamplingParams
+from llm.locate import ModelNotFoundError
+
+
+class _Cancelled:
+    """A stopping criterion that ends generation when the consumer goes away."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
+        return self.event.is_set()
+
+
+class HFGenerator:
+    def __init__(self, model_path: Path, device: str = "cpu") -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        if not model_path.exists():
+            raise ModelNotFoundError(f"LLM path {model_path} does not exist: set ARCHIVIST_LLM_PATH")
+        if model_path.is_file():
+            kwargs: dict[str, Any] = {"gguf_file": model_path.name}
+            directory = str(model_path.parent)
+        else:
+            kwargs = {}
+            directory = str(model_path)
+        # transformers' GGUF dequantization draws its own tqdm bar; TQDM_DISABLE silences it.
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        self.tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True, **kwargs)
+        self.model = cast(
+            Any,
+            AutoModelForCausalLM.from_pretrained(
+                directory, local_files_only=True, dtype=torch.float32, **kwargs
+            ),
+        )
+        self.model.to(device).eval()
+        self.device = device
+        self.name = model_path.stem
+        self.context_window = int(getattr(self.model.config, "max_position_embeddings", 2048))
+        self._lock = threading.Lock()
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def encode_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
+        conversation = [{"role": m.role, "content": m.content} for m in messages]
+        encoded: Any = self.tokenizer.apply_chat_template(
+            conversation, add_generation_prompt=True, tokenize=True
+        )
+        ids = encoded["input_ids"] if isinstance(encoded, dict) or hasattr(encoded, "keys") else encoded
+        return list(ids)
+
+    def stream(self, messages: Sequence[ChatMessage], params: SamplingParams) -> Iterator[GenerationEvent]:
+        import torch
+        from transformers import StoppingCriteriaList, TextIteratorStreamer
+
+        prompt_ids = self.encode_chat(messages)
+        if len(prompt_ids) + params.max_new_tokens > self.context_window:
+            raise ContextOverflowError(
+                f"prompt of {len(prompt_ids)} tokens plus {params.max_new_tokens} new tokens exceeds the "
+                f"context window of {self.context_window}"
+            )
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        cancelled = _Cancelled()
+        generate_kwargs: dict[str, Any] = {
+            "input_ids": torch.tensor([prompt_ids], device=self.device),
+            "max_new_tokens": params.max_new_tokens,
+            "streamer": streamer,
+            "stopping_criteria": StoppingCriteriaList([cancelled]),
+            "pad_token_id": self.tokenizer.eos_token_id,
+            "repetition_penalty": params.repetition_penalty,
+        }
+        if params.greedy:
+            generate_kwargs["do_sample"] = False
+        else:
+            generate_kwargs.update(
+                do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None
+            )
+            if params.min_p:
+                generate_kwargs["min_p"] = params.min_p
+        output: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                with self._lock, torch.inference_mode():
+                    if params.seed is not None:
+                        torch.manual_seed(params.seed)
+                    output["ids"] = self.model.generate(**generate_kwargs)
+            except BaseException as error:  # re-raised in the consumer's thread
+                output["error"] = error
+                streamer.end()
+
+        worker = threading.Thread(target=run, name="hf-generate", daemon=True)
+        worker.start()
+        text = ""
+        finish: FinishReason = "stop"
+        try:
+            for piece in streamer:
+                text += piece
+                stop_at = _first_stop(text, params.stop)
+                if stop_at is not None:
+                    piece = piece[: len(piece) - (len(text) - stop_at)]
+                    cancelled.event.set()
+                    if piece:
+                        yield GenerationEvent(text=piece)
+                    break
+                if piece:
+                    yield GenerationEvent(text=piece)
+        finally:
+            cancelled.event.set()
+            worker.join()
+        if "error" in output:
+            raise output["error"]
+        completion = int(output["ids"].shape[1]) - len(prompt_ids) if "ids" in output else 0
+        if completion >= params.max_new_tokens:
+            finish = "length"
+        yield GenerationEvent(
+            text="", finish_reason=finish, prompt_tokens=len(prompt_ids), completion_tokens=completion
+        )
+
+
+def _first_stop(text: str, stops: Sequence[str]) -> int | None:
+    positions = [text.find(stop) for stop in stops if stop and stop in text]
+    return min(positions) if positions else None

@@ -1,0 +1,114 @@
+"""The REST API end to end with the real models: documents, queries, deletes and every bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+from app.services import Services
+from tests.conftest import shared_file
+
+
+def upload(client: TestClient, name: str, content: bytes, collection: str = "default"):  # type: ignore[no-untyped-def]
+    return client.post("/v1/documents", files={"file": (name, content)}, data={"collection": collection})
+
+
+def test_health_and_readiness(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "alive"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+    assert client.get("/openapi.json").json()["info"]["title"] == "Archivist"
+
+
+def test_upload_list_query_delete(client: TestClient, services: Services) -> None:
+    created = upload(client, "volcano.md", b"# Volcanoes\n\nMount Etna is an active volcano in Sicily.")
+    assert created.status_code == 201, created.text
+    document = created.json()["document"]
+    assert document["title"] == "Volcanoes" and created.json()["chunks"] == 1
+    assert (
+        upload(client, "volcano.md", b"# Volcanoes\n\nMount Etna is an active volcano in Sicily.").json()[
+            "status"
+        ]
+        == "unchanged"
+    )
+    other = upload(client, "glacier.txt", b"The Aletsch Glacier is the largest glacier in the Alps.").json()
+    listed = client.get("/v1/documents", params={"collection": "default"}).json()["documents"]
+    assert {d["id"] for d in listed} == {document["id"], other["document"]["id"]}
+    assert client.get("/v1/collections").json()["collections"][0]["document_count"] == 2
+
+    reply = client.post("/v1/query", json={"question": "Where is Mount Etna?", "top_k": 2})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["answer"].strip()
+    assert [s["n"] for s in body["sources"]] == [1, 2]
+    assert body["sources"][0]["document_id"] == document["id"]
+    assert set(body["cited"]) <= {1, 2}
+    assert body["timings"]["retrieve_ms"] > 0 and body["timings"]["generate_ms"] > 0
+
+    kb = services.kb()
+    index_before = kb.synced_index(1, kb.collection_version("default")).size
+    deleted = client.delete(f"/v1/documents/{document['id']}")
+    assert deleted.status_code == 200 and deleted.json()["chunk_count"] == 1
+    assert kb.synced_index(1, kb.collection_version("default")).size == index_before - 1
+    after = client.post("/v1/query", json={"question": "Where is Mount Etna?", "top_k": 5}).json()
+    assert all(s["document_id"] != document["id"] for s in after["sources"])
+    assert client.get(f"/v1/documents/{document['id']}").status_code == 404
+
+
+def test_bad_input_answers_json_errors_and_loses_nothing(client: TestClient) -> None:
+    upload(client, "keep.txt", b"Kept content about lighthouses.")
+    cases = [
+        (client.post("/v1/query", json={"question": "   "}), 422),
+        (client.post("/v1/query", json={"question": ""}), 422),
+        (client.post("/v1/query", json={}), 422),
+        (client.post("/v1/query", json={"question": "x", "top_k": 0}), 422),
+        (client.post("/v1/query", json={"question": "x", "top_k": 51}), 422),
+        (client.post("/v1/query", json={"question": "x", "top_k": "many"}), 422),
+        (client.post("/v1/query", content=b"{not json", headers={"content-type": "application/json"}), 422),
+        (client.post("/v1/query", json={"question": "x", "collection": "nope"}), 404),
+        (client.delete("/v1/documents/999999"), 404),
+        (client.get("/v1/documents", params={"collection": "nope"}), 404),
+        (upload(client, "garbage.txt", bytes(range(256))), 422),
+        (upload(client, "empty.md", b""), 422),
+        (upload(client, "sheet.xlsx", b"PK\x03\x04"), 422),
+        (upload(client, "x.txt", b"content", collection="../etc"), 422),
+        (client.post("/v1/documents", data={"collection": "default"}), 422),
+    ]
+    for response, status in cases:
+        assert response.status_code == status, (response.request.url, response.text)
+        assert "detail" in response.json()
+    garbage = cases[10][0].json()["detail"]
+    assert "garbage.txt" in garbage and "binary" in garbage
+    documents = client.get("/v1/documents").json()["documents"]
+    assert [d["title"] for d in documents] == ["keep"]
+
+
+def test_upload_names_cannot_escape_the_data_dir(client: TestClient, services: Services) -> None:
+    response = upload(client, "../../outside.txt", b"Escapes are not allowed.")
+    assert response.status_code == 201
+    upload_dir = services.settings.upload_dir.resolve()
+    stored = [p.resolve() for p in upload_dir.rglob("*.txt")]
+    assert stored == [upload_dir / "default" / "outside.txt"]
+    assert not (upload_dir.parent.parent / "outside.txt").exists()
+
+
+def test_squad_questions_retrieve_their_gold_paragraph(client: TestClient, tmp_path: Path) -> None:
+    """Ingest the paragraphs of one SQuAD article, ask 10 of its questions through the API: the gold
+    paragraph must be among the sources for at least 8 of them."""
+    squad = json.loads(shared_file("squad/squad-v1.1-dev-a.json").read_text())
+    article = next(a for a in squad["data"] if a["title"] == "Warsaw")
+    questions = []
+    for number, paragraph in enumerate(article["paragraphs"][:50]):
+        name = f"warsaw-{number:02d}.txt"
+        assert upload(client, name, paragraph["context"].encode(), "squad").status_code == 201
+        questions.append((name, paragraph["qas"][0]["question"]))
+    asked = questions[::5][:10]
+    found = 0
+    for name, question in asked:
+        reply = client.post("/v1/query", json={"question": question, "collection": "squad", "top_k": 5})
+        assert reply.status_code == 200 and reply.json()["answer"].strip()
+        titles = {source["title"] for source in reply.json()["sources"]}
+        found += name.removesuffix(".txt") in titles
+    assert found >= 8, f"gold paragraph retrieved for only {found} of {len(asked)} questions"

@@ -1,0 +1,57 @@
+"""The `archivist` CLI through Typer's runner, on a temporary data dir and the real models."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from app.cli import cli
+from app.settings import get_settings
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, generator) -> Iterator[Path]:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("ARCHIVIST_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("ARCHIVIST_MAX_NEW_TOKENS", "8")
+    # The session's already-loaded model stands in for a second copy of the same model.
+    monkeypatch.setattr("app.services.load_generator", lambda settings: generator)
+    get_settings.cache_clear()
+    yield tmp_path / "data"
+    get_settings.cache_clear()
+
+
+def test_ingest_summary_then_no_op_then_ask(data_dir: Path, tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "moon.md").write_text("# The Moon\n\nThe Moon orbits the Earth every 27.3 days.")
+    (docs / "sun.txt").write_text("The Sun is a G-type main-sequence star.")
+    (docs / "broken.txt").write_bytes(b"\xff\xfe\x00\x01binary")
+    first = runner.invoke(cli, ["ingest", str(docs), "--collection", "space"])
+    assert first.exit_code == 1  # one file failed; the others were ingested
+    assert "Ingest summary" in first.output and "broken.txt" in first.output
+    row = next(line for line in first.output.splitlines() if line.count("│") >= 7)
+    assert [cell.strip() for cell in row.split("│")[1:6]] == ["2", "0", "0", "0", "1"]
+
+    (docs / "broken.txt").unlink()
+    again = runner.invoke(cli, ["ingest", str(docs), "--collection", "space"])
+    assert again.exit_code == 0
+    row = next(line for line in again.output.splitlines() if line.count("│") >= 7)
+    assert [cell.strip() for cell in row.split("│")[1:7]] == ["0", "2", "0", "0", "0", "0"]
+
+    asked = runner.invoke(cli, ["ask", "How long does the Moon take to orbit?", "-c", "space", "-k", "2"])
+    assert asked.exit_code == 0, asked.output
+    assert "[1] The Moon — chunk 0" in asked.output and "[2] sun" in asked.output
+
+
+def test_bad_cli_input(data_dir: Path) -> None:
+    missing = runner.invoke(cli, ["ingest", "/no/such/path"])
+    assert missing.exit_code == 2 and "/no/such/path" in missing.output
+    assert runner.invoke(cli, ["ask", "   "]).exit_code == 2
+    unknown = runner.invoke(cli, ["ask", "anything", "--collection", "nowhere"])
+    assert unknown.exit_code == 1 and "nowhere" in unknown.output
+    assert runner.invoke(cli, ["ask", "x", "--top-k", "0"]).exit_code == 2

@@ -1,0 +1,25 @@
+"""Citations and prompt assembly."""
+
+from __future__ import annotations
+
+from app.rag import Source, build_messages, parse_citations
+from retriever.store import SearchHit
+
+
+def hit(n: int, text: str) -> SearchHit:
+    return SearchHit(n, n, f"Doc {n}", f"doc{n}.txt", 0, 0, len(text), text, 0.5)
+
+
+def test_only_existing_source_numbers_are_cited() -> None:
+    answer = "Paris [2]. Also [1, 3] and an invented [7], again [2], and [0]."
+    assert parse_citations(answer, 3) == [2, 1, 3]
+    assert parse_citations("no citations here", 3) == []
+    assert parse_citations("[1]", 0) == []
+
+
+def test_prompt_numbers_every_passage() -> None:
+    messages = build_messages("Where?", [Source(1, hit(1, "Alpha.")), Source(2, hit(2, "Beta."))])
+    assert [m.role for m in messages] == ["system", "user"]
+    assert "[1] (from Doc 1)\nAlpha." in messages[1].content
+    assert "[2] (from Doc 2)\nBeta." in messages[1].content
+    assert messages[1].content.index("Question: Where?") > messages[1].content.index("Beta.")

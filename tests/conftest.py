@@ -1,0 +1,86 @@
+"""Shared fixtures: the real models (loaded once per session), fresh knowledge bases, and the databases."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
+
+from app.settings import Settings
+from retriever.embedder import Embedder
+from retriever.models import Base
+from retriever.store import KnowledgeBase
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def shared_file(relative: str) -> Path:
+    path = SHARED_DATA / relative
+    if not path.exists():
+        pytest.skip(f"shared data {path} is absent (a fresh clone has no ../shared); skipping")
+    return path
+
+
+@pytest.fixture(scope="session")
+def embedder() -> Embedder:
+    return Embedder()
+
+
+@pytest.fixture(scope="session")
+def generator():  # type: ignore[no-untyped-def]
+    from llm.hf import HFGenerator
+    from llm.locate import default_llm_path
+
+    return HFGenerator(default_llm_path())
+
+
+def _postgres_available() -> str | None:
+    try:
+        engine = create_engine(POSTGRES_URL)
+        with engine.connect() as connection:
+            connection.execute(text("select 1"))
+        engine.dispose()
+        return None
+    except OperationalError as error:
+        return f"PostgreSQL at 127.0.0.1:5432 (database test) is not reachable: {str(error).splitlines()[0]}"
+
+
+def _reset_postgres() -> None:
+    engine = create_engine(POSTGRES_URL)
+    Base.metadata.drop_all(engine)
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Each store test runs on SQLite and on the local PostgreSQL server (skipped when it is absent)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'archivist.db'}"
+        return
+    reason = _postgres_available()
+    if reason:
+        pytest.skip(reason)
+    _reset_postgres()
+    yield POSTGRES_URL
+    _reset_postgres()
+
+
+def make_settings(data_dir: Path, **overrides: object) -> Settings:
+    return Settings(data_dir=data_dir, _env_file=None, **overrides)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path / "data", max_new_tokens=8)
+
+
+@pytest.fixture
+def kb(settings: Settings, embedder: Embedder) -> Iterator[KnowledgeBase]:
+    knowledge_base = KnowledgeBase(settings.retriever_config(), embedder)
+    yield knowledge_base
+    knowledge_base.close()

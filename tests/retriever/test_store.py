@@ -1,0 +1,128 @@
+"""The knowledge base on SQLite and PostgreSQL: writes, deletes, search, and index/SQL consistency."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retriever.config import RetrieverConfig
+from retriever.embedder import Embedder
+from retriever.store import ChunkDraft, DocumentDraft, InvalidNameError, KnowledgeBase, NotFoundError
+from retriever.vector_index import IndexMismatchError, VectorIndex
+
+
+def drafts(texts: list[str]) -> list[ChunkDraft]:
+    return [ChunkDraft(i, t, 0, len(t), len(t.split())) for i, t in enumerate(texts)]
+
+
+def add(kb: KnowledgeBase, source: str, texts: list[str], collection: str = "c") -> int:
+    draft = DocumentDraft(collection, source, source.title(), "txt", 10, f"hash-{source}-{len(texts)}")
+    document_id, _ = kb.replace_document(draft, drafts(texts), kb.embedder.embed(texts))
+    return document_id
+
+
+@pytest.fixture
+def store(database_url: str, tmp_path: Path, embedder: Embedder):  # type: ignore[no-untyped-def]
+    kb = KnowledgeBase(RetrieverConfig(database_url=database_url, index_dir=tmp_path / "index"), embedder)
+    yield kb
+    kb.close()
+
+
+def test_add_search_and_list(store: KnowledgeBase) -> None:
+    add(store, "cats", ["Cats purr when they are content.", "A cat sleeps sixteen hours a day."])
+    add(store, "rockets", ["Rockets burn fuel and oxidizer to produce thrust."])
+    hits = store.search("why do cats purr", "c", 2)
+    assert hits[0].title == "Cats" and "purr" in hits[0].text
+    assert hits[0].score >= hits[1].score
+    assert [d.source_path for d in store.list_documents("c")] == ["cats", "rockets"]
+    [collection] = store.list_collections()
+    assert (collection.name, collection.document_count, collection.chunk_count) == ("c", 2, 3)
+
+
+def test_replace_swaps_chunks_in_sql_and_index(store: KnowledgeBase) -> None:
+    first = add(store, "doc", ["Old text about volcanoes.", "More old text about lava."])
+    second = add(store, "doc", ["New text about glaciers."])
+    assert first == second
+    index = store.synced_index(1, store.collection_version("c"))
+    assert index.size == 1
+    assert all("glaciers" in hit.text for hit in store.search("volcano lava", "c", 5))
+
+
+def test_delete_removes_everything_and_unknown_is_404(store: KnowledgeBase) -> None:
+    keep = add(store, "keep", ["Penguins live in the southern hemisphere."])
+    gone = add(store, "gone", ["Penguins cannot fly.", "Penguins swim fast."])
+    before = store.synced_index(1, store.collection_version("c")).size
+    info = store.delete_document(gone)
+    assert info.chunk_count == 2
+    after = store.synced_index(1, store.collection_version("c")).size
+    assert before - after == 2
+    assert {hit.document_id for hit in store.search("penguins", "c", 10)} == {keep}
+    with pytest.raises(NotFoundError):
+        store.delete_document(gone)
+    with pytest.raises(NotFoundError):
+        store.get_document(12345)
+
+
+def test_a_second_process_sees_deletes_made_by_another(
+    store: KnowledgeBase, database_url: str, tmp_path: Path, embedder: Embedder
+) -> None:
+    """Two knowledge bases on one database (e.g. the API server and the CLI): a delete made through one
+    is honoured by the other's next search, although its in-memory index was loaded before."""
+    doomed = add(store, "doomed", ["Volcanoes erupt molten rock."])
+    other = KnowledgeBase(RetrieverConfig(database_url=database_url, index_dir=tmp_path / "other"), embedder)
+    try:
+        assert [h.document_id for h in other.search("volcano", "c", 3)] == [doomed]
+        store.delete_document(doomed)
+        assert other.search("volcano", "c", 3) == []
+    finally:
+        other.close()
+
+
+def test_unknown_collection_and_bad_names(store: KnowledgeBase) -> None:
+    with pytest.raises(NotFoundError):
+        store.search("anything", "missing", 3)
+    with pytest.raises(NotFoundError):
+        store.list_documents("missing")
+    for bad in ("", "../etc", "a b", "x" * 65):
+        with pytest.raises(InvalidNameError):
+            store.ensure_collection(bad)
+
+
+def test_index_heals_after_a_crash_between_sql_commit_and_index_save(
+    store: KnowledgeBase, tmp_path: Path
+) -> None:
+    add(store, "a", ["Alpha text about the sea."])
+    saved = (tmp_path / "index" / "collection-1.faiss").read_bytes()
+    version_file = tmp_path / "index" / "collection-1.version"
+    saved_version = version_file.read_text()
+    add(store, "b", ["Beta text about mountains."])
+    # Simulate a crash after the second SQL commit but before its index save: put the old files back.
+    (tmp_path / "index" / "collection-1.faiss").write_bytes(saved)
+    version_file.write_text(saved_version)
+    fresh = KnowledgeBase(store.config, store.embedder)
+    try:
+        assert {h.title for h in fresh.search("mountains", "c", 5)} == {"A", "B"}
+    finally:
+        fresh.close()
+
+
+def test_corrupt_or_foreign_index_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "collection-1.faiss"
+    path.write_bytes(b"not a faiss index")
+    with pytest.raises(IndexMismatchError, match="archivist reindex"):
+        VectorIndex(384, path)
+    other = VectorIndex(8, tmp_path / "small.faiss")
+    other.add(np.arange(2), np.ones((2, 8), dtype=np.float32))
+    other.save(1)
+    with pytest.raises(IndexMismatchError, match="dimension 8"):
+        VectorIndex(384, tmp_path / "small.faiss")
+
+
+def test_reindex_rebuilds_from_sql(store: KnowledgeBase, tmp_path: Path) -> None:
+    add(store, "a", ["One.", "Two."])
+    add(store, "b", ["Three."])
+    (tmp_path / "index" / "collection-1.faiss").write_bytes(b"garbage")
+    assert store.reindex() == 3
+    assert len(store.search("two", "c", 5)) == 3

@@ -1,0 +1,1 @@
+"""The Streamlit chat page; it talks to the REST API only."""
