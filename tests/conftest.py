@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
@@ -13,6 +15,12 @@ from app.settings import Settings
 from retriever.embedder import Embedder
 from retriever.models import Base
 from retriever.store import KnowledgeBase
+
+# Without a GPU the Triton kernels run under the interpreter. Triton reads the variable when it is first
+# imported, and tests of other packages import it indirectly (sentence-transformers), so set it here, before
+# any test runs (nothing imported above imports Triton).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"

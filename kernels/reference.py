@@ -1,0 +1,163 @@
+"""Plain-torch twins of the Triton kernels: the ground truth in tests and the CPU fallback of the engine.
+
+Attention goes through `torch.nn.functional.scaled_dot_product_attention` one sequence at a time with an
+explicit boolean mask (bottom-right aligned causal mask, optional sliding window); quantized matmuls
+dequantize and call `torch.nn.functional.linear`. Shapes and semantics are the contract `dispatch.py`
+exposes; see each function.
+
+Attention conventions shared with the kernels:
+
+* Packed varlen: sequence `i` owns rows `cu_seqlens[i]:cu_seqlens[i + 1]` of q (and of k/v when unpaged).
+* Paged cache: `(num_blocks, block_size, n_kv_heads, head_dim)`; sequence `i`'s key at position `p` lives in
+  block `block_table[i, p // block_size]`, row `p % block_size`.
+* Queries are the last `seqlen_q` positions of the `seqlen_k` keys, so query `j` sits at position
+  `seqlen_k - seqlen_q + j` and (causal) sees keys at positions `<=` its own; with `sliding_window=W` it sees
+  positions in `(p - W, p]`.
+* GQA: query head `h` reads kv head `h // (n_heads // n_kv_heads)`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from kernels.layout import Int4Weight, Int8Weight, dequantize
+
+
+def _key_positions(block_row: torch.Tensor, length: int, block_size: int) -> torch.Tensor:
+    """Flat cache rows `(length,)` of positions `[0, length)` of one sequence, through its block table row."""
+    pos = torch.arange(length, device=block_row.device)
+    return block_row[pos // block_size].long() * block_size + pos % block_size
+
+
+def _attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    softmax_scale: float,
+    causal: bool,
+    sliding_window: int | None,
+) -> torch.Tensor:
+    """One sequence: q `(sq, H, D)`, k/v `(sk, Hkv, D)` → `(sq, H, D)`, queries aligned to the last keys."""
+    sq, n_heads, _ = q.shape
+    sk, n_kv_heads, _ = k.shape
+    group = n_heads // n_kv_heads
+    q_pos = torch.arange(sk - sq, sk, device=q.device)[:, None]
+    k_pos = torch.arange(sk, device=q.device)[None, :]
+    allowed = torch.ones(sq, sk, dtype=torch.bool, device=q.device)
+    if causal:
+        allowed &= k_pos <= q_pos
+    if sliding_window is not None:
+        allowed &= k_pos > q_pos - sliding_window
+    # A query that sees no key would get NaN from SDPA; it gets zeros, like the kernels (rows with l == 0).
+    qf = q.float().transpose(0, 1)  # (H, sq, D)
+    kf = k.float().repeat_interleave(group, dim=1).transpose(0, 1)  # (H, sk, D)
+    vf = v.float().repeat_interleave(group, dim=1).transpose(0, 1)
+    out = F.scaled_dot_product_attention(qf, kf, vf, attn_mask=allowed, scale=softmax_scale)
+    out = torch.where(allowed.any(dim=1)[None, :, None], out, 0.0)
+    return out.transpose(0, 1).to(q.dtype)
+
+
+def varlen_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    softmax_scale: float,
+    *,
+    causal: bool = True,
+    sliding_window: int | None = None,
+    block_table: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Attention over a packed batch of variable-length sequences → `(total_q, n_heads, head_dim)`.
+
+    q: `(total_q, n_heads, head_dim)`. Without `block_table`, k/v are packed
+    `(total_k, n_kv_heads, head_dim)`. With `block_table` `(batch, max_blocks)` int32, k/v are the paged
+    caches and sequence `i` reads positions `[0, cu_seqlens_k[i+1] - cu_seqlens_k[i])` through
+    `block_table[i]`.
+    `max_seqlen_*` are accepted for parity with the kernel (which sizes its grid with them), unused here.
+    """
+    del max_seqlen_q, max_seqlen_k
+    out = torch.empty_like(q)
+    cq = cu_seqlens_q.tolist()
+    ck = cu_seqlens_k.tolist()
+    for i in range(len(cq) - 1):
+        sq, sk = cq[i + 1] - cq[i], ck[i + 1] - ck[i]
+        if sq == 0:
+            continue
+        if block_table is None:
+            ki, vi = k[ck[i] : ck[i + 1]], v[ck[i] : ck[i + 1]]
+        else:
+            rows = _key_positions(block_table[i], sk, k.shape[1])
+            ki = k.flatten(0, 1)[rows]
+            vi = v.flatten(0, 1)[rows]
+        out[cq[i] : cq[i + 1]] = _attend(q[cq[i] : cq[i + 1]], ki, vi, softmax_scale, causal, sliding_window)
+    return out
+
+
+def paged_decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    softmax_scale: float,
+    *,
+    sliding_window: int | None = None,
+) -> torch.Tensor:
+    """One query token per sequence over the paged cache → `(batch, n_heads, head_dim)`.
+
+    q: `(batch, n_heads, head_dim)`; `context_lens[i]` counts the keys of sequence i including the current
+    token (already written to the cache), so the query sits at position `context_lens[i] - 1`.
+    """
+    out = torch.empty_like(q)
+    block_size = k_cache.shape[1]
+    flat_k, flat_v = k_cache.flatten(0, 1), v_cache.flatten(0, 1)
+    for i, length in enumerate(context_lens.tolist()):
+        rows = _key_positions(block_tables[i], length, block_size)
+        out[i] = _attend(q[i : i + 1], flat_k[rows], flat_v[rows], softmax_scale, True, sliding_window)[0]
+    return out
+
+
+def write_kv(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> None:
+    """Scatter k/v `(tokens, n_kv_heads, head_dim)` into the paged caches in place; slot -1 skips a token."""
+    keep = slot_mapping >= 0
+    slots = slot_mapping[keep]
+    k_cache.view(-1, *k_cache.shape[2:])[slots] = k[keep].to(k_cache.dtype)
+    v_cache.view(-1, *v_cache.shape[2:])[slots] = v[keep].to(v_cache.dtype)
+
+
+def linear_w4a16(x: torch.Tensor, w: Int4Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`x (..., in) @ dequantize(w).T + bias` → `(..., out)` in x's dtype."""
+    return F.linear(x, dequantize(w, x.dtype), bias)
+
+
+def linear_w8a16(x: torch.Tensor, w: Int8Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`x (..., in) @ dequantize(w).T + bias` → `(..., out)` in x's dtype."""
+    return F.linear(x, dequantize(w, x.dtype), bias)
+
+
+def rms_norm(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    residual: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """RMSNorm with an optional fused residual add → `(out, new_residual)`.
+
+    `h = x + residual` (in x's dtype, as the unfused model would keep its residual stream) or `h = x`;
+    `out = h / sqrt(mean(h^2) + eps) * weight`, statistics in float32; `new_residual = h`.
+    """
+    h = x if residual is None else x + residual
+    hf = h.float()
+    normed = hf * torch.rsqrt(hf.pow(2).mean(dim=-1, keepdim=True) + eps)
+    return (normed * weight.float()).to(x.dtype), h
