@@ -1,7 +1,9 @@
 """Plain-torch twins of the Triton kernels: the ground truth in tests and the CPU fallback of the engine.
 
-Attention goes through `torch.nn.functional.scaled_dot_product_attention` one sequence at a time with an
-explicit boolean mask (bottom-right aligned causal mask, optional sliding window); quantized matmuls
+Attention goes through `torch.nn.functional.scaled_dot_product_attention`: prefill one sequence at a time
+with an explicit boolean mask (bottom-right aligned causal mask, optional sliding window), so a prompt gives
+the same numbers whether part of it came from the prefix cache or not; decode one sequence at a time over
+exactly its visible keys, with the query heads of a kv group as that head's query rows; quantized matmuls
 dequantize and call `torch.nn.functional.linear`. Shapes and semantics are the contract `dispatch.py`
 exposes; see each function.
 
@@ -113,12 +115,24 @@ def paged_decode_attention(
     q: `(batch, n_heads, head_dim)`; `context_lens[i]` counts the keys of sequence i including the current
     token (already written to the cache), so the query sits at position `context_lens[i] - 1`.
     """
-    out = torch.empty_like(q)
-    block_size = k_cache.shape[1]
+    batch, n_heads, head_dim = q.shape
+    block_size, n_kv_heads = k_cache.shape[1], k_cache.shape[2]
     flat_k, flat_v = k_cache.flatten(0, 1), v_cache.flatten(0, 1)
+    out = torch.zeros_like(q)  # a sequence with no visible key gets zeros, like the kernel
+    # One sequence at a time over exactly its visible keys, so a sequence's numbers do not depend on what
+    # else is in the batch (same seed, same text). The query is the last position: no mask is needed, and
+    # the query heads sharing a kv head act as that head's query rows, so k/v are never repeated.
     for i, length in enumerate(context_lens.tolist()):
         rows = _key_positions(block_tables[i], length, block_size)
-        out[i] = _attend(q[i : i + 1], flat_k[rows], flat_v[rows], softmax_scale, True, sliding_window)[0]
+        if sliding_window is not None:
+            rows = rows[max(0, length - sliding_window) :]
+        if len(rows) == 0:
+            continue
+        keys = flat_k[rows].float().transpose(0, 1)  # (Hkv, L, D)
+        values = flat_v[rows].float().transpose(0, 1)
+        grouped_q = q[i].float().reshape(n_kv_heads, n_heads // n_kv_heads, head_dim)
+        attended = F.scaled_dot_product_attention(grouped_q, keys, values, scale=softmax_scale)
+        out[i] = attended.reshape(n_heads, head_dim).to(q.dtype)
     return out
 
 

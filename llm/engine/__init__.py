@@ -1,0 +1,105 @@
+"""Our inference engine: `load_engine(EngineConfig)` returns a thread-safe `Generator` (`EngineGenerator`).
+
+`create_engine` builds the single-threaded `LLMEngine` and its tokenizer, for callers that drive it themselves
+(tests, benchmarks, beam search). Everything is sized from one `EngineConfig`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from llm.config import EngineConfig
+from llm.engine.block_manager import BlockManager
+from llm.engine.engine import LLMEngine
+from llm.engine.generator import EngineGenerator
+from llm.engine.model_runner import TorchModelRunner
+from llm.engine.scheduler import Scheduler
+from llm.layers.linear import WeightPolicy
+from llm.locate import default_llm_path
+from llm.model.loader import GGUFSource, load_model
+from llm.model.presets import UnsupportedModelError
+from llm.tokenizer import Tokenizer, from_folder, from_gguf_fields
+
+__all__ = ["EngineConfig", "EngineGenerator", "LLMEngine", "create_engine", "load_engine"]
+
+log = logging.getLogger(__name__)
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_CPU_KV_CACHE_GIB = 1.0
+_GPU_KV_CACHE_FRACTION = 0.85
+
+
+def _resolve(config: EngineConfig) -> tuple[torch.device, torch.dtype, bool]:
+    """(device, compute dtype, whether CPU weights stay packed) for this config on this machine."""
+    if config.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(config.device)
+    packed = device.type == "cpu" and config.cpu_weights != "dequantized"
+    if config.dtype != "auto":
+        dtype = _DTYPES[config.dtype]
+    elif device.type == "cuda" or packed:
+        dtype = torch.bfloat16  # torch's packed CPU matmuls are fast with bfloat16 activations only
+    else:
+        dtype = torch.float32
+    return device, dtype, packed
+
+
+def _num_blocks(config: EngineConfig, model_bytes_per_block: int, device: torch.device) -> int:
+    if config.num_kv_blocks is not None:
+        return config.num_kv_blocks
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        budget = free * (config.kv_cache_memory or _GPU_KV_CACHE_FRACTION)
+    else:
+        budget = (config.kv_cache_memory or _CPU_KV_CACHE_GIB) * 2**30
+    return max(1, int(budget // model_bytes_per_block))
+
+
+def create_engine(config: EngineConfig | None = None) -> tuple[LLMEngine, Tokenizer, str]:
+    """Load the model and tokenizer and size the KV cache; returns (engine, tokenizer, model name)."""
+    config = config or EngineConfig()
+    path = Path(config.model_path) if config.model_path is not None else default_llm_path()
+    device, dtype, packed = _resolve(config)
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    policy = WeightPolicy(device, dtype, packed, config.quantize, config.quantize_group_size)
+    model, source = load_model(path, policy, max_positions=config.max_model_len)
+    cfg = model.config
+    tokenizer = from_gguf_fields(source.field) if isinstance(source, GGUFSource) else from_folder(path)
+    if tokenizer.vocab_size > cfg.vocab_size:
+        raise UnsupportedModelError(
+            f"{path}: tokenizer has {tokenizer.vocab_size} tokens, model {cfg.vocab_size}"
+        )
+
+    bytes_per_block = 2 * cfg.num_layers * config.block_size * cfg.kv_size * dtype.itemsize
+    num_blocks = _num_blocks(config, bytes_per_block, device)
+    max_model_len = min(model.rotary.cos.shape[0], num_blocks * config.block_size)
+
+    runner = TorchModelRunner(
+        model,
+        device=device,
+        dtype=dtype,
+        num_blocks=num_blocks,
+        block_size=config.block_size,
+        max_model_len=max_model_len,
+        use_cuda_graphs=not config.enforce_eager,
+        cuda_graph_max_batch=min(config.cuda_graph_max_batch, config.max_num_seqs),
+        seed=config.seed,
+    )
+    block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
+    scheduler = Scheduler(block_manager, config.max_num_seqs, config.max_num_batched_tokens, max_model_len)
+    engine = LLMEngine(runner, tokenizer.decode, tokenizer.stop_token_ids, scheduler)
+    name = f"archivist-engine:{path.stem if path.is_file() else path.name}"
+    log.info(
+        "loaded %s on %s (%s), %d KV blocks, max_model_len %d", name, device, dtype, num_blocks, max_model_len
+    )
+    return engine, tokenizer, name
+
+
+def load_engine(config: EngineConfig | None = None) -> EngineGenerator:
+    """The engine as a thread-safe `Generator` with its own worker thread; call `.shutdown()` to stop it."""
+    engine, tokenizer, name = create_engine(config)
+    return EngineGenerator(engine, tokenizer, name)

@@ -1,0 +1,175 @@
+"""`EngineGenerator`: the engine behind the `Generator` protocol, driven by one dedicated worker thread.
+
+HTTP threads call `stream()` concurrently. Each call tokenizes its prompt, posts it to the worker's inbox and
+reads events from its own queue; the worker alone touches the engine: it admits new requests and cancellations
+between steps, runs one continuous-batching step at a time and fans the text deltas out to the queues. Closing
+a stream early posts a cancellation, and the request's blocks are freed before the next step.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from llm.base import ChatMessage, ContextOverflowError, FinishReason, GenerationEvent, SamplingParams
+from llm.engine.engine import LLMEngine, RequestOutput
+
+log = logging.getLogger(__name__)
+
+
+class ChatTokenizer(Protocol):
+    def encode(self, text: str) -> list[int]: ...
+
+    def apply_chat_template(self, messages: Sequence[ChatMessage]) -> list[int]: ...
+
+
+@dataclass(eq=False)
+class _Stream:
+    prompt_ids: list[int]
+    params: SamplingParams
+    events: queue.SimpleQueue[GenerationEvent | BaseException] = field(default_factory=queue.SimpleQueue)
+    request_id: int | None = None
+    completion_tokens: int = 0
+    done: bool = False
+
+
+_STOP = object()
+
+
+class EngineGenerator:
+    def __init__(
+        self,
+        engine: LLMEngine,
+        tokenizer: ChatTokenizer,
+        name: str,
+        on_shutdown: Callable[[], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.name = name
+        self.context_window = engine.max_model_len
+        self._on_shutdown = on_shutdown
+        self._inbox: queue.SimpleQueue[tuple[str, _Stream] | object] = queue.SimpleQueue()
+        self._live: dict[int, _Stream] = {}
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=f"engine:{name}", daemon=True)
+        self._thread.start()
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text))
+
+    def stream(self, messages: Sequence[ChatMessage], params: SamplingParams) -> Iterator[GenerationEvent]:
+        """Validate and submit now (ContextOverflowError is raised here); events are read lazily."""
+        if self._closed:
+            raise RuntimeError(f"engine {self.name} is shut down")
+        prompt_ids = self.tokenizer.apply_chat_template(messages)
+        if len(prompt_ids) >= self.context_window:
+            raise ContextOverflowError(
+                f"prompt of {len(prompt_ids)} tokens does not fit the context window of "
+                f"{self.context_window} tokens of {self.name}"
+            )
+        handle = _Stream(prompt_ids, params)
+        self._inbox.put(("add", handle))
+        return self._events(handle)
+
+    def _events(self, handle: _Stream) -> Iterator[GenerationEvent]:
+        try:
+            while True:
+                event = handle.events.get()
+                if isinstance(event, BaseException):
+                    handle.done = True
+                    raise event
+                if event.finish_reason is not None:
+                    handle.done = True
+                yield event
+                if handle.done:
+                    return
+        finally:
+            if not handle.done:  # the consumer went away: cancel and free the blocks
+                handle.done = True
+                self._inbox.put(("abort", handle))
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop the worker; streams still running end with finish_reason "cancelled"."""
+        if self._closed:
+            return
+        self._closed = True
+        self._inbox.put(_STOP)
+        self._thread.join(timeout)
+        if self._on_shutdown is not None:
+            self._on_shutdown()
+
+    # --- worker thread -------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            if not self._drain_inbox(block=not self.engine.has_unfinished):
+                break
+            if not self.engine.has_unfinished:
+                continue
+            try:
+                outputs = self.engine.step()
+            except Exception:  # a failed step must not kill the worker: fail the live requests instead
+                log.exception("engine step failed")
+                self._fail_all()
+                continue
+            for output in outputs:
+                self._deliver(output)
+        for handle in list(self._live.values()):
+            self._cancel(handle)
+            handle.events.put(self._final_event(handle, "cancelled"))
+
+    def _drain_inbox(self, block: bool) -> bool:
+        """Apply pending submissions and cancellations; False once shutdown was asked for."""
+        while True:
+            try:
+                item = self._inbox.get(block=block)
+            except queue.Empty:
+                return True
+            block = False
+            if item is _STOP:
+                return False
+            assert isinstance(item, tuple)
+            kind, handle = item
+            if kind == "add":
+                try:
+                    request = self.engine.add_request(handle.prompt_ids, handle.params)
+                except Exception as exc:
+                    handle.events.put(exc)
+                    continue
+                handle.request_id = request.request_id
+                self._live[request.request_id] = handle
+            else:
+                self._cancel(handle)
+
+    def _cancel(self, handle: _Stream) -> None:
+        if handle.request_id is not None and self._live.pop(handle.request_id, None) is not None:
+            self.engine.abort(handle.request_id)
+
+    def _deliver(self, output: RequestOutput) -> None:
+        handle = self._live.get(output.request.request_id)
+        if handle is None:
+            return
+        handle.completion_tokens += len(output.token_ids)
+        if output.finished:
+            del self._live[output.request.request_id]
+            handle.events.put(self._final_event(handle, output.request.finish_reason or "stop", output.text))
+        elif output.text:
+            handle.events.put(GenerationEvent(text=output.text))
+
+    @staticmethod
+    def _final_event(handle: _Stream, reason: FinishReason, text: str = "") -> GenerationEvent:
+        return GenerationEvent(
+            text=text,
+            finish_reason=reason,
+            prompt_tokens=len(handle.prompt_ids),
+            completion_tokens=handle.completion_tokens,
+        )
+
+    def _fail_all(self) -> None:
+        for handle in list(self._live.values()):
+            self._cancel(handle)
+            handle.events.put(self._final_event(handle, "error"))

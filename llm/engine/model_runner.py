@@ -1,0 +1,198 @@
+"""Runs one scheduled batch through the model: inputs and step context, forward, logits, sampling.
+
+Per step the runner builds the flat inputs in Python (token ids, positions, slot mapping, block tables,
+cu_seqlens), copies them to the device in one go, runs `model(input_ids, positions)` with a `StepContext`,
+samples on the device, and makes exactly one device-to-host transfer: the `.tolist()` of the sampled ids.
+On CUDA, decode batches replay CUDA graphs captured at start for batch sizes 1, 2, 4, 8, 16, ... so a step
+costs a few kernel launches instead of hundreds.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from llm.engine.engine import Request, Sample
+from llm.engine.sampler import Sampler
+from llm.engine.scheduler import ScheduledBatch
+from llm.layers.context import StepContext, set_context
+from llm.model.llama import LlamaForCausalLM
+
+
+def graph_batch_sizes(max_batch: int) -> list[int]:
+    sizes = [1, 2, 4, 8]
+    sizes += list(range(16, max_batch + 1, 16))
+    return [s for s in sizes if s <= max_batch]
+
+
+class TorchModelRunner:
+    def __init__(
+        self,
+        model: LlamaForCausalLM,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+        num_blocks: int,
+        block_size: int,
+        max_model_len: int,
+        use_cuda_graphs: bool,
+        cuda_graph_max_batch: int,
+        seed: int,
+    ) -> None:
+        self.model = model
+        self.device, self.dtype = device, dtype
+        self.block_size = block_size
+        self.max_blocks_per_seq = -(-max_model_len // block_size)
+        cfg = model.config
+        shape = (num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim)
+        for layer in model.attention_layers():
+            layer.k_cache = torch.zeros(shape, dtype=dtype, device=device)
+            layer.v_cache = torch.zeros(shape, dtype=dtype, device=device)
+        self.sampler = Sampler(device, seed)
+        self._pin = device.type == "cuda"
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        if use_cuda_graphs and device.type == "cuda":
+            self._capture_graphs(graph_batch_sizes(cuda_graph_max_batch))
+
+    # --- one step --------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def execute(self, batch: ScheduledBatch, requests: list[Request]) -> list[Sample | None]:
+        flags = batch.sample_flags
+        input_ids, positions, ctx, logits_rows = self._prepare(batch, flags)
+        set_context(ctx)
+        try:
+            hidden = self._run_model(input_ids, positions, ctx, len(batch.seqs))  # (tokens, hidden)
+        finally:
+            set_context(None)
+        if not logits_rows:
+            return [None] * len(flags)
+        logits = self.model.compute_logits(hidden[logits_rows] if len(logits_rows) != len(hidden) else hidden)
+        out = self.sampler(logits, [r for r, f in zip(requests, flags, strict=True) if f])
+        samples = iter(out.decode(out.packed.tolist()))  # the step's one device -> host sync
+        return [next(samples) if f else None for f in flags]
+
+    @torch.inference_mode()
+    def score(self, token_ids: list[int]) -> torch.Tensor:
+        """Log-probability of each token given the ones before it, (len - 1,) float32, outside the cache.
+
+        For perplexity checks: one packed prefill whose keys/values are not written (slot -1).
+        """
+        n = len(token_ids)
+        if n < 2:
+            raise ValueError("scoring needs at least two tokens")
+        cu = self._to_device([0, n], torch.int32)
+        ctx = StepContext(
+            is_decode=False,
+            slot_mapping=self._to_device([-1] * n, torch.int64),
+            block_tables=self._to_device([[0]], torch.int32),
+            context_lens=self._to_device([n], torch.int32),
+            cu_seqlens_q=cu,
+            cu_seqlens_k=cu,
+            max_seqlen_q=n,
+            max_seqlen_k=n,
+        )
+        ids = self._to_device(token_ids, torch.int64)
+        set_context(ctx)
+        try:
+            hidden = self.model(ids, torch.arange(n, device=self.device))
+        finally:
+            set_context(None)
+        logprobs = self.model.compute_logits(hidden[:-1]).log_softmax(dim=-1)
+        return logprobs.gather(1, ids[1:, None])[:, 0].cpu()
+
+    def _to_device(self, values: list, dtype: torch.dtype) -> torch.Tensor:
+        t = torch.tensor(values, dtype=dtype, pin_memory=self._pin)
+        return t.to(self.device, non_blocking=True)
+
+    def _prepare(
+        self, batch: ScheduledBatch, flags: list[bool]
+    ) -> tuple[torch.Tensor, torch.Tensor, StepContext, list[int]]:
+        bs = self.block_size
+        ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        context_lens: list[int] = []
+        cu_q, cu_k = [0], [0]
+        logits_rows: list[int] = []
+        cache_hit = False
+        for seq, n, sample in zip(batch.seqs, batch.num_tokens, flags, strict=True):
+            start = seq.num_computed_tokens
+            end = start + n
+            ids += seq.token_ids[start:end]
+            positions += range(start, end)
+            table = seq.block_table
+            slots += [table[p // bs] * bs + p % bs for p in range(start, end)]
+            context_lens.append(end)
+            cu_q.append(cu_q[-1] + n)
+            cu_k.append(cu_k[-1] + end)
+            cache_hit |= start > 0
+            if sample:
+                logits_rows.append(cu_q[-1] - 1)
+        width = max(len(s.block_table) for s in batch.seqs)
+        tables = [s.block_table + [0] * (width - len(s.block_table)) for s in batch.seqs]
+        is_decode = batch.is_decode
+        ctx = StepContext(
+            is_decode=is_decode,
+            slot_mapping=self._to_device(slots, torch.int64),
+            block_tables=self._to_device(tables, torch.int32),
+            context_lens=self._to_device(context_lens, torch.int32),
+            cache_hit=cache_hit,
+        )
+        if not is_decode:
+            ctx.cu_seqlens_q = self._to_device(cu_q, torch.int32)
+            ctx.cu_seqlens_k = self._to_device(cu_k, torch.int32) if cache_hit else ctx.cu_seqlens_q
+            ctx.max_seqlen_q = max(batch.num_tokens)
+            ctx.max_seqlen_k = max(context_lens)
+        return self._to_device(ids, torch.int64), self._to_device(positions, torch.int64), ctx, logits_rows
+
+    def _run_model(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: StepContext, batch_size: int
+    ) -> torch.Tensor:
+        graph_size = (
+            next((s for s in sorted(self.graphs) if s >= batch_size), None) if ctx.is_decode else None
+        )
+        if graph_size is None:
+            return self.model(input_ids, positions)
+        g = self._graph_io
+        g["input_ids"][:batch_size] = input_ids
+        g["positions"][:batch_size] = positions
+        g["slot_mapping"].fill_(-1)
+        g["slot_mapping"][:batch_size] = ctx.slot_mapping
+        g["context_lens"].fill_(1)  # padding rows attend to one (ignored) key instead of none
+        g["context_lens"][:batch_size] = ctx.context_lens
+        g["block_tables"].zero_()
+        g["block_tables"][:batch_size, : ctx.block_tables.shape[1]] = ctx.block_tables
+        self.graphs[graph_size].replay()
+        return g["hidden"][:batch_size]
+
+    # --- CUDA graphs -----------------------------------------------------------------------------------
+    def _capture_graphs(self, sizes: list[int]) -> None:
+        largest = max(sizes)
+        dev = self.device
+        self._graph_io = g = {
+            "input_ids": torch.zeros(largest, dtype=torch.int64, device=dev),
+            "positions": torch.zeros(largest, dtype=torch.int64, device=dev),
+            "slot_mapping": torch.full((largest,), -1, dtype=torch.int64, device=dev),
+            "context_lens": torch.ones(largest, dtype=torch.int32, device=dev),
+            "block_tables": torch.zeros(largest, self.max_blocks_per_seq, dtype=torch.int32, device=dev),
+            "hidden": torch.zeros(largest, self.model.config.hidden_size, dtype=self.dtype, device=dev),
+        }
+        pool = None
+        with torch.inference_mode():
+            for size in sorted(sizes, reverse=True):  # largest first, so smaller graphs reuse its memory pool
+                ctx = StepContext(
+                    is_decode=True,
+                    slot_mapping=g["slot_mapping"][:size],
+                    block_tables=g["block_tables"][:size],
+                    context_lens=g["context_lens"][:size],
+                )
+                set_context(ctx)
+                try:
+                    g["hidden"][:size] = self.model(g["input_ids"][:size], g["positions"][:size])  # warm-up
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph, pool):
+                        g["hidden"][:size] = self.model(g["input_ids"][:size], g["positions"][:size])
+                finally:
+                    set_context(None)
+                pool = graph.pool()
+                self.graphs[size] = graph
+                torch.cuda.synchronize()

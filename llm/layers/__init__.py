@@ -1,0 +1,1 @@
+"""Building blocks of the models: linear layers over packed weights, paged attention, RoPE, RMSNorm."""

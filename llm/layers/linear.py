@@ -1,0 +1,153 @@
+"""Linear layers whose weights keep the checkpoint's format, and the matmul chosen for the device.
+
+`WeightPolicy` decides once per model what a weight becomes at load time:
+
+* CUDA: int4/int8 weights stay `kernels.layout` `Int4Weight`/`Int8Weight` and go through the W4A16/W8A16
+  kernels of `kernels.dispatch`; float weights are dense in the compute dtype.
+* CPU, packed (the default, fastest on the 2-core benchmark): int4 weights are converted to the tile layout of
+  torch's `_weight_int4pack_mm_for_cpu` and int8 weights to per-channel `_weight_int8pack_mm`, with bfloat16
+  activations. Those kernels are GEMVs at heart and their cost grows linearly with the rows of `x`; from
+  `PACKED_CPU_MAX_ROWS` rows on (prefill chunks) expanding the weight once and running a dense bfloat16 GEMM
+  is faster (2-3x at 1,000 rows on AVX512-BF16), which is exactly the dispatch reference, so prefill goes
+  through `kernels.dispatch` with the `kernels.layout` weight kept beside the packed one.
+* CPU, dequantized: every weight dense in the compute dtype, bit-identical to the checkpoint's float values
+  (what the parity tests compare against transformers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kernels import dispatch
+from kernels.layout import Int4Weight, Int8Weight, dequantize, quantize_int4, quantize_int8, unpack_int4
+
+Weight = torch.Tensor | Int4Weight | Int8Weight
+PACKED_CPU_MAX_ROWS = 128  # measured crossover (1 core): 96-128 rows
+
+
+@dataclass(frozen=True)
+class WeightPolicy:
+    device: torch.device
+    dtype: torch.dtype
+    cpu_packed: bool  # CPU only: keep quantized weights packed for torch's int4/int8 matmuls
+    quantize: Literal["int8", "int4"] | None = None  # quantize float weights at load
+    group_size: int = 32
+
+    def quantize_float(self, w: torch.Tensor) -> Weight:
+        if self.quantize == "int8":
+            return quantize_int8(w)
+        if self.quantize == "int4":
+            return quantize_int4(w, self.group_size)
+        return w
+
+
+class Linear(nn.Module):
+    """y = x @ W.T (+ b); fused projections (q/k/v, gate/up) are one Linear over the concatenated rows."""
+
+    def __init__(self, in_features: int, out_features: int, *, bias: bool = False) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.has_bias = bias
+        self.kind = "unloaded"
+        self.bias: torch.Tensor | None = None
+        self.weight: torch.Tensor = torch.empty(0)
+        self.quantized: Int4Weight | Int8Weight | None = None
+        self.cpu_scales: torch.Tensor = torch.empty(0)  # the packed CPU matmuls' scales (and zeros)
+        self.group_size = 0
+
+    def set_weight(self, w: Weight, policy: WeightPolicy) -> None:
+        shape = tuple(w.shape) if isinstance(w, torch.Tensor) else (w.out_features, w.in_features)
+        if shape != (self.out_features, self.in_features):
+            raise ValueError(
+                f"weight of shape {shape} does not fit a {self.in_features}->{self.out_features} linear"
+            )
+        if isinstance(w, torch.Tensor):
+            w = policy.quantize_float(w)
+        device, dtype = policy.device, policy.dtype
+        if isinstance(w, torch.Tensor) or (device.type == "cpu" and not policy.cpu_packed):
+            dense = w if isinstance(w, torch.Tensor) else dequantize(w, torch.float32)
+            self.kind, self.weight = "dense", dense.to(device, dtype).contiguous()
+        elif device.type != "cpu":
+            self.kind, self.quantized = ("int4" if isinstance(w, Int4Weight) else "int8"), w.to(device)
+        elif isinstance(w, Int4Weight):
+            self._pack_int4_cpu(w, dtype)
+        else:
+            self._pack_int8_cpu(w, dtype)
+
+    def set_bias(self, b: torch.Tensor, policy: WeightPolicy) -> None:
+        self.bias = b.to(policy.device, policy.dtype)
+
+    def _pack_int4_cpu(self, w: Int4Weight, dtype: torch.dtype) -> None:
+        # torch's CPU int4 matmul computes w = (q - 8) * scale + zero per group, with scales/zeros in the
+        # activations' dtype laid out (in // group, out, 2); Q4_1-style mins become zero = min + 8 * scale.
+        q = unpack_int4(w.qweight).to(torch.int32)
+        self.weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+        scales = w.scales.float()
+        zeros = torch.zeros_like(scales) if w.mins is None else w.mins.float() + 8 * scales
+        self.cpu_scales = torch.stack((scales.t(), zeros.t()), dim=-1).to(dtype).contiguous()
+        self.kind, self.group_size, self.quantized = "cpu_int4", w.group_size, w
+
+    def _pack_int8_cpu(self, w: Int8Weight, dtype: torch.dtype) -> None:
+        if w.group_size is not None:  # torch's CPU int8 matmul takes one scale per output channel
+            w = quantize_int8(dequantize(w, torch.float32))
+        self.weight = w.qweight.contiguous()
+        self.cpu_scales = w.scales.to(dtype)  # the matmuls want scales in the activations' dtype
+        self.kind, self.quantized = "cpu_int8", w
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (tokens, in_features) -> (tokens, out_features)."""
+        kind = self.kind
+        if kind == "dense":
+            return F.linear(x, self.weight, self.bias)
+        if kind.startswith("cpu_") and x.shape[0] < PACKED_CPU_MAX_ROWS:
+            aten = torch.ops.aten
+            if kind == "cpu_int4":
+                y = aten._weight_int4pack_mm_for_cpu(x, self.weight, self.group_size, self.cpu_scales)
+            else:
+                y = aten._weight_int8pack_mm(x, self.weight, self.cpu_scales)
+            return y if self.bias is None else y + self.bias
+        w = self.quantized
+        if isinstance(w, Int4Weight):
+            return dispatch.linear_w4a16(x, w, self.bias)
+        if isinstance(w, Int8Weight):
+            return dispatch.linear_w8a16(x, w, self.bias)
+        raise RuntimeError("linear layer used before its weight was loaded")
+
+
+class Embedding(nn.Module):
+    """Token embeddings; quantized tables stay quantized and only the looked-up rows are expanded."""
+
+    def __init__(self, num_embeddings: int, dim: int) -> None:
+        super().__init__()
+        self.num_embeddings, self.dim = num_embeddings, dim
+        self.table: Weight = torch.empty(0)
+        self.dtype = torch.float32
+
+    def set_weight(self, w: Weight, policy: WeightPolicy) -> None:
+        self.dtype = policy.dtype
+        if isinstance(w, torch.Tensor):
+            self.table = w.to(policy.device, policy.dtype).contiguous()
+        else:
+            self.table = w.to(policy.device)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids (tokens,) -> (tokens, dim)."""
+        t = self.table
+        if isinstance(t, torch.Tensor):
+            return F.embedding(input_ids, t)
+        rows: Int4Weight | Int8Weight
+        if isinstance(t, Int8Weight):
+            rows = Int8Weight(
+                t.qweight[input_ids], t.scales[input_ids], t.group_size, t.in_features, len(input_ids)
+            )
+        else:
+            mins = None if t.mins is None else t.mins[input_ids]
+            rows = Int4Weight(
+                t.qweight[input_ids], t.scales[input_ids], mins, t.group_size, t.in_features, len(input_ids)
+            )
+        return dequantize(rows, self.dtype)

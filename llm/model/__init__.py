@@ -1,0 +1,1 @@
+"""Model definitions (the llama family, configured by presets) and the checkpoint loader."""

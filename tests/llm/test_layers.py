@@ -1,0 +1,52 @@
+"""Linear and embedding layers over packed weights agree with the dequantized weights (CPU formats)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels.layout import dequantize, quantize_int4, quantize_int8
+from llm.layers.linear import PACKED_CPU_MAX_ROWS, Embedding, Linear, WeightPolicy
+
+QUANTIZERS = {
+    "int4-g32": lambda w: quantize_int4(w, 32),
+    "int4-g128": lambda w: quantize_int4(w, 128),
+    "int8-channel": quantize_int8,
+    "int8-g32": lambda w: quantize_int8(w, 32),
+}
+
+
+@pytest.mark.parametrize("scheme", QUANTIZERS)
+@pytest.mark.parametrize(("dtype", "atol"), [(torch.float32, 1e-4), (torch.bfloat16, 0.15)])
+@pytest.mark.parametrize("packed", [True, False])
+@pytest.mark.parametrize("rows", [5, PACKED_CPU_MAX_ROWS])  # decode-sized (packed kernels) and prefill-sized
+def test_linear_matches_dequantized_weight(scheme, dtype, atol, packed, rows):
+    torch.manual_seed(0)
+    w = torch.randn(96, 256) * 0.1
+    q = QUANTIZERS[scheme](w)
+    layer = Linear(256, 96, bias=True)
+    policy = WeightPolicy(torch.device("cpu"), dtype, cpu_packed=packed)
+    layer.set_weight(q, policy)
+    bias = torch.randn(96)
+    layer.set_bias(bias, policy)
+    x = torch.randn(rows, 256)
+    expected = x @ dequantize(q).t() + bias
+    if scheme == "int8-g32" and packed:  # re-quantized per channel for torch's int8 matmul
+        expected = x @ dequantize(quantize_int8(dequantize(q))).t() + bias
+    assert layer.kind == ("dense" if not packed else f"cpu_{scheme[:4]}")
+    torch.testing.assert_close(layer(x.to(dtype)).float(), expected, atol=atol, rtol=0.02)
+
+
+def test_linear_rejects_a_weight_of_the_wrong_shape():
+    with pytest.raises(ValueError, match="does not fit"):
+        Linear(8, 4).set_weight(torch.zeros(8, 4), WeightPolicy(torch.device("cpu"), torch.float32, False))
+
+
+@pytest.mark.parametrize("scheme", ["int4-g32", "int8-g32"])
+def test_quantized_embedding_expands_only_looked_up_rows(scheme):
+    table = torch.randn(50, 64)
+    q = QUANTIZERS[scheme](table)
+    emb = Embedding(50, 64)
+    emb.set_weight(q, WeightPolicy(torch.device("cpu"), torch.float32, cpu_packed=True))
+    ids = torch.tensor([3, 0, 49, 3])
+    assert torch.equal(emb(ids), dequantize(q)[ids])
