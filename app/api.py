@@ -1,4 +1,5 @@
-"""The FastAPI application: routers, error handlers that always answer JSON, and service lifetime."""
+"""The FastAPI application: routers (every /v1 route behind the API-key check), error handlers that
+always answer JSON, request-id/metrics middleware, body size limits, and service lifetime."""
 
 from __future__ import annotations
 
@@ -6,38 +7,30 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from app.routes import collections, documents, health, query
-from app.services import NotReadyError, Services
+from app.deps import get_principal
+from app.errors import API_ERRORS, ERROR_STATUS, status_of
+from app.middleware import RequestMiddleware
+from app.routes import chat, collections, conversations, documents, health, jobs, keys, metrics, query
+from app.services import Services
 from app.settings import Settings, get_settings
-from app.uploads import UploadTooLargeError
-from llm.base import ContextOverflowError
-from retriever.store import InvalidNameError, NotFoundError
 
 log = logging.getLogger(__name__)
-
-ERROR_STATUS: dict[type[Exception], int] = {
-    NotFoundError: 404,
-    InvalidNameError: 422,
-    ContextOverflowError: 422,
-    UploadTooLargeError: 413,
-    NotReadyError: 503,
-}
 
 
 def create_app(services: Services | None = None, settings: Settings | None = None) -> FastAPI:
     """Build the app; tests pass ready `services`, the server lets the lifespan load them."""
+    owned = services is None
+    app_services = services or Services(settings or get_settings())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        owned = services is None
-        app.state.services = services or Services(settings or get_settings())
-        app.state.services.start()
+        app_services.start()
         yield
         if owned:
-            app.state.services.close()
+            app_services.close()
 
     app = FastAPI(
         title="Archivist",
@@ -45,19 +38,38 @@ def create_app(services: Services | None = None, settings: Settings | None = Non
         description="Answers questions about your own documents, with citations, on your own hardware.",
         lifespan=lifespan,
     )
-    for router in (health.router, query.router, documents.router, collections.router):
+    app.state.services = app_services
+    for router in (health.router, metrics.router):
         app.include_router(router)
+    authorized = [Depends(get_principal)]
+    for router in (
+        query.router,
+        chat.router,
+        collections.router,
+        conversations.router,
+        keys.router,
+        jobs.router,
+        documents.router,
+    ):
+        app.include_router(router, dependencies=authorized, responses=API_ERRORS)
+    limits = app_services.settings
+    app.add_middleware(
+        RequestMiddleware,
+        metrics=app_services.metrics,
+        max_body_bytes=limits.max_body_bytes,
+        max_upload_bytes=limits.max_upload_request_bytes,
+    )
 
     def known_error(request: Request, error: Exception) -> JSONResponse:
-        status = next(code for kind, code in ERROR_STATUS.items() if isinstance(error, kind))
-        return JSONResponse({"detail": str(error)}, status_code=status)
+        headers = getattr(error, "headers", None)
+        return JSONResponse({"detail": str(error)}, status_code=status_of(error), headers=headers)
 
     for kind in ERROR_STATUS:
         app.add_exception_handler(kind, known_error)
 
     @app.exception_handler(Exception)
     def unexpected_error(request: Request, error: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
         return JSONResponse({"detail": "internal error; see the server log"}, status_code=500)
 
     return app

@@ -8,8 +8,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -17,7 +19,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from app.settings import Settings, get_settings
-from ingest.pipeline import Ingestor, IngestReport, discover
+from ingest.pipeline import FileResult, Ingestor, IngestReport
+from ingest.pipeline import Progress as IngestProgress
+
+if TYPE_CHECKING:
+    from app.auth import KeyInfo, KeyStore
+    from retriever.store import KnowledgeBase
 
 cli = typer.Typer(help="Archivist: answers about your own documents, with citations.", no_args_is_help=True)
 console = Console()
@@ -25,6 +32,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_DOCS = REPO_ROOT / "docs"
 
 CollectionOption = Annotated[str | None, typer.Option("--collection", "-c", help="Collection name")]
+ModeOption = Annotated[
+    Literal["dense", "lexical", "hybrid"] | None,
+    typer.Option("--mode", "-m", help="Retrieval: dense, lexical or hybrid (default from settings)"),
+]
 
 
 def _settings() -> Settings:
@@ -33,48 +44,70 @@ def _settings() -> Settings:
 
 def _print_report(report: IngestReport) -> None:
     counts = report.counts
-    summary = Table(title="Ingest summary")
-    for column in ("added", "unchanged", "updated", "skipped", "failed", "chunks written", "seconds"):
+    summary = Table(title=f"Ingest summary ({report.seconds:.1f} s)")
+    statuses = ("added", "unchanged", "updated", "skipped", "failed")
+    for column in (*statuses, "chunks written", "duplicates"):
         summary.add_column(column, justify="right")
     summary.add_row(
-        *(str(counts.get(status, 0)) for status in ("added", "unchanged", "updated", "skipped", "failed")),
+        *(str(counts.get(status, 0)) for status in statuses),
         str(report.chunks_written),
-        f"{report.seconds:.1f}",
+        str(counts.get("duplicate", 0)),
     )
     console.print(summary)
+    # Plain lines rather than tables: a long path then moves to a line of its own instead of being cut.
     problems = [r for r in report.results if r.status in ("failed", "skipped")]
     if problems:
-        details = Table(title="Files not ingested")
-        details.add_column("file")
-        details.add_column("status")
-        details.add_column("reason")
+        console.print("[bold]Files not ingested[/bold]")
         for result in problems:
-            details.add_row(result.path, result.status, result.reason)
-        console.print(details)
+            console.print(f"  {result.status}: {result.path} — {result.reason}", highlight=False)
+    if report.duplicates:
+        dropped = sum(duplicate.chunks for _, duplicate in report.duplicates)
+        console.print(
+            f"[bold]Duplicates left out[/bold] ({counts.get('duplicate', 0)} file(s), {dropped} chunk(s))"
+        )
+        for path, duplicate in report.duplicates:
+            what = f"{duplicate.chunks} chunk(s) of" if duplicate.chunks else "all of"
+            console.print(
+                f"  {what} {path} repeat {duplicate.of_title!r} ({duplicate.of_source}), "
+                f"similarity {duplicate.similarity:.2f}",
+                highlight=False,
+            )
+    if report.pruned:
+        console.print(f"[bold]Pruned[/bold] {len(report.pruned)} document(s) whose files are gone:")
+        for source in report.pruned:
+            console.print(f"  {source}", highlight=False)
 
 
-def run_ingest(settings: Settings, paths: list[Path], collection: str) -> IngestReport:
+def run_ingest(settings: Settings, paths: list[Path], collection: str, prune: bool = False) -> IngestReport:
     from app.services import load_knowledge_base
 
-    kb = load_knowledge_base(settings)
+    kb = load_knowledge_base(settings, open_indexes=False)
     try:
-        ingestor = Ingestor(kb, settings.chunker_config())
-        files = discover(paths)
+        ingestor = Ingestor(kb, settings.chunker_config(), settings.ingest_config())
         with Progress(
             TextColumn("[bold]ingesting"),
             BarColumn(),
             MofNCompleteColumn(),
+            TextColumn("{task.fields[rates]}"),
             TimeElapsedColumn(),
             TextColumn("{task.description}"),
             console=console,
             transient=True,
         ) as progress:
-            task = progress.add_task("", total=len(files))
+            task = progress.add_task("", total=None, rates="")
+            started = time.perf_counter()
 
-            def advance(result: object) -> None:
-                progress.update(task, advance=1, description=getattr(result, "path", ""))
+            def update(state: IngestProgress) -> None:
+                elapsed = max(time.perf_counter() - started, 1e-9)
+                rates = (
+                    f"{state.files_done / elapsed:.1f} files/s, {state.chunks_written / elapsed:.1f} chunks/s"
+                )
+                progress.update(task, total=state.files_total, completed=state.files_done, rates=rates)
 
-            return ingestor.ingest_paths(files, collection, on_result=advance)
+            def show(result: FileResult) -> None:
+                progress.update(task, description=result.path)
+
+            return ingestor.ingest_paths(paths, collection, on_result=show, prune=prune, on_progress=update)
     finally:
         kb.close()
 
@@ -83,13 +116,100 @@ def run_ingest(settings: Settings, paths: list[Path], collection: str) -> Ingest
 def ingest(
     paths: Annotated[list[Path], typer.Argument(exists=True, help="Files and folders to ingest")],
     collection: CollectionOption = None,
+    prune: Annotated[
+        bool, typer.Option("--prune", help="Remove documents whose files under PATHS are gone")
+    ] = False,
 ) -> None:
-    """Ingest files and folders (.txt, .md) into a collection; unchanged files are skipped."""
+    """Ingest files and folders (txt, md, html, pdf, docx, json, jsonl, SQuAD json) into a collection:
+    new files are added, changed ones replaced, unchanged ones skipped, duplicates left out."""
     settings = _settings()
-    report = run_ingest(settings, paths, collection or settings.default_collection)
+    report = run_ingest(settings, paths, collection or settings.default_collection, prune)
     _print_report(report)
     if report.counts.get("failed"):
         raise typer.Exit(1)
+
+
+documents_cli = typer.Typer(help="List, show and delete documents.", no_args_is_help=True)
+cli.add_typer(documents_cli, name="documents")
+
+
+@contextmanager
+def _knowledge_base() -> Iterator[KnowledgeBase]:
+    from app.services import load_knowledge_base
+    from retriever.store import InvalidNameError, NotFoundError
+
+    kb = load_knowledge_base(_settings(), open_indexes=False)
+    try:
+        yield kb
+    except (NotFoundError, InvalidNameError) as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from error
+    finally:
+        kb.close()
+
+
+@documents_cli.command("list")
+def documents_list(collection: CollectionOption = None) -> None:
+    """List the documents of one collection (default: every collection)."""
+    with _knowledge_base() as kb:
+        documents = kb.list_documents(collection)
+    table = Table(title=f"{len(documents)} document(s)")
+    for column in ("id", "collection", "title", "type", "chunks", "bytes", "source"):
+        table.add_column(column, justify="right" if column in ("id", "chunks", "bytes") else "left")
+    for d in documents:
+        table.add_row(
+            str(d.id),
+            d.collection,
+            d.title,
+            d.file_type,
+            str(d.chunk_count),
+            str(d.size_bytes),
+            d.source_path,
+        )
+    console.print(table)
+
+
+@documents_cli.command("show")
+def documents_show(
+    document_id: Annotated[int, typer.Argument(help="Document id")],
+    text: Annotated[bool, typer.Option("--text", help="Print each chunk's whole text")] = False,
+) -> None:
+    """Show a document and its chunks: position, page, heading path, tokens, characters."""
+    with _knowledge_base() as kb:
+        document = kb.get_document(document_id)
+        chunks = kb.get_chunks(document_id)
+    console.print(
+        f"[bold]{document.title}[/bold]  (document {document.id}, collection {document.collection})"
+    )
+    console.print(
+        f"source {document.source_path}, {document.file_type}, {document.size_bytes} bytes, "
+        f"sha256 {document.content_hash[:12]}, updated {document.updated_at:%Y-%m-%d %H:%M:%S}"
+    )
+    table = Table(title=f"{len(chunks)} chunk(s)")
+    for column in ("#", "page", "heading path", "tokens", "chars", "text"):
+        table.add_column(column)
+    for chunk in chunks:
+        preview = (
+            chunk.text if text else chunk.text[:80].replace("\n", " ") + ("…" if len(chunk.text) > 80 else "")
+        )
+        table.add_row(
+            str(chunk.ordinal),
+            "" if chunk.page is None else str(chunk.page),
+            chunk.heading_path,
+            str(chunk.token_count),
+            f"{chunk.char_start}-{chunk.char_end}",
+            preview,
+        )
+    console.print(table)
+
+
+@documents_cli.command("delete")
+def documents_delete(document_ids: Annotated[list[int], typer.Argument(help="Document ids")]) -> None:
+    """Delete documents: from SQL, the vector index and the lexical index at once."""
+    with _knowledge_base() as kb:
+        for document_id in document_ids:
+            deleted = kb.delete_document(document_id)
+            console.print(f"deleted document {deleted.id}: {deleted.title} ({deleted.chunk_count} chunks)")
 
 
 @cli.command()
@@ -97,6 +217,7 @@ def ask(
     question: Annotated[str, typer.Argument(help="The question")],
     collection: CollectionOption = None,
     top_k: Annotated[int | None, typer.Option("--top-k", "-k", min=1, max=50)] = None,
+    mode: ModeOption = None,
 ) -> None:
     """Answer a question from a collection and list the numbered sources."""
     from app.rag import RagPipeline
@@ -109,8 +230,10 @@ def ask(
     settings = _settings()
     kb = load_knowledge_base(settings)
     try:
-        pipeline = RagPipeline(kb, load_generator(settings), settings.max_new_tokens)
-        answer = pipeline.answer(question, collection or settings.default_collection, top_k or settings.top_k)
+        pipeline = RagPipeline(kb, load_generator(settings), settings.max_new_tokens, settings.min_relevance)
+        answer = pipeline.answer(
+            question, collection or settings.default_collection, top_k or settings.top_k, mode
+        )
     except NotFoundError as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(1) from error
@@ -128,17 +251,72 @@ def ask(
 
 
 @cli.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="The user message")],
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", min=1, max=8192)] = 256,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy")] = 0.0,
+    seed: Annotated[int | None, typer.Option(help="Same seed, same text")] = None,
+    system: Annotated[str | None, typer.Option(help="A system message")] = None,
+) -> None:
+    """Stream the model's reply to one message, without retrieval (checks the generation backend)."""
+    import time
+
+    from app.services import load_generator
+    from llm.base import ChatMessage, ContextOverflowError, SamplingParams
+
+    if not prompt.strip():
+        console.print("[red]error:[/red] the prompt is empty")
+        raise typer.Exit(2)
+    messages = ([ChatMessage("system", system)] if system else []) + [ChatMessage("user", prompt)]
+    generator = load_generator(_settings())
+    started = time.perf_counter()
+    try:
+        for event in generator.stream(
+            messages, SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        ):
+            console.out(event.text, end="", highlight=False)
+            final = event
+    except ContextOverflowError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from error
+    seconds = time.perf_counter() - started
+    console.print(
+        f"\n[dim]{final.completion_tokens} tokens in {seconds:.2f} s "
+        f"({final.completion_tokens / seconds:.1f} tok/s), prompt {final.prompt_tokens} tokens, "
+        f"finish: {final.finish_reason}[/dim]",
+        highlight=False,
+    )
+
+
+@cli.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address")] = None,
     port: Annotated[int | None, typer.Option(help="Port")] = None,
 ) -> None:
-    """Start the REST API."""
+    """Start the REST API. API keys are required unless it listens on a loopback address only."""
     import uvicorn
 
     from app.api import create_app
+    from app.logs import configure_logging
 
     settings = _settings()
-    uvicorn.run(create_app(settings=settings), host=host or settings.host, port=port or settings.api_port)
+    if host:
+        settings = settings.model_copy(update={"host": host})
+    configure_logging(os.environ.get("ARCHIVIST_LOG_LEVEL", "INFO"), settings.log_format)
+    if settings.auth_required and settings.admin_key is None:
+        console.print(
+            f"[yellow]warning:[/yellow] API keys are required on {settings.host} and ARCHIVIST_ADMIN_KEY "
+            "is not set: only keys made with `archivist keys create` get in"
+        )
+    # Requests are logged by the app's middleware, as JSON with their request id: uvicorn's own access log
+    # and logging setup stay off.
+    uvicorn.run(
+        create_app(settings=settings),
+        host=settings.host,
+        port=port or settings.api_port,
+        log_config=None,
+        access_log=False,
+    )
 
 
 def _ui_command(settings: Settings) -> list[str]:
@@ -149,17 +327,25 @@ def _ui_command(settings: Settings) -> list[str]:
     ]  # fmt: skip
 
 
+def _page_env(settings: Settings) -> dict[str, str]:
+    """Where the chat page finds the API, and the key it sends: the admin key when keys are required and no
+    ARCHIVIST_API_KEY is set (the page runs beside the API, for the same user)."""
+    env = {**os.environ, "ARCHIVIST_API_URL": settings.resolved_api_url}
+    if settings.auth_required and settings.admin_key and "ARCHIVIST_API_KEY" not in env:
+        env["ARCHIVIST_API_KEY"] = settings.admin_key.get_secret_value()
+    return env
+
+
 @cli.command()
 def ui() -> None:
     """Start the Streamlit chat page (it talks to the API at ARCHIVIST_API_URL)."""
     settings = _settings()
-    env = {**os.environ, "ARCHIVIST_API_URL": settings.resolved_api_url}
-    raise typer.Exit(subprocess.call(_ui_command(settings), env=env))
+    raise typer.Exit(subprocess.call(_ui_command(settings), env=_page_env(settings)))
 
 
 @cli.command()
 def reindex() -> None:
-    """Rebuild every vector index from the chunks stored in SQL."""
+    """Rebuild every vector and BM25 index from the chunks stored in SQL."""
     from app.services import load_knowledge_base
 
     kb = load_knowledge_base(_settings(), open_indexes=False)
@@ -167,6 +353,131 @@ def reindex() -> None:
         console.print(f"reindexed {kb.reindex()} chunks")
     finally:
         kb.close()
+
+
+@cli.command("eval")
+def evaluate(
+    squad: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="SQuAD-format JSON file")],
+    sample: Annotated[int | None, typer.Option(min=1, help="N random questions, all articles")] = None,
+    generate: Annotated[bool, typer.Option(help="Also score the LLM's answers: exact match and F1")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the question sample")] = 0,
+    output: Annotated[
+        Path | None, typer.Option(help="Path prefix of the .json and .png (default: DATA_DIR/eval/FILE)")
+    ] = None,
+) -> None:
+    """Build a fresh knowledge base from a SQuAD file and report recall@k, MRR@10 and latency per mode."""
+    from app.evaluation import EvaluationError, markdown_table, run_evaluation, write_outputs
+
+    settings = _settings()
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=True,
+    ) as progress:  # fmt: skip
+        task = progress.add_task("building the knowledge base", total=None)
+
+        def advance(stage: str, done: int, total: int) -> None:
+            progress.update(task, description=stage, completed=done, total=total)
+
+        try:
+            report = run_evaluation(settings, squad, sample, generate, seed, advance)
+        except EvaluationError as error:
+            console.print(f"[red]error:[/red] {error}")
+            raise typer.Exit(1) from error
+    console.print(
+        f"{report.dataset}: {report.articles} articles → {report.chunks} chunks in "
+        f"{report.ingest_seconds:.0f} s, {report.questions} questions"
+        + (f", {report.unmapped_answers} gold answers not locatable" if report.unmapped_answers else ""),
+        highlight=False,
+    )
+    typer.echo(markdown_table(report))
+    json_path, png_path = write_outputs(report, output or settings.data_dir / "eval" / squad.stem)
+    console.print(f"wrote {json_path} and {png_path}", highlight=False)
+
+
+keys_cli = typer.Typer(help="Create, list and revoke API keys (stored hashed).", no_args_is_help=True)
+cli.add_typer(keys_cli, name="keys")
+
+
+@contextmanager
+def _key_store() -> Iterator[KeyStore]:
+    from app.auth import KeyStore
+    from app.models import AppBase
+    from retriever.db import Database
+
+    db = Database(_settings().resolved_database_url)
+    try:
+        AppBase.metadata.create_all(db.engine)
+        yield KeyStore(db)
+    finally:
+        db.dispose()
+
+
+def _print_keys(keys: list[KeyInfo]) -> None:
+    table = Table(title="API keys")
+    for column in ("id", "name", "prefix", "read", "write", "created", "expires", "revoked"):
+        table.add_column(column)
+    for key in keys:
+        table.add_row(
+            str(key.id),
+            key.name,
+            key.prefix + "…",
+            ", ".join(sorted(c for c, write in key.grants.items() if not write)),
+            ", ".join(sorted(c for c, write in key.grants.items() if write)),
+            f"{key.created_at:%Y-%m-%d %H:%M}",
+            f"{key.expires_at:%Y-%m-%d %H:%M}" if key.expires_at else "",
+            f"{key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "",
+        )
+    console.print(table)
+
+
+@keys_cli.command("create")
+def keys_create(
+    name: Annotated[str, typer.Argument(help="What the key is for")],
+    read: Annotated[
+        list[str] | None, typer.Option("--read", "-r", help="Collection it may read ('*': all)")
+    ] = None,
+    write: Annotated[
+        list[str] | None, typer.Option("--write", "-w", help="Collection it may read and change ('*': all)")
+    ] = None,
+    expires_days: Annotated[
+        int | None, typer.Option("--expires-days", min=1, help="Valid for N days")
+    ] = None,
+) -> None:
+    """Create a key and print it once: only its hash is stored."""
+    from datetime import datetime, timedelta, timezone
+
+    from retriever.store import InvalidNameError
+
+    expires = datetime.now(timezone.utc) + timedelta(days=expires_days) if expires_days else None
+    with _key_store() as store:
+        try:
+            info, secret = store.create(name, read or [], write or [], expires)
+        except (ValueError, InvalidNameError) as error:
+            console.print(f"[red]error:[/red] {error}")
+            raise typer.Exit(2) from error
+    _print_keys([info])
+    console.print(f"key: {secret}", highlight=False, soft_wrap=True)
+    console.print("Keep it now: it cannot be shown again.")
+
+
+@keys_cli.command("list")
+def keys_list() -> None:
+    """List the keys with their rights (never the keys themselves)."""
+    with _key_store() as store:
+        _print_keys(store.list_keys())
+
+
+@keys_cli.command("revoke")
+def keys_revoke(key_id: Annotated[int, typer.Argument(help="Key id (see `archivist keys list`)")]) -> None:
+    """Revoke a key: it stops working at once."""
+    from retriever.store import NotFoundError
+
+    with _key_store() as store:
+        try:
+            _print_keys([store.revoke(key_id)])
+        except NotFoundError as error:
+            console.print(f"[red]error:[/red] {error}")
+            raise typer.Exit(1) from error
 
 
 def _knowledge_base_is_empty(settings: Settings) -> bool:
@@ -190,7 +501,7 @@ def run() -> None:
     if _knowledge_base_is_empty(settings) and DEMO_DOCS.is_dir():
         console.print(f"Knowledge base is empty: ingesting the demo documents from {DEMO_DOCS}")
         _print_report(run_ingest(settings, [DEMO_DOCS], settings.default_collection))
-    env = {**os.environ, "ARCHIVIST_API_URL": settings.resolved_api_url}
+    env = _page_env(settings)
     api = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], env=env)
     page = subprocess.Popen(_ui_command(settings), env=env, stdout=subprocess.DEVNULL)
     console.print(f"API:       {settings.resolved_api_url}  (docs at {settings.resolved_api_url}/docs)")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 
+from app.auth import LOCAL_ADMIN, Principal
+from app.limits import TooBusyError
 from app.services import Services
 from app.settings import Settings
 
@@ -22,3 +24,32 @@ def get_app_settings(request: Request) -> Settings:
 
 ServicesDep = Annotated[Services, Depends(get_services)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+# A row id in a path: bounded to what SQL integers hold, so an absurd id is a 422, not a database error.
+RowId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+
+
+def api_key(request: Request) -> str | None:
+    """The key from `Authorization: Bearer <key>` (what OpenAI clients send) or `X-API-Key`."""
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return request.headers.get("x-api-key") or None
+
+
+def get_principal(request: Request, services: ServicesDep) -> Principal:
+    """Who is asking; every /v1 route depends on it. With auth off (loopback, the default) that is the
+    local admin. A key's requests count against its rate limit; the admin key's do not."""
+    if not services.settings.auth_required:
+        return LOCAL_ADMIN
+    principal = services.keys.authenticate(api_key(request))
+    request.state.principal = principal.name
+    if principal.key_id is not None:
+        try:
+            services.rate_limiter.check(f"key:{principal.key_id}")
+        except TooBusyError:
+            services.metrics.rejected.labels("rate_limit").inc()
+            raise
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]

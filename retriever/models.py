@@ -61,6 +61,13 @@ class Document(Base):
         Enum(DocumentState, native_enum=False, length=16), default=DocumentState.pending
     )
     chunk_count: Mapped[int] = mapped_column(Integer, default=0)
+    # The file (or upload) the document came from: one file can hold several documents (JSON Lines, SQuAD),
+    # all sharing its content hash, so a file is unchanged when every document from it has its hash.
+    source_file: Mapped[str] = mapped_column(String(2048), default="", server_default="", index=True)
+    # SHA-256 of the cleaned text (exact-duplicate detection) and the MinHash signature of its shingles
+    # (near-duplicate detection); see `ingest.dedup`.
+    text_hash: Mapped[str] = mapped_column(String(64), default="", server_default="", index=True)
+    minhash: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
@@ -84,6 +91,9 @@ class Chunk(Base):
     char_start: Mapped[int] = mapped_column(Integer)
     char_end: Mapped[int] = mapped_column(Integer)
     token_count: Mapped[int] = mapped_column(Integer)
+    page: Mapped[int | None] = mapped_column(Integer, nullable=True)  # 1-based, for paged formats (PDF)
+    heading_path: Mapped[str] = mapped_column(Text, default="", server_default="")  # "Intro > Setup"
+    minhash: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # None: too short to compare
     # float32 vector, kept so that every index can be rebuilt from SQL alone without re-embedding.
     embedding: Mapped[bytes] = mapped_column(LargeBinary)
 

@@ -1,28 +1,40 @@
 """`KnowledgeBase`: the one place that writes collections, documents and chunks, and keeps indexes in step.
 
 Every write is one SQL transaction that also bumps the collection's `version`. Indexes are caches of SQL:
-before a search the collection's index is synced against SQL whenever its version differs, so a document
-deleted by any process (the API, the CLI) is never retrieved again, and a crash between the SQL commit and
-the index save heals itself on the next read.
+each collection has a vector index and a BM25 lexical index; a write applies its delta to both, and before a
+search each is synced against SQL whenever its version differs, so a document deleted by any process (the
+API, the CLI) is never retrieved again by either, and a crash between the SQL commit and an index save heals
+itself on the next read.
+
+Search runs the dense and/or lexical retriever (`mode`), fuses the two rankings for hybrid search, applies
+metadata filters inside both indexes, and optionally reranks the fused candidates with a cross-encoder.
 """
 
 from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol
 
+import faiss
 import numpy as np
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from retriever.config import RetrieverConfig
+from retriever.config import RetrieverConfig, SearchMode
 from retriever.db import Database
-from retriever.embedder import Embedder
+from retriever.embedder import TextEmbedder
+from retriever.filters import SearchFilters
+from retriever.fusion import fuse
+from retriever.lexical import LexicalIndex, Tokenizer
 from retriever.models import Chunk, Collection, Document, DocumentState
 from retriever.vector_index import VectorIndex
+
+if TYPE_CHECKING:
+    from retriever.rerank import Reranker
 
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -44,6 +56,9 @@ class ChunkDraft:
     char_start: int
     char_end: int
     token_count: int
+    page: int | None = None
+    heading_path: str = ""
+    minhash: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -54,6 +69,44 @@ class DocumentDraft:
     file_type: str
     size_bytes: int
     content_hash: str
+    source_file: str = ""  # the file the document came from; "" means source_path itself
+    text_hash: str = ""
+    minhash: bytes | None = None
+
+
+@dataclass(frozen=True)
+class DocumentWrite:
+    """One document to store (replacing any earlier version from the same source) with its chunks and
+    their embeddings, row for row."""
+
+    draft: DocumentDraft
+    chunks: Sequence[ChunkDraft]
+    vectors: np.ndarray
+
+
+@dataclass(frozen=True)
+class DocumentFingerprint:
+    """What incremental ingestion and duplicate detection need to know of a stored document."""
+
+    id: int
+    source_file: str
+    source_path: str
+    title: str
+    content_hash: str
+    text_hash: str
+    minhash: bytes | None
+
+
+@dataclass(frozen=True)
+class ChunkInfo:
+    id: int
+    ordinal: int
+    text: str
+    char_start: int
+    char_end: int
+    token_count: int
+    page: int | None
+    heading_path: str
 
 
 @dataclass(frozen=True)
@@ -88,7 +141,29 @@ class SearchHit:
     char_start: int
     char_end: int
     text: str
-    score: float
+    score: float  # the ranking score: cosine (dense), BM25 (lexical), fused (hybrid) or the reranker's
+    # Cosine similarity of the query and chunk embeddings whenever the query was embedded (dense, hybrid):
+    # comparable across modes, unlike `score`, so relevance thresholds should use it.
+    similarity: float | None = None
+
+
+def passage_text(title: str, text: str) -> str:
+    """What the retrievers index for a chunk: its document's title, then the chunk."""
+    return f"{title}\n\n{text}" if title else text
+
+
+class _SyncedIndex(Protocol):
+    """What the vector and the lexical index share: a SQL-versioned cache of one collection's chunks."""
+
+    version: int
+    lock: Any
+
+    def add(self, ids: Any, payload: Any) -> None: ...
+    def remove(self, ids: Sequence[int]) -> int: ...
+    def sync(
+        self, wanted_ids: Sequence[int], load: Callable[[list[int]], tuple[Any, Any]]
+    ) -> tuple[int, int]: ...
+    def save(self, version: int) -> None: ...
 
 
 def validate_collection_name(name: str) -> str:
@@ -116,12 +191,25 @@ def _document_info(document: Document, collection_name: str) -> DocumentInfo:
 
 
 class KnowledgeBase:
-    def __init__(self, config: RetrieverConfig, embedder: Embedder) -> None:
+    def __init__(self, config: RetrieverConfig, embedder: TextEmbedder) -> None:
         self.config = config
         self.embedder = embedder
         self.db = Database(config.database_url)
         self._indexes: dict[int, VectorIndex] = {}
+        self._lexical: dict[int, LexicalIndex] = {}
         self._index_lock = threading.Lock()
+        self._tokenizer = Tokenizer()
+        if config.faiss_threads > 0:
+            faiss.omp_set_num_threads(config.faiss_threads)
+        self.reranker: Reranker | None = None
+        if config.reranker_path is not None:
+            from retriever.rerank import Reranker
+
+            self.reranker = Reranker(config.reranker_path, config.embedder_device)
+
+    def passage(self, title: str, text: str) -> str:
+        """What both indexes see for a chunk (the chunker builds the embedding input with it)."""
+        return passage_text(title, text) if self.config.index_titles else text
 
     # -- collections -------------------------------------------------------------------------------------
 
@@ -208,38 +296,86 @@ class KnowledgeBase:
         """Store a document with its chunks, replacing any earlier version from the same source.
 
         Returns (document id, whether an earlier version was replaced). SQL changes in one transaction;
-        then the vector index is updated and saved.
+        then the indexes are updated and saved.
         """
-        if len(chunks) != len(vectors):
-            raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        return self.write_batch(draft.collection, [DocumentWrite(draft, chunks, vectors)])[0]
+
+    def write_batch(
+        self,
+        collection: str,
+        writes: Sequence[DocumentWrite],
+        touches: Sequence[tuple[int, str]] = (),
+        deletes: Sequence[int] = (),
+        update_indexes: bool = True,
+    ) -> list[tuple[int, bool]]:
+        """Store many documents, set the content hash of unchanged ones (`touches`: id, hash) and delete
+        others, all in one transaction with one version bump: a crash leaves all of it or none of it.
+
+        Returns (document id, whether an earlier version was replaced) per write. With `update_indexes`
+        false the indexes are left behind SQL, to be synced once after a long ingest instead of saved
+        after every batch (any reader syncs them by version first, so nothing stale is ever served).
+        """
+        for write in writes:
+            if len(write.chunks) != len(write.vectors):
+                raise ValueError(f"{len(write.chunks)} chunks but {len(write.vectors)} vectors")
+        written: list[tuple[int, bool]] = []
+        removed: list[int] = []
+        added: list[int] = []
         with self.db.session() as session:
-            collection = self._ensure_collection(session, draft.collection)
-            document = session.scalar(
-                select(Document).where(
-                    Document.collection_id == collection.id, Document.source_path == draft.source_path
+            found = self._ensure_collection(session, collection)
+            collection_id = found.id
+            for write in writes:
+                document_id, replaced, old_ids, new_ids = self._write_document(session, collection_id, write)
+                written.append((document_id, replaced))
+                removed += old_ids
+                added += new_ids
+            for document_id, content_hash in touches:
+                session.execute(
+                    update(Document)
+                    .where(Document.id == document_id, Document.collection_id == collection_id)
+                    .values(content_hash=content_hash)
                 )
+            removed += self._delete_documents(session, collection_id, deletes)
+            changed = bool(writes) or bool(deletes)
+            version = self._bump_version(session, collection_id) if changed else found.version
+        if changed and update_indexes:
+            dimension = self.embedder.dimension
+            vectors = [np.zeros((0, dimension), np.float32)]
+            vectors += [np.asarray(w.vectors, np.float32).reshape(-1, dimension) for w in writes]
+            self._apply_change(collection_id, version, removed, added, np.concatenate(vectors))
+        return written
+
+    def _write_document(
+        self, session: Session, collection_id: int, write: DocumentWrite
+    ) -> tuple[int, bool, list[int], list[int]]:
+        """Insert or replace one document; returns (id, replaced, removed chunk ids, new chunk ids)."""
+        draft = write.draft
+        document = session.scalar(
+            select(Document).where(
+                Document.collection_id == collection_id, Document.source_path == draft.source_path
             )
-            replaced = document is not None
-            old_ids: list[int] = []
-            if document is None:
-                document = Document(collection_id=collection.id, source_path=draft.source_path)
-                session.add(document)
-            else:
-                old_ids = list(session.scalars(select(Chunk.id).where(Chunk.document_id == document.id)))
-                session.execute(delete(Chunk).where(Chunk.document_id == document.id))
-            document.title = draft.title
-            document.file_type = draft.file_type
-            document.size_bytes = draft.size_bytes
-            document.content_hash = draft.content_hash
-            document.chunk_count = len(chunks)
-            document.state = DocumentState.ready
-            session.flush()
-            new_ids = self._insert_chunks(session, document.id, chunks, vectors)
-            version = self._bump_version(session, collection.id)
-            collection_id = collection.id
-        self._apply_change(collection_id, version, old_ids, new_ids, vectors)
-        return document.id, replaced
+        )
+        replaced = document is not None
+        old_ids: list[int] = []
+        if document is None:
+            document = Document(collection_id=collection_id, source_path=draft.source_path)
+            session.add(document)
+        else:
+            old_ids = list(session.scalars(select(Chunk.id).where(Chunk.document_id == document.id)))
+            session.execute(delete(Chunk).where(Chunk.document_id == document.id))
+        document.title = draft.title
+        document.file_type = draft.file_type
+        document.size_bytes = draft.size_bytes
+        document.content_hash = draft.content_hash
+        document.source_file = draft.source_file or draft.source_path
+        document.text_hash = draft.text_hash
+        document.minhash = draft.minhash
+        document.chunk_count = len(write.chunks)
+        document.state = DocumentState.ready
+        session.flush()
+        vectors = np.ascontiguousarray(write.vectors, dtype=np.float32)
+        new_ids = self._insert_chunks(session, document.id, write.chunks, vectors)
+        return document.id, replaced, old_ids, new_ids
 
     @staticmethod
     def _insert_chunks(
@@ -255,6 +391,9 @@ class KnowledgeBase:
                 "char_start": chunk.char_start,
                 "char_end": chunk.char_end,
                 "token_count": chunk.token_count,
+                "page": chunk.page,
+                "heading_path": chunk.heading_path,
+                "minhash": chunk.minhash,
                 "embedding": vector.tobytes(),
             }
             for chunk, vector in zip(chunks, vectors, strict=True)
@@ -278,28 +417,144 @@ class KnowledgeBase:
             if document is None or document.state != DocumentState.ready:
                 raise NotFoundError(f"document {document_id} does not exist")
             info = _document_info(document, document.collection.name)
-            chunk_ids = list(session.scalars(select(Chunk.id).where(Chunk.document_id == document_id)))
-            session.execute(delete(Chunk).where(Chunk.document_id == document_id))
-            session.execute(delete(Document).where(Document.id == document_id))
-            version = self._bump_version(session, document.collection_id)
             collection_id = document.collection_id
+            chunk_ids = self._delete_documents(session, collection_id, [document_id])
+            version = self._bump_version(session, collection_id)
         self._apply_change(collection_id, version, chunk_ids, [], np.zeros((0, self.embedder.dimension)))
         return info
 
+    @staticmethod
+    def _delete_documents(session: Session, collection_id: int, document_ids: Sequence[int]) -> list[int]:
+        """Delete documents of one collection and their chunks; returns the ids of the chunks removed."""
+        if not document_ids:
+            return []
+        owned = (Document.id.in_(document_ids)) & (Document.collection_id == collection_id)
+        ids = list(session.scalars(select(Document.id).where(owned)))
+        chunk_ids = list(session.scalars(select(Chunk.id).where(Chunk.document_id.in_(ids))))
+        session.execute(delete(Chunk).where(Chunk.document_id.in_(ids)))
+        session.execute(delete(Document).where(Document.id.in_(ids)))
+        return chunk_ids
+
+    def fingerprints(self, collection: str) -> list[DocumentFingerprint]:
+        """Every ready document of a collection with its hashes (none when the collection is new)."""
+        with self.db.session() as session:
+            rows = session.execute(
+                select(
+                    Document.id,
+                    Document.source_file,
+                    Document.source_path,
+                    Document.title,
+                    Document.content_hash,
+                    Document.text_hash,
+                    Document.minhash,
+                )
+                .join(Collection)
+                .where(Collection.name == collection, Document.state == DocumentState.ready)
+                .order_by(Document.id)
+            ).all()
+        return [
+            DocumentFingerprint(id_, source_file or source_path, source_path, title, content, text, minhash)
+            for id_, source_file, source_path, title, content, text, minhash in rows
+        ]
+
+    def chunk_fingerprints(self, collection: str) -> list[tuple[int, bytes]]:
+        """(document id, MinHash signature) of every signed chunk of a collection's ready documents."""
+        with self.db.session() as session:
+            rows = session.execute(
+                select(Chunk.document_id, Chunk.minhash)
+                .join(Document)
+                .join(Collection)
+                .where(
+                    Collection.name == collection,
+                    Document.state == DocumentState.ready,
+                    Chunk.minhash.is_not(None),
+                )
+                .order_by(Chunk.id)
+            ).all()
+        return [(document_id, minhash) for document_id, minhash in rows if minhash is not None]
+
+    def get_chunks(self, document_id: int) -> list[ChunkInfo]:
+        """A ready document's chunks in order, with their metadata."""
+        self.get_document(document_id)
+        with self.db.session() as session:
+            rows = session.scalars(
+                select(Chunk).where(Chunk.document_id == document_id).order_by(Chunk.ordinal)
+            ).all()
+            return [
+                ChunkInfo(
+                    c.id, c.ordinal, c.text, c.char_start, c.char_end, c.token_count, c.page, c.heading_path
+                )
+                for c in rows
+            ]
+
     # -- search ------------------------------------------------------------------------------------------
 
-    def search(self, query: str, collection: str, top_k: int | None = None) -> list[SearchHit]:
+    def search(
+        self,
+        query: str,
+        collection: str,
+        top_k: int | None = None,
+        mode: SearchMode | None = None,
+        filters: SearchFilters | None = None,
+        query_vector: np.ndarray | None = None,
+    ) -> list[SearchHit]:
+        """The `top_k` best chunks for `query` in `collection`.
+
+        `mode` picks the retrievers (default from the config: hybrid); `filters` restrict the candidates
+        inside both indexes; `query_vector` is the query's embedding when the caller already has it (the
+        evaluation embeds each question once for all modes). A query longer than the embedder can read is
+        cut to what it reads, for both retrievers alike.
+        """
         k = top_k or self.config.top_k
+        mode = mode or self.config.search_mode
+        query = self.embedder.truncate(query)
         with self.db.session() as session:
             found = self._collection(session, collection)
             collection_id, version = found.id, found.version
-        index = self.synced_index(collection_id, version)
-        vector = self.embedder.embed([query])[0]
-        ranked = index.search(vector, k)
-        return self.hits(ranked)
+            allowed = None
+            if filters is not None and not filters.empty:
+                allowed = self._allowed_chunks(session, collection_id, filters)
+                if len(allowed) == 0:
+                    return []
+        depth = max(k, self.config.rerank_depth) if self.reranker is not None else k
+        per_retriever = max(depth, self.config.fusion_depth) if mode == "hybrid" else depth
+        rankings = []
+        vector = None
+        if mode in ("dense", "hybrid"):
+            vector = query_vector if query_vector is not None else self.embedder.embed_query(query)
+            rankings.append(self.synced_index(collection_id, version).search(vector, per_retriever, allowed))
+        if mode in ("lexical", "hybrid"):
+            lexical = self.synced_lexical(collection_id, version)
+            rankings.append(lexical.search(query, per_retriever, allowed))
+        if len(rankings) == 1:
+            ranked = rankings[0]
+        else:
+            weights = (self.config.dense_weight, 1.0 - self.config.dense_weight)
+            ranked = fuse(rankings, self.config.fusion, self.config.rrf_k, weights)
+        hits = self.hits(ranked[:depth], vector)
+        if self.reranker is not None:
+            hits = self.reranker.rerank(query, hits)
+        return hits[:k]
 
-    def hits(self, ranked: Sequence[tuple[int, float]]) -> list[SearchHit]:
-        """Chunk rows for (chunk id, score) pairs, in the given order, skipping any no longer in SQL."""
+    @staticmethod
+    def _allowed_chunks(session: Session, collection_id: int, filters: SearchFilters) -> np.ndarray:
+        """Ids of the collection's chunks that pass the filters: the SQL prefilter handed to both indexes."""
+        ids = session.scalars(
+            select(Chunk.id)
+            .join(Document)
+            .where(
+                Document.collection_id == collection_id,
+                Document.state == DocumentState.ready,
+                *filters.conditions(),
+            )
+        ).all()
+        return np.asarray(ids, dtype=np.int64)
+
+    def hits(
+        self, ranked: Sequence[tuple[int, float]], query_vector: np.ndarray | None = None
+    ) -> list[SearchHit]:
+        """Chunk rows for (chunk id, score) pairs, in the given order, skipping any no longer in SQL; with
+        the query's embedding, each hit's cosine similarity too (from the embedding stored in SQL)."""
         if not ranked:
             return []
         ids = [chunk_id for chunk_id, _ in ranked]
@@ -326,6 +581,9 @@ class KnowledgeBase:
                     char_end=chunk.char_end,
                     text=chunk.text,
                     score=score,
+                    similarity=None
+                    if query_vector is None
+                    else float(np.frombuffer(chunk.embedding, dtype=np.float32) @ query_vector),
                 )
             )
         return hits
@@ -336,43 +594,78 @@ class KnowledgeBase:
         with self._index_lock:
             index = self._indexes.get(collection_id)
             if index is None:
-                path = self.config.index_dir / f"collection-{collection_id}.faiss"
-                index = VectorIndex(self.embedder.dimension, path)
+                index = VectorIndex(
+                    self.embedder.dimension,
+                    self.config.index_dir / f"collection-{collection_id}.faiss",
+                    flat_max_vectors=self.config.flat_max_vectors,
+                    nprobe=self.config.ivf_nprobe,
+                    use_gpu=self.config.use_gpu,
+                )
                 self._indexes[collection_id] = index
+            return index
+
+    def _lexical_index(self, collection_id: int) -> LexicalIndex:
+        with self._index_lock:
+            index = self._lexical.get(collection_id)
+            if index is None:
+                path = self.config.index_dir / f"collection-{collection_id}.bm25.npz"
+                index = LexicalIndex(path, self._tokenizer, self.config.bm25_k1, self.config.bm25_b)
+                self._lexical[collection_id] = index
             return index
 
     def _apply_change(
         self, collection_id: int, version: int, removed: list[int], added: list[int], vectors: np.ndarray
     ) -> None:
-        """Apply one committed change to the index: as a delta when the index holds exactly the previous
+        """Apply one committed change to both indexes: as a delta when an index holds exactly the previous
         version, otherwise (another writer got in between) by a full sync against SQL."""
-        index = self._index(collection_id)
-        with index.lock:
-            if index.version == version - 1:
-                index.remove(removed)
-                index.add(np.asarray(added, dtype=np.int64), vectors)
-                index.save(version)
-            else:
-                self._sync(index, collection_id, version)
+
+        def given_vectors(_: list[int]) -> tuple[np.ndarray, np.ndarray]:
+            return np.asarray(added, dtype=np.int64), vectors
+
+        for index, load in (
+            (self._index(collection_id), given_vectors),
+            (self._lexical_index(collection_id), self._load_texts),
+        ):
+            with index.lock:
+                if index.version == version - 1:
+                    index.remove(removed)
+                    if added:
+                        index.add(*load(added))
+                    index.save(version)
+                else:
+                    self._sync(index, collection_id, version, load)
 
     def synced_index(self, collection_id: int, version: int) -> VectorIndex:
-        """The collection's index, brought in line with SQL if another writer changed the collection."""
+        """The collection's vector index, brought in line with SQL if another writer changed it."""
         index = self._index(collection_id)
-        if index.version == version:
-            return index
-        with index.lock:
-            if index.version != version:
-                self._sync(index, collection_id, version)
+        self._ensure_synced(index, collection_id, version, self._load_vectors)
         return index
 
-    def _sync(self, index: VectorIndex, collection_id: int, version: int) -> None:
+    def synced_lexical(self, collection_id: int, version: int) -> LexicalIndex:
+        """The collection's BM25 index, brought in line with SQL like the vector index."""
+        index = self._lexical_index(collection_id)
+        self._ensure_synced(index, collection_id, version, self._load_texts)
+        return index
+
+    def _ensure_synced(
+        self, index: _SyncedIndex, collection_id: int, version: int, load: Callable[[list[int]], Any]
+    ) -> None:
+        if index.version == version:
+            return
+        with index.lock:
+            if index.version != version:
+                self._sync(index, collection_id, version, load)
+
+    def _sync(
+        self, index: _SyncedIndex, collection_id: int, version: int, load: Callable[[list[int]], Any]
+    ) -> None:
         with self.db.session() as session:
             wanted = session.scalars(
                 select(Chunk.id)
                 .join(Document)
                 .where(Document.collection_id == collection_id, Document.state == DocumentState.ready)
             ).all()
-        index.sync(wanted, self._load_vectors)
+        index.sync(wanted, load)
         index.save(version)
 
     def _load_vectors(self, chunk_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -389,21 +682,46 @@ class KnowledgeBase:
         vectors = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(ids), self.embedder.dimension)
         return np.asarray(ids, dtype=np.int64), vectors
 
+    def _load_texts(self, chunk_ids: list[int]) -> tuple[np.ndarray, list[str]]:
+        ids: list[int] = []
+        texts: list[str] = []
+        with self.db.session() as session:
+            for start in range(0, len(chunk_ids), 5000):
+                batch = chunk_ids[start : start + 5000]
+                for chunk_id, title, headings, text in session.execute(
+                    select(Chunk.id, Document.title, Chunk.heading_path, Chunk.text)
+                    .join(Document)
+                    .where(Chunk.id.in_(batch))
+                ):
+                    ids.append(chunk_id)
+                    # Like the embedding input (see the chunker): title, the chunk's headings, the chunk.
+                    texts.append(self.passage(title, f"{headings}\n{text}" if headings else text))
+        return np.asarray(ids, dtype=np.int64), texts
+
+    def sync_indexes(self, collection: str) -> None:
+        """Bring a collection's indexes in line with SQL now, e.g. after writes that left them behind."""
+        with self.db.session() as session:
+            found = self._collection(session, collection)
+            collection_id, version = found.id, found.version
+        self.synced_index(collection_id, version)
+        self.synced_lexical(collection_id, version)
+
     def load_indexes(self) -> None:
-        """Open and sync every collection's index (at startup, so a bad index file fails early)."""
+        """Open and sync every collection's indexes (at startup, so a bad index file fails early)."""
         with self.db.session() as session:
             rows = session.execute(select(Collection.id, Collection.version)).all()
         for collection_id, version in rows:
             self.synced_index(collection_id, version)
+            self.synced_lexical(collection_id, version)
 
     def reindex(self) -> int:
-        """Rebuild every index from the embeddings stored in SQL; returns the number of vectors indexed."""
+        """Rebuild every index from the chunks stored in SQL; returns the number of chunks indexed."""
         with self._index_lock:
-            for path in self.config.index_dir.glob("collection-*.faiss*"):
-                path.unlink()
-            for path in self.config.index_dir.glob("collection-*.version"):
-                path.unlink()
+            for pattern in ("collection-*.faiss*", "collection-*.version", "collection-*.bm25.npz*"):
+                for path in self.config.index_dir.glob(pattern):
+                    path.unlink()
             self._indexes.clear()
+            self._lexical.clear()
         self.load_indexes()
         return sum(index.size for index in self._indexes.values())
 

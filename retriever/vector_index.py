@@ -3,33 +3,66 @@
 The index is a cache of the embeddings stored in SQL: `sync` brings it back in line with a set of ids
 from SQL (adding what is missing, removing what is gone), so a crash between a SQL commit and an index save
 never leaves a deleted chunk retrievable.
+
+Its type follows the collection's size: exact inner product (`IndexFlatIP` under an id map) up to
+`flat_max_vectors`, then an inverted file (`IndexIVFFlat`, about 4·√n lists, `nprobe` of them searched).
+IVF rather than HNSW because FAISS's HNSW cannot remove vectors, and a delete here must really delete.
+The switch back to Flat waits until the collection shrinks to half the threshold, so a collection that
+hovers around the threshold is not retrained on every write. When FAISS sees a GPU, searches run on a GPU
+replica made with `index_cpu_to_gpu`; the CPU index stays the master that is written and saved.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import tempfile
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
+
+log = logging.getLogger(__name__)
+
+_gpu_resources: Any = None
 
 
 class IndexMismatchError(RuntimeError):
     """The index on disk is unreadable or was built by another embedder."""
 
 
+def ivf_lists(size: int) -> int:
+    """Number of IVF lists for `size` vectors: the FAISS guideline of about 4·√n."""
+    return max(16, min(65536, int(4 * math.sqrt(size))))
+
+
 class VectorIndex:
-    def __init__(self, dimension: int, path: Path | None = None) -> None:
+    def __init__(
+        self,
+        dimension: int,
+        path: Path | None = None,
+        flat_max_vectors: int = 100_000,
+        nprobe: int = 32,
+        use_gpu: bool = True,
+    ) -> None:
         self.dimension = dimension
         self.path = path
+        self.flat_max_vectors = flat_max_vectors
+        self.nprobe = nprobe
+        self.use_gpu = use_gpu
         self.lock = threading.RLock()
-        self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(dimension))
+        self._index: Any = self._flat()
+        self._gpu_index: Any = None  # search replica, dropped on every write
         self.version = -1  # the collection version this index reflects; -1 = unknown
         if path is not None and path.exists():
             self._load(path)
+
+    def _flat(self) -> Any:
+        return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dimension))
 
     def _load(self, path: Path) -> None:
         try:
@@ -43,17 +76,83 @@ class VectorIndex:
                 f"vector index {path} has dimension {index.d} but the embedder produces {self.dimension}; "
                 "it was built by another embedder: run `archivist reindex` to rebuild it from SQL"
             )
-        self._index = faiss.IndexIDMap2(index) if not isinstance(index, faiss.IndexIDMap2) else index
+        if isinstance(index, faiss.IndexIVF):
+            index.set_direct_map_type(faiss.DirectMap.Hashtable)  # type: ignore[attr-defined]
+            index.nprobe = self.nprobe
+        elif not isinstance(index, faiss.IndexIDMap2):
+            index = faiss.IndexIDMap2(index)
+        self._index = index
         version_file = path.with_suffix(".version")
         self.version = int(version_file.read_text()) if version_file.exists() else -1
+
+    # -- reading -----------------------------------------------------------------------------------------
 
     @property
     def size(self) -> int:
         return int(self._index.ntotal)
 
+    @property
+    def kind(self) -> str:
+        """`flat` or `ivf<lists>`, for reports and benchmarks."""
+        return f"ivf{self._index.nlist}" if self._is_ivf else "flat"
+
+    @property
+    def _is_ivf(self) -> bool:
+        return isinstance(self._index, faiss.IndexIVF)
+
     def ids(self) -> np.ndarray:
         with self.lock:
-            return faiss.vector_to_array(self._index.id_map).astype(np.int64)
+            if not self._is_ivf:
+                return faiss.vector_to_array(self._index.id_map).astype(np.int64)
+            lists = self._index.invlists
+            parts = [
+                faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+                for i in range(lists.nlist)
+                if lists.list_size(i)
+            ]
+            return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
+
+    def search(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None) -> list[tuple[int, float]]:
+        """The `k` nearest (chunk id, inner product) pairs. `allowed` restricts the search to those chunk
+        ids inside FAISS (an IDSelector), so a filter never empties an already truncated list."""
+        vector = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)
+        with self.lock:
+            if self.size == 0:
+                return []
+            k = min(k, self.size)
+            if allowed is None:
+                scores, ids = self._search_index().search(vector, k)
+            else:
+                selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
+                # A selective filter leaves few allowed vectors in the nprobe nearest lists: probe them all
+                # (cost: an id check per vector, distances only for allowed ones) to stay exact.
+                nprobe = self._index.nlist if self._is_ivf and len(allowed) * 10 < self.size else self.nprobe
+                scores, ids = self._index.search(vector, k, params=self._params(selector, nprobe))
+        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i != -1]
+
+    def _params(self, selector: Any, nprobe: int) -> Any:
+        if self._is_ivf:
+            return faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)  # type: ignore[call-arg]
+        return faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
+
+    def _search_index(self) -> Any:
+        """The GPU replica when FAISS has a GPU (made again after each write), else the CPU index.
+        Filtered searches always use the CPU index: FAISS GPU indexes take no IDSelector."""
+        global _gpu_resources
+        if not self.use_gpu or faiss.get_num_gpus() == 0:
+            return self._index
+        if self._gpu_index is None:
+            try:
+                if _gpu_resources is None:
+                    _gpu_resources = faiss.StandardGpuResources()
+                self._gpu_index = faiss.index_cpu_to_gpu(_gpu_resources, 0, self._index)
+            except RuntimeError as error:  # e.g. an index type this faiss-gpu build cannot clone
+                log.warning("vector index stays on the CPU: %s", error)
+                self.use_gpu = False
+                return self._index
+        return self._gpu_index
+
+    # -- writing -----------------------------------------------------------------------------------------
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids) == 0:
@@ -63,20 +162,69 @@ class VectorIndex:
             raise ValueError(f"vectors have dimension {vectors.shape[1]}, index expects {self.dimension}")
         with self.lock:
             self._index.add_with_ids(vectors, np.ascontiguousarray(ids, dtype=np.int64))
+            self._gpu_index = None
+            self._fit_type()
 
     def remove(self, ids: Iterable[int]) -> int:
         id_array = np.fromiter(ids, dtype=np.int64)
         if len(id_array) == 0:
             return 0
         with self.lock:
-            return int(self._index.remove_ids(faiss.IDSelectorBatch(id_array)))
+            # IVF's id hashtable can only remove through an explicit id array.
+            selector = faiss.IDSelectorArray if self._is_ivf else faiss.IDSelectorBatch
+            removed = int(self._index.remove_ids(selector(id_array)))
+            self._gpu_index = None
+            self._fit_type()
+        return removed
 
-    def search(self, query: np.ndarray, k: int) -> list[tuple[int, float]]:
-        with self.lock:
-            if self.size == 0:
-                return []
-            scores, ids = self._index.search(np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32), k)
-        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i != -1]
+    def _fit_type(self) -> None:
+        """Switch between Flat and IVF as the size crosses the thresholds; retrain IVF once the collection
+        has grown enough that about 4·√n lists means at least twice the lists it was trained with."""
+        size = self.size
+        if self._is_ivf:
+            shrunk = size < self.flat_max_vectors // 2
+            grown = ivf_lists(size) >= 2 * self._index.nlist
+            if not (shrunk or grown):
+                return
+        elif size <= self.flat_max_vectors:
+            return
+        ids, vectors = self._contents()
+        if size < self.flat_max_vectors // 2:
+            index = self._flat()
+        else:
+            index = self._train_ivf(vectors)
+        index.add_with_ids(vectors, ids)
+        self._index = index
+        self._gpu_index = None
+
+    def _train_ivf(self, vectors: np.ndarray) -> Any:
+        nlist = ivf_lists(len(vectors))
+        quantizer = faiss.IndexFlatIP(self.dimension)
+        index = faiss.IndexIVFFlat(quantizer, self.dimension, nlist, faiss.METRIC_INNER_PRODUCT)
+        # k-means on a sample: 64 points per list is plenty (FAISS itself caps at 256) and keeps the
+        # one-off training to seconds at a few hundred thousand vectors.
+        sample = vectors
+        if len(vectors) > 64 * nlist:
+            rows = np.random.default_rng(0).choice(len(vectors), 64 * nlist, replace=False)
+            sample = vectors[np.sort(rows)]
+        index.train(sample)
+        index.set_direct_map_type(faiss.DirectMap.Hashtable)  # type: ignore[attr-defined]
+        index.nprobe = self.nprobe
+        log.info("vector index switched to IVF with %d lists for %d vectors", nlist, len(vectors))
+        return index
+
+    def _contents(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every (id, vector) held, read back from the index itself (Flat storage or IVF-Flat codes)."""
+        ids = self.ids()
+        if self._is_ivf:
+            vectors = np.vstack([self._index.reconstruct(int(i)) for i in ids]) if len(ids) else None
+        else:
+            storage: Any = faiss.downcast_index(self._index.index)
+            vectors = faiss.rev_swig_ptr(storage.get_xb(), self.size * self.dimension)
+            vectors = vectors.reshape(-1, self.dimension)
+        if vectors is None:
+            vectors = np.zeros((0, self.dimension), dtype=np.float32)
+        return ids, np.ascontiguousarray(vectors, dtype=np.float32).copy()
 
     def sync(
         self, wanted_ids: Iterable[int], load_vectors: Callable[[list[int]], tuple[np.ndarray, np.ndarray]]
@@ -100,12 +248,12 @@ class VectorIndex:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.lock:
-            _atomic_write(self.path, faiss.serialize_index(self._index).tobytes())
-            _atomic_write(self.path.with_suffix(".version"), str(version).encode())
+            atomic_write(self.path, faiss.serialize_index(self._index).tobytes())
+            atomic_write(self.path.with_suffix(".version"), str(version).encode())
             self.version = version
 
 
-def _atomic_write(path: Path, payload: bytes) -> None:
+def atomic_write(path: Path, payload: bytes) -> None:
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:

@@ -41,10 +41,13 @@ def embedder() -> Embedder:
 
 @pytest.fixture(scope="session")
 def generator():  # type: ignore[no-untyped-def]
-    from llm.hf import HFGenerator
-    from llm.locate import default_llm_path
+    """The default backend (our engine on the default model), shared by every service test."""
+    from llm.config import EngineConfig
+    from llm.engine import load_engine
 
-    return HFGenerator(default_llm_path())
+    engine = load_engine(EngineConfig(max_model_len=4096, max_num_seqs=16))
+    yield engine
+    engine.shutdown()
 
 
 def _postgres_available() -> str | None:

@@ -6,10 +6,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile
 
-from app.deps import ServicesDep
-from app.schemas import DocumentList, DocumentPublic, IngestResultPublic
+from app.auth import Principal
+from app.deps import PrincipalDep, RowId, ServicesDep
+from app.errors import InvalidRequestError
+from app.routes.jobs import file_result_public, job_public
+from app.schemas import DocumentList, DocumentPublic, IngestResultPublic, JobPublic
+from app.services import Services
 from app.uploads import store_and_ingest
-from retriever.store import DocumentInfo
+from retriever.store import DocumentInfo, NotFoundError
 
 router = APIRouter(prefix="/v1/documents", tags=["documents"])
 
@@ -18,26 +22,61 @@ def document_public(info: DocumentInfo) -> DocumentPublic:
     return DocumentPublic(**info.__dict__)
 
 
+def visible_document(services: Services, principal: Principal, document_id: int) -> DocumentInfo:
+    """A document of a collection the caller may read; any other is reported as missing."""
+    info = services.kb().get_document(document_id)
+    if not principal.can_read(info.collection):
+        raise NotFoundError(f"document {document_id} does not exist")
+    return info
+
+
 @router.get("", response_model=DocumentList)
-def list_documents(services: ServicesDep, collection: str | None = None) -> DocumentList:
-    return DocumentList(documents=[document_public(d) for d in services.kb().list_documents(collection)])
+def list_documents(
+    services: ServicesDep, principal: PrincipalDep, collection: str | None = None
+) -> DocumentList:
+    if collection is not None:
+        principal.require_read(collection)
+    found = services.kb().list_documents(collection)
+    return DocumentList(documents=[document_public(d) for d in found if principal.can_read(d.collection)])
 
 
 @router.get("/{document_id}", response_model=DocumentPublic)
-def get_document(document_id: int, services: ServicesDep) -> DocumentPublic:
-    return document_public(services.kb().get_document(document_id))
+def get_document(document_id: RowId, services: ServicesDep, principal: PrincipalDep) -> DocumentPublic:
+    return document_public(visible_document(services, principal, document_id))
 
 
-@router.post("", response_model=IngestResultPublic, status_code=201)
+@router.post(
+    "",
+    response_model=IngestResultPublic | JobPublic,
+    status_code=201,
+    responses={202: {"model": JobPublic, "description": "Several files: ingestion runs as a background job"}},
+)
 def upload_document(
     services: ServicesDep,
+    principal: PrincipalDep,
     response: Response,
-    file: Annotated[UploadFile, File(description="A .txt or .md file")],
+    file: Annotated[UploadFile | None, File(description="One file, ingested before the reply")] = None,
+    files: Annotated[
+        list[UploadFile] | None, File(description="Several files, ingested by a background job (202)")
+    ] = None,
     collection: Annotated[str | None, Form()] = None,
-) -> IngestResultPublic:
+) -> IngestResultPublic | JobPublic:
+    """Upload `file` to ingest it now (201 added, 200 updated/unchanged/duplicate, 422 unreadable), or
+    `files` (one or more) to ingest them in the background: 202 with a job to follow at `/v1/jobs/{id}`."""
     settings = services.settings
     target = collection or settings.default_collection
+    if (file is None) == (not files):
+        raise InvalidRequestError("send one file as `file`, or several as `files`")
+    principal.require_write(target)
     services.kb().ensure_collection(target)
+    if files:
+        job = services.jobs().submit(
+            target, [(upload.filename or "", upload.file) for upload in files], settings.max_upload_bytes
+        )
+        response.status_code = 202
+        response.headers["Location"] = f"/v1/jobs/{job.id}"
+        return job_public(job)
+    assert file is not None
     result = store_and_ingest(
         services.ingestor(),
         settings.upload_dir,
@@ -46,17 +85,25 @@ def upload_document(
         file.file,
         settings.max_upload_bytes,
     )
+    services.metrics.ingested.labels(result.status).inc()
     if result.status in ("failed", "skipped"):
         raise HTTPException(status_code=422, detail=f"{result.path}: {result.reason}")
     if result.status != "added":
         response.status_code = 200
-    assert result.document_id is not None
-    document = document_public(services.kb().get_document(result.document_id))
+    document = None
+    if result.document_id is not None:
+        document = document_public(services.kb().get_document(result.document_id))
+    duplicates = file_result_public(result).duplicates
     return IngestResultPublic(
-        status=result.status, reason=result.reason, chunks=result.chunks, document=document
+        status=result.status,
+        reason=result.reason,
+        chunks=result.chunks,
+        document=document,
+        duplicates=duplicates,
     )
 
 
 @router.delete("/{document_id}", response_model=DocumentPublic)
-def delete_document(document_id: int, services: ServicesDep) -> DocumentPublic:
+def delete_document(document_id: RowId, services: ServicesDep, principal: PrincipalDep) -> DocumentPublic:
+    principal.require_write(visible_document(services, principal, document_id).collection)
     return document_public(services.kb().delete_document(document_id))

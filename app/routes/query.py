@@ -2,43 +2,27 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
-from app.deps import ServicesDep
-from app.rag import Answer, RagPipeline
-from app.schemas import QueryCreate, QueryPublic, SourcePublic, Timings
+from app.deps import PrincipalDep, ServicesDep
+from app.schemas import QueryCreate, QueryPublic
+from app.sse import EventStreamResponse, query_events
+from app.views import answer_public
 
 router = APIRouter(prefix="/v1", tags=["query"])
 
 
-def answer_public(answer: Answer) -> QueryPublic:
-    return QueryPublic(
-        answer=answer.answer,
-        sources=[
-            SourcePublic(
-                n=source.n,
-                document_id=source.hit.document_id,
-                title=source.hit.title,
-                chunk_id=source.hit.chunk_id,
-                ordinal=source.hit.ordinal,
-                char_start=source.hit.char_start,
-                char_end=source.hit.char_end,
-                text=source.hit.text,
-                score=source.hit.score,
-            )
-            for source in answer.sources
-        ],
-        cited=answer.cited,
-        finish_reason=answer.finish_reason,
-        timings=Timings(**answer.timings),
-    )
-
-
-@router.post("/query", response_model=QueryPublic)
-def query(body: QueryCreate, services: ServicesDep) -> QueryPublic:
-    settings = services.settings
-    pipeline = RagPipeline(services.kb(), services.generator(), settings.max_new_tokens)
-    answer = pipeline.answer(
-        body.question, body.collection or settings.default_collection, body.top_k or settings.top_k
-    )
-    return answer_public(answer)
+@router.post(
+    "/query",
+    response_model=QueryPublic,
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "JSON, or with `stream: true` events"}
+    },
+)
+def query(body: QueryCreate, services: ServicesDep, principal: PrincipalDep) -> QueryPublic | Response:
+    """Retrieve, generate and cite; with `stream: true`, Server-Sent Events `sources`, `delta`…, `done`.
+    Filters and mode shape retrieval; `conversation_id` makes it a turn of a stored conversation."""
+    prepared = services.answering.prepare(body, principal)
+    if body.stream:
+        return EventStreamResponse(query_events(services.answering, prepared), on_close=prepared.cancel)
+    return answer_public(services.answering.complete(prepared), prepared.collection, prepared.conversation_id)

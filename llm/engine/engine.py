@@ -230,4 +230,7 @@ class LLMEngine:
             "preemptions": self.scheduler.num_preemptions,
             "free_blocks": bm.num_free_blocks,
             "total_blocks": bm.num_blocks,
+            "kv_cache_usage": 1.0 - bm.num_free_blocks / bm.num_blocks,
+            "running": len(self.scheduler.running),
+            "waiting": len(self.scheduler.waiting),
         }

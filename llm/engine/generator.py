@@ -52,6 +52,8 @@ class EngineGenerator:
         self.tokenizer = tokenizer
         self.name = name
         self.context_window = engine.max_model_len
+        # How many streams the service should admit at once: the engine batches up to this many sequences.
+        self.max_concurrency = engine.scheduler.max_num_seqs
         self._on_shutdown = on_shutdown
         self._inbox: queue.SimpleQueue[tuple[str, _Stream] | object] = queue.SimpleQueue()
         self._live: dict[int, _Stream] = {}
@@ -92,6 +94,10 @@ class EngineGenerator:
             if not handle.done:  # the consumer went away: cancel and free the blocks
                 handle.done = True
                 self._inbox.put(("abort", handle))
+
+    def stats(self) -> dict[str, float]:
+        """Scheduler and cache figures for the service's metrics; read without locking (plain counters)."""
+        return dict(self.engine.stats())
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop the worker; streams still running end with finish_reason "cancelled"."""

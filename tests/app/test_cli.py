@@ -30,7 +30,7 @@ def test_ingest_summary_then_no_op_then_ask(data_dir: Path, tmp_path: Path) -> N
     docs.mkdir()
     (docs / "moon.md").write_text("# The Moon\n\nThe Moon orbits the Earth every 27.3 days.")
     (docs / "sun.txt").write_text("The Sun is a G-type main-sequence star.")
-    (docs / "broken.txt").write_bytes(b"\xff\xfe\x00\x01binary")
+    (docs / "broken.txt").write_bytes(bytes(range(256)))
     first = runner.invoke(cli, ["ingest", str(docs), "--collection", "space"])
     assert first.exit_code == 1  # one file failed; the others were ingested
     assert "Ingest summary" in first.output and "broken.txt" in first.output
@@ -55,3 +55,14 @@ def test_bad_cli_input(data_dir: Path) -> None:
     unknown = runner.invoke(cli, ["ask", "anything", "--collection", "nowhere"])
     assert unknown.exit_code == 1 and "nowhere" in unknown.output
     assert runner.invoke(cli, ["ask", "x", "--top-k", "0"]).exit_code == 2
+
+
+def test_generate_streams_a_reply_and_rejects_bad_input(data_dir: Path) -> None:
+    result = runner.invoke(cli, ["generate", "What is the capital of France?", "-n", "12"])
+    assert result.exit_code == 0, result.output
+    assert "Paris" in result.output
+    assert "tokens in" in result.output and "finish: " in result.output
+    assert runner.invoke(cli, ["generate", "  "]).exit_code == 2
+    assert runner.invoke(cli, ["generate", "hi", "--temperature", "-1"]).exit_code == 2
+    overflow = runner.invoke(cli, ["generate", "word " * 5000, "-n", "8"])
+    assert overflow.exit_code == 1 and "context" in overflow.output

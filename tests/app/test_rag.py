@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from app.rag import Source, build_messages, parse_citations
+from app.grounding import parse_citations
+from app.rag import Source, build_messages
 from retriever.store import SearchHit
 
 

@@ -7,9 +7,9 @@ import math
 
 import pytest
 import torch
-from kernel_cases import DEVICE, cu_seqlens, paged_kv
 
 from kernels import reference
+from tests.kernels.kernel_cases import DEVICE, cu_seqlens, paged_kv
 
 
 def naive_attention(

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from kernel_cases import DEVICE, ON_GPU, cu_seqlens, needs_triton
 
 from kernels import dispatch, reference
+from tests.kernels.kernel_cases import DEVICE, ON_GPU, cu_seqlens, needs_triton
 
 FUNCTIONS = [
     "varlen_attention",

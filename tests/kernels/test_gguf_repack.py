@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from kernel_cases import DEVICE, assert_close, needs_triton
 
 from kernels import reference
 from kernels.layout import Int4Weight, Int8Weight, dequantize, repack_q4_0, repack_q4_1, repack_q8_0
+from tests.kernels.kernel_cases import DEVICE, assert_close, needs_triton
 
 gguf = pytest.importorskip("gguf")
 

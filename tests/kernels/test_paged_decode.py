@@ -7,7 +7,9 @@ from typing import Any
 
 import pytest
 import torch
-from kernel_cases import (
+
+from kernels import reference
+from tests.kernels.kernel_cases import (
     DEVICE,
     KERNEL_DTYPES,
     assert_close,
@@ -17,8 +19,6 @@ from kernel_cases import (
     needs_triton,
     paged_kv,
 )
-
-from kernels import reference
 
 pytestmark = needs_triton
 

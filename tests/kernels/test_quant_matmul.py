@@ -5,10 +5,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_cases import DEVICE, KERNEL_DTYPES, assert_close, forbid_launch, gpu, needs_gpu, needs_triton
 
 from kernels import reference
 from kernels.layout import Int4Weight, Int8Weight, quantize_int4, quantize_int8
+from tests.kernels.kernel_cases import (
+    DEVICE,
+    KERNEL_DTYPES,
+    assert_close,
+    forbid_launch,
+    gpu,
+    needs_gpu,
+    needs_triton,
+)
 
 pytestmark = needs_triton
 

@@ -6,9 +6,17 @@ from typing import Any
 
 import pytest
 import torch
-from kernel_cases import DEVICE, KERNEL_DTYPES, assert_close, forbid_launch, gpu, needs_gpu, needs_triton
 
 from kernels import reference
+from tests.kernels.kernel_cases import (
+    DEVICE,
+    KERNEL_DTYPES,
+    assert_close,
+    forbid_launch,
+    gpu,
+    needs_gpu,
+    needs_triton,
+)
 
 pytestmark = needs_triton
 

@@ -6,13 +6,13 @@ import threading
 import time
 
 import pytest
-from engine_mocks import ByteTokenizer, MockRunner
 
 from llm.base import ChatMessage, ContextOverflowError, Generator, SamplingParams, collect
 from llm.engine.block_manager import BlockManager
 from llm.engine.engine import LLMEngine
 from llm.engine.generator import EngineGenerator
 from llm.engine.scheduler import Scheduler
+from tests.llm.engine_mocks import ByteTokenizer, MockRunner
 
 
 @pytest.fixture

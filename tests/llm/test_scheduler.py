@@ -5,13 +5,13 @@ from __future__ import annotations
 import random
 
 import pytest
-from engine_mocks import EOS, ByteTokenizer, MockRunner
 
 from llm.base import ContextOverflowError, SamplingParams
 from llm.engine.block_manager import BlockManager
 from llm.engine.engine import LLMEngine
 from llm.engine.scheduler import Scheduler
 from llm.engine.sequence import Sequence
+from tests.llm.engine_mocks import EOS, ByteTokenizer, MockRunner
 
 BS = 16
 

@@ -1,0 +1,56 @@
+"""Which service error answers which HTTP status; every error body is JSON `{"detail": ...}`. Errors may
+carry `headers` (Retry-After, WWW-Authenticate) to send along."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.auth import AuthError, ForbiddenError
+from app.generation import GenerationTimeoutError
+from app.limits import TooBusyError
+from app.schemas import ErrorPublic
+from app.uploads import UploadTooLargeError
+from llm.base import ContextOverflowError
+from retriever.store import InvalidNameError, NotFoundError
+
+
+class NotReadyError(RuntimeError):
+    """A model or index is still loading, or failed to load."""
+
+
+class InvalidRequestError(ValueError):
+    """A request that is well-formed but contradicts itself or the stored state (422)."""
+
+
+ERROR_STATUS: dict[type[Exception], int] = {
+    NotFoundError: 404,
+    InvalidNameError: 422,
+    InvalidRequestError: 422,
+    ContextOverflowError: 422,
+    UploadTooLargeError: 413,
+    AuthError: 401,
+    ForbiddenError: 403,
+    TooBusyError: 429,
+    NotReadyError: 503,
+    GenerationTimeoutError: 503,
+}
+
+
+# Documented on every /v1 route, so clients (and the schema tests) know each error's shape.
+API_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorPublic, "description": description}
+    for code, description in (
+        (400, "The body could not be read (e.g. invalid UTF-8)"),
+        (401, "No API key, or a wrong, expired or revoked one"),
+        (403, "The key lacks the right for this collection or action"),
+        (404, "Unknown collection, document, conversation, job, key or model"),
+        (413, "Request body over the size limit"),
+        (422, "Invalid input"),
+        (429, "Rate limit or generation queue full; see Retry-After"),
+        (503, "Models still loading, or no generation slot before the deadline; see Retry-After"),
+    )
+}
+
+
+def status_of(error: BaseException) -> int:
+    return next((code for kind, code in ERROR_STATUS.items() if isinstance(error, kind)), 500)

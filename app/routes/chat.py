@@ -1,0 +1,53 @@
+"""OpenAI-compatible endpoints: `GET /v1/models` (one model per collection, `archivist:<collection>`) and
+`POST /v1/chat/completions`, whole or streamed, with the passages as `references`. Earlier user messages
+are the conversation history that follow-up questions are rewritten from."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from fastapi import APIRouter, Response
+
+from app.deps import PrincipalDep, ServicesDep
+from app.openai_compat import Completion, collection_of
+from app.openai_schemas import MODEL_PREFIX, ChatCompletion, ChatCompletionCreate, ModelList, ModelPublic
+from app.rewrite import standalone_history
+from app.schemas import QueryCreate
+from app.sse import EventStreamResponse
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+
+@router.get("/models", response_model=ModelList)
+def list_models(services: ServicesDep, principal: PrincipalDep) -> ModelList:
+    names = principal.readable(c.name for c in services.kb().list_collections())
+    return ModelList(data=[ModelPublic(id=f"{MODEL_PREFIX}:{name}") for name in names])
+
+
+@router.post(
+    "/chat/completions",
+    response_model=ChatCompletion,
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "JSON, or with `stream: true` chunks"}
+    },
+)
+def chat_completions(
+    body: ChatCompletionCreate, services: ServicesDep, principal: PrincipalDep
+) -> ChatCompletion | Response:
+    *earlier, question = body.questions
+    ask = QueryCreate(
+        question=question,
+        collection=collection_of(body.model, services.settings.default_collection),
+        top_k=body.top_k,
+        mode=body.mode,
+        temperature=body.temperature,
+        max_tokens=body.max_completion_tokens or body.max_tokens,
+    )
+    prepared = services.answering.prepare(ask, principal, standalone_history(earlier))
+    completion = Completion(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), body.model)
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        chunks = completion.chunks(services.answering, prepared, include_usage)
+        return EventStreamResponse(chunks, on_close=prepared.cancel)
+    return completion.whole(services.answering.complete(prepared))

@@ -1,0 +1,101 @@
+"""Bad input for every route of the service: wrong types, missing fields, huge bodies, invalid UTF-8,
+unknown ids → a 4xx with a JSON `detail`, and nothing stored changes. (Keys are covered in test_auth.)"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.api import create_app
+from app.services import Services
+from retriever.store import KnowledgeBase
+from tests.app.state import snapshot
+from tests.conftest import make_settings
+
+ask = {"question": "Where do owls live?"}
+chat = {"model": "archivist", "messages": [{"role": "user", "content": "Where?"}]}
+JSON = {"content-type": "application/json"}
+
+CASES: list[tuple[str, str, dict[str, object], int]] = [
+    ("POST", "/v1/query", {"json": {**ask, "question": 5}}, 422),
+    ("POST", "/v1/query", {"json": {**ask, "stream": "maybe"}}, 422),
+    ("POST", "/v1/query", {"json": {**ask, "temperature": -1}}, 422),
+    ("POST", "/v1/query", {"json": {**ask, "max_tokens": 0}}, 422),
+    ("POST", "/v1/query", {"json": {**ask, "mode": "psychic"}}, 422),
+    ("POST", "/v1/query", {"json": {**ask, "filters": {"document_ids": [2**70]}}}, 422),
+    ("POST", "/v1/query", {"json": {**ask, "conversation_id": "c" * 65}}, 422),
+    ("POST", "/v1/query", {"json": {**ask, "conversation_id": "missing"}}, 404),
+    ("POST", "/v1/query", {"json": {**ask, "collection": "../../etc"}}, 404),
+    ("POST", "/v1/query", {"json": [ask]}, 422),
+    ("POST", "/v1/query", {"content": b'{"question": "caf\xe9"}', "headers": JSON}, 400),
+    ("POST", "/v1/query", {"content": b'{"question": ', "headers": JSON}, 422),
+    ("POST", "/v1/query", {"content": b"question=x", "headers": {"content-type": "text/plain"}}, 422),
+    ("POST", "/v1/query", {"json": {"question": "x" * 2_000_000}}, 413),
+    ("POST", "/v1/chat/completions", {"json": {}}, 422),
+    ("POST", "/v1/chat/completions", {"json": {**chat, "messages": []}}, 422),
+    (
+        "POST",
+        "/v1/chat/completions",
+        {"json": {**chat, "messages": [{"role": "wizard", "content": "x"}]}},
+        422,
+    ),
+    ("POST", "/v1/chat/completions", {"json": {**chat, "messages": [{"role": "user", "content": 7}]}}, 422),
+    ("POST", "/v1/chat/completions", {"json": {**chat, "messages": [{"role": "user", "content": " "}]}}, 422),
+    ("POST", "/v1/chat/completions", {"json": {**chat, "n": 2}}, 422),
+    ("POST", "/v1/chat/completions", {"json": {**chat, "max_tokens": -5}}, 422),
+    ("POST", "/v1/chat/completions", {"json": {**chat, "model": "gpt-4"}}, 404),
+    ("POST", "/v1/chat/completions", {"json": {**chat, "model": "archivist:nowhere"}}, 404),
+    ("POST", "/v1/conversations", {"json": {"collection": "../x"}}, 404),
+    ("POST", "/v1/conversations", {"json": {"collection": "ghost"}}, 404),
+    ("POST", "/v1/conversations", {"json": {"title": ["a"]}}, 422),
+    ("POST", "/v1/conversations", {"json": {"title": "t" * 201}}, 422),
+    ("GET", "/v1/conversations/missing", {}, 404),
+    ("DELETE", "/v1/conversations/missing", {}, 404),
+    ("GET", "/v1/documents/abc", {}, 422),
+    ("GET", "/v1/documents/999", {}, 404),
+    ("DELETE", "/v1/documents/-1", {}, 422),
+    ("GET", "/v1/documents/99999999999999999999999", {}, 422),
+    ("GET", "/v1/documents", {"params": {"collection": "ghost"}}, 404),
+    ("POST", "/v1/documents", {"files": {"file": ("x.txt", bytes(range(256)) * 4)}}, 422),
+    ("POST", "/v1/documents", {"data": {"collection": "default"}}, 422),
+    (
+        "POST",
+        "/v1/documents",
+        {"files": {"file": ("x.txt", b"Fine text.")}, "data": {"collection": "a/b"}},
+        422,
+    ),
+    ("GET", "/v1/jobs/missing", {}, 404),
+    ("POST", "/v1/keys", {"json": {"name": "x", "read": "default"}}, 422),
+    ("POST", "/v1/keys", {"json": {"name": "", "read": ["default"]}}, 422),
+    ("DELETE", "/v1/keys/abc", {}, 422),
+    ("DELETE", "/v1/keys/999", {}, 404),
+    ("GET", "/v1/nowhere", {}, 404),
+    ("PUT", "/v1/query", {"json": ask}, 405),
+]
+
+
+@pytest.fixture
+def strict(tmp_path: Path, kb: KnowledgeBase, generator) -> Iterator[tuple[TestClient, Services]]:  # type: ignore[no-untyped-def]
+    services = Services(make_settings(tmp_path / "data", max_new_tokens=4), kb=kb, generator=generator)
+    with TestClient(create_app(services)) as client:
+        assert client.post("/v1/documents", files={"file": ("owls.md", b"# Owls\n\nOwls live in forests.")})
+        assert client.post("/v1/conversations", json={}).status_code == 201
+        yield client, services
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status"), CASES, ids=[f"{c[0]} {c[1]} {i}" for i, c in enumerate(CASES)]
+)
+def test_bad_input_gets_a_json_4xx_and_changes_nothing(
+    strict: tuple[TestClient, Services], method: str, path: str, kwargs: dict[str, object], status: int
+) -> None:
+    client, services = strict
+    before = snapshot(services)
+    response = client.request(method, path, **kwargs)  # type: ignore[arg-type]
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["detail"]
+    assert snapshot(services) == before

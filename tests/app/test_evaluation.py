@@ -1,0 +1,110 @@
+"""`archivist eval`: gold spans mapped through cleaning, SQuAD scoring, and a whole run on a small file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from app.cli import cli
+from app.evaluation import (
+    cleaned_offset,
+    exact_match,
+    f1_score,
+    markdown_table,
+    run_evaluation,
+    write_outputs,
+)
+from app.settings import Settings
+from ingest.cleaning import clean_text
+
+ARTICLES = [
+    (
+        "Glaciers_of_the_Alps",
+        [
+            "The Aletsch Glacier is the largest glacier in the Alps. It covers about 80 square kilometres "
+            "in the canton of Valais.",
+            "Glaciers  retreat  when summers are warm. The Rhone Glacier has lost more than a kilometre "
+            "of length since 1850.",
+        ],
+        [
+            ("Which glacier is the largest in the Alps?", "Aletsch Glacier", 0),
+            ("Since which year has the Rhone Glacier lost length?", "1850", 1),
+        ],
+    ),
+    (
+        "Saturn_V",
+        [
+            "The Saturn V was a rocket developed by NASA for the Apollo program. It flew thirteen times "
+            "from the Kennedy Space Center.",
+        ],
+        [("How many times did the Saturn V fly?", "thirteen", 0)],
+    ),
+]
+
+
+def squad_file(path: Path) -> Path:
+    data = []
+    for title, paragraphs, questions in ARTICLES:
+        entries = [{"context": text, "qas": []} for text in paragraphs]
+        for number, (question, answer, index) in enumerate(questions):
+            start = paragraphs[index].index(answer)
+            entries[index]["qas"].append(
+                {
+                    "id": f"{title}-{number}",
+                    "question": question,
+                    "answers": [{"text": answer, "answer_start": start}],
+                }
+            )
+        data.append({"title": title, "paragraphs": entries})
+    path.write_text(json.dumps({"version": "1.1", "data": data}), encoding="utf-8")
+    return path
+
+
+def test_cleaned_offset_follows_cleaning() -> None:
+    raw = "  The \ufb01rst  glacier   of the   Alps"
+    cleaned = clean_text(raw)
+    for word in ("rst", "glacier", "Alps"):
+        assert cleaned[cleaned_offset(raw, raw.index(word)) :].startswith(word)
+
+
+def test_squad_scoring() -> None:
+    assert exact_match("The Denver Broncos!", ["Denver Broncos"]) == 1.0
+    assert exact_match("Broncos", ["Denver Broncos"]) == 0.0
+    assert f1_score("the Denver Broncos team", ["Denver Broncos"]) == pytest.approx(0.8)
+    assert f1_score("nothing", ["Denver Broncos", "Broncos"]) == 0.0
+
+
+def test_evaluation_run_reports_every_mode(settings: Settings, tmp_path: Path) -> None:
+    report = run_evaluation(settings, squad_file(tmp_path / "tiny.json"), generate=True)
+    assert (report.articles, report.questions, report.unmapped_answers) == (2, 3, 0)
+    assert set(report.modes) == {"dense", "lexical", "hybrid"}
+    for result in report.modes.values():
+        assert result.recall[20] == 1.0 and 0 < result.mrr_at_10 <= 1.0
+        assert len(result.latencies_ms) == 3 and result.latency_p50_ms > 0
+    assert report.generation is not None and report.generation["questions"] == 3
+    assert "| hybrid |" in markdown_table(report)
+    json_path, png_path = write_outputs(report, tmp_path / "out" / "tiny")
+    assert json.loads(json_path.read_text())["modes"]["hybrid"]["recall"]["@5"] == 1.0
+    assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ARCHIVIST_DATA_DIR", str(tmp_path / "data"))
+    from app.settings import get_settings
+
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(cli, ["eval", str(squad_file(tmp_path / "tiny.json")), "--sample", "2"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    assert "| mode | recall@1 |" in result.output and "2 questions" in result.output
+    assert (tmp_path / "data" / "eval" / "tiny.json").exists() and (
+        tmp_path / "data" / "eval" / "tiny.png"
+    ).exists()
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    assert CliRunner().invoke(cli, ["eval", str(bad)]).exit_code == 1
