@@ -13,15 +13,13 @@ table and the ratios to the transformers baseline.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import random
-import subprocess
 import time
 from pathlib import Path
 
 import torch
 
+from bench.machine import cpu_name, git_revision, load_average
 from llm.base import SamplingParams
 from llm.config import EngineConfig
 from llm.engine import create_engine
@@ -37,30 +35,7 @@ WORDS = (
 def hardware() -> str:
     if torch.cuda.is_available():
         return f"GPU {torch.cuda.get_device_name()}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        pass
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return f"CPU {cpu}, {torch.get_num_threads()} torch threads, load average {load}"
-
-
-def git_rev() -> str:
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain"], capture_output=True, text=True
-        ).stdout.strip()
-        return rev.stdout.strip() + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (no commit)"
+    return f"CPU {cpu_name()}, {torch.get_num_threads()} torch threads, load average {load_average()}"
 
 
 def text_tokens(tokenizer, n: int, rng: random.Random) -> list[int]:
@@ -212,7 +187,7 @@ def main() -> None:
         else:
             runs["llama.cpp"] = result
 
-    print(f"\n{name} — {path.name}\nhardware: {hardware()}\ngit: {git_rev()}\n")
+    print(f"\n{name} — {path.name}\nhardware: {hardware()}\ngit: {git_revision()}\n")
     print(
         f"RAG load: {args.requests} requests x {args.prompt_tokens} prompt tokens (200 shared), "
         f"{args.rag_new_tokens} new tokens each\n"

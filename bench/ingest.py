@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from app.settings import Settings  # noqa: E402
+from bench.machine import cpu_name, git_revision, load_average  # noqa: E402
 from ingest.pipeline import STAGES, Ingestor  # noqa: E402
 from retriever.embedder import load_embedder  # noqa: E402
 from retriever.store import KnowledgeBase  # noqa: E402
@@ -56,28 +56,16 @@ class RecordingEmbedder:
         return getattr(self.inner, name)
 
 
-def git_revision() -> str:
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True)
-        return done.stdout.strip()
-
-    try:
-        rev = git("rev-parse", "--short", "HEAD")
-    except (subprocess.CalledProcessError, FileNotFoundError):
-        return "unknown (no commit or no git)"
-    return rev + (" (dirty)" if git("status", "--porcelain", "--", "ingest", "retriever", "bench") else "")
-
-
 def hardware(device: str) -> str:
-    cpu = platform.processor() or platform.machine()
-    load = ", load average {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()) if hasattr(os, "getloadavg") else ""
+    load = f", load average {load_average()}"
     gpu = (
         torch.cuda.get_device_name(0)
         if device.startswith("cuda") and torch.cuda.is_available()
         else "none used"
     )
     return (
-        f"{cpu}, {os.cpu_count()} logical CPUs (torch threads {torch.get_num_threads()}{load}); GPU: {gpu}; "
+        f"{cpu_name()}, {os.cpu_count()} logical CPUs (torch threads {torch.get_num_threads()}{load}); "
+        f"GPU: {gpu}; "
         f"python {platform.python_version()}, torch {torch.__version__}"
     )
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 import os
 import platform
-import subprocess
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -35,6 +34,7 @@ if not torch.cuda.is_available():
     # Must precede the first import of a kernel module: @triton.jit reads it when decorating.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from bench.machine import git_revision  # noqa: E402
 from kernels import reference  # noqa: E402
 from kernels.layout import Int4Weight, Int8Weight, quantize_int4, quantize_int8  # noqa: E402
 
@@ -50,18 +50,6 @@ PEAKS = {
     "A100-PCIE-40GB": (1.56e12, 312e12),
     "L4": (0.3e12, 121e12),
 }
-
-
-def git_revision() -> str:
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True)
-        return done.stdout.strip()
-
-    try:
-        rev = git("rev-parse", "--short", "HEAD")
-    except (subprocess.CalledProcessError, FileNotFoundError):
-        return "unknown (no commit or no git)"
-    return rev + (" (dirty)" if git("status", "--porcelain", "--", "kernels", "bench") else "")
 
 
 def print_header() -> None:

@@ -32,7 +32,6 @@ import json
 import os
 import platform
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if sys.path and Path(sys.path[0]).resolve() == ROOT / "bench":
     sys.path[0] = str(ROOT)
 
+from bench.machine import cpu_name, git_revision, load_average  # noqa: E402
 from retriever.config import RetrieverConfig  # noqa: E402
 from retriever.embedder import Embedder  # noqa: E402
 from retriever.store import ChunkDraft, DocumentDraft, KnowledgeBase  # noqa: E402
@@ -59,34 +59,13 @@ WARMUP = 20
 
 
 def hardware() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     gpus = faiss.get_num_gpus()
     return (
-        f"{cpu}, {os.cpu_count()} logical CPUs (torch threads {torch.get_num_threads()}), "
+        f"{cpu_name()}, {os.cpu_count()} logical CPUs (torch threads {torch.get_num_threads()}), "
         f"faiss {faiss.__version__} ({f'{gpus} GPU(s)' if gpus else 'no GPU'}), "
-        f"load average {os.getloadavg()[0]:.1f}, "
+        f"load average {load_average()}, "
         f"python {platform.python_version()}"
     )
-
-
-def git_revision() -> str:
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True
-        ).stdout
-        return rev + ("+uncommitted" if dirty.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def perturb(text: str, rng: random.Random) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,14 +14,12 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, generator) -> Iterator[Path]:  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("ARCHIVIST_DATA_DIR", str(tmp_path / "data"))
+def data_dir(data_dir: Path, monkeypatch: pytest.MonkeyPatch, generator) -> Path:  # type: ignore[no-untyped-def]
+    """The app-wide fresh data dir, with short answers from the session's already-loaded model."""
     monkeypatch.setenv("ARCHIVIST_MAX_NEW_TOKENS", "8")
-    # The session's already-loaded model stands in for a second copy of the same model.
     monkeypatch.setattr("app.services.load_generator", lambda settings: generator)
     get_settings.cache_clear()
-    yield tmp_path / "data"
-    get_settings.cache_clear()
+    return data_dir
 
 
 def test_ingest_summary_then_no_op_then_ask(data_dir: Path, tmp_path: Path) -> None:
