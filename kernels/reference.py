@@ -51,12 +51,15 @@ def _attend(
         allowed &= k_pos <= q_pos
     if sliding_window is not None:
         allowed &= k_pos > q_pos - sliding_window
+    # Batched 4-D inputs let SDPA take its fused CPU kernel (3-D ones fall back to the unfused math path).
+    qf = q.float().transpose(0, 1)[None]  # (1, H, sq, D)
+    kf = k.float().repeat_interleave(group, dim=1).transpose(0, 1)[None]  # (1, H, sk, D)
+    vf = v.float().repeat_interleave(group, dim=1).transpose(0, 1)[None]
+    out = F.scaled_dot_product_attention(qf, kf, vf, attn_mask=allowed, scale=softmax_scale)[0]
     # A query that sees no key would get NaN from SDPA; it gets zeros, like the kernels (rows with l == 0).
-    qf = q.float().transpose(0, 1)  # (H, sq, D)
-    kf = k.float().repeat_interleave(group, dim=1).transpose(0, 1)  # (H, sk, D)
-    vf = v.float().repeat_interleave(group, dim=1).transpose(0, 1)
-    out = F.scaled_dot_product_attention(qf, kf, vf, attn_mask=allowed, scale=softmax_scale)
-    out = torch.where(allowed.any(dim=1)[None, :, None], out, 0.0)
+    # That needs no keys at all, a window below 1, or more queries than keys; otherwise skip the check.
+    if sk == 0 or (sliding_window is not None and sliding_window < 1) or (causal and sq > sk):
+        out = torch.where(allowed.any(dim=1)[None, :, None], out, 0.0)
     return out.transpose(0, 1).to(q.dtype)
 
 
@@ -145,9 +148,10 @@ def write_kv(
 ) -> None:
     """Scatter k/v `(tokens, n_kv_heads, head_dim)` into the paged caches in place; slot -1 skips a token."""
     keep = slot_mapping >= 0
-    slots = slot_mapping[keep]
-    k_cache.view(-1, *k_cache.shape[2:])[slots] = k[keep].to(k_cache.dtype)
-    v_cache.view(-1, *v_cache.shape[2:])[slots] = v[keep].to(v_cache.dtype)
+    if not bool(keep.all()):  # boolean selection only when some token is skipped (it costs a nonzero)
+        slot_mapping, k, v = slot_mapping[keep], k[keep], v[keep]
+    k_cache.view(-1, *k_cache.shape[2:]).index_copy_(0, slot_mapping.long(), k.to(k_cache.dtype))
+    v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, slot_mapping.long(), v.to(v_cache.dtype))
 
 
 def linear_w4a16(x: torch.Tensor, w: Int4Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -174,4 +178,4 @@ def rms_norm(
     h = x if residual is None else x + residual
     hf = h.float()
     normed = hf * torch.rsqrt(hf.pow(2).mean(dim=-1, keepdim=True) + eps)
-    return (normed * weight.float()).to(x.dtype), h
+    return (normed * weight).to(x.dtype), h

@@ -59,9 +59,14 @@ def test_same_seed_same_text(packed_engine):
 def test_penalties_change_greedy_output(packed_engine):
     engine, tokenizer = packed_engine
     prompt = ids_of(tokenizer, "Repeat the word hello many times.")
-    plain = engine.generate([prompt], SamplingParams(max_new_tokens=20))[0]
-    penalized = engine.generate([prompt], SamplingParams(max_new_tokens=20, repetition_penalty=1.5))[0]
-    present = engine.generate([prompt], SamplingParams(max_new_tokens=20, presence_penalty=5.0))[0]
+    # Past the end-of-sequence token the tiny model repeats itself, which is what the penalties act on.
+    plain = engine.generate([prompt], SamplingParams(max_new_tokens=32), ignore_eos=True)[0]
+    penalized = engine.generate(
+        [prompt], SamplingParams(max_new_tokens=32, repetition_penalty=1.5), ignore_eos=True
+    )[0]
+    present = engine.generate(
+        [prompt], SamplingParams(max_new_tokens=32, presence_penalty=5.0), ignore_eos=True
+    )[0]
     assert penalized.text != plain.text
     assert len(set(present.seq.completion_token_ids)) > len(set(plain.seq.completion_token_ids))
 
@@ -152,8 +157,20 @@ def test_beam_search_width_one_is_greedy_and_wider_is_ranked(packed_engine):
     engine, tokenizer = packed_engine
     prompt = ids_of(tokenizer, "Name a colour.")
     greedy = engine.generate([prompt], SamplingParams(max_new_tokens=8))[0]
-    one = beam_search(engine, prompt, beam_width=1, max_new_tokens=8, length_penalty=0.0)
-    assert one[0].token_ids == [t for t in greedy.seq.completion_token_ids if t not in engine.stop_token_ids]
+    one = beam_search(engine, prompt, beam_width=1, max_new_tokens=8, length_penalty=0.0)[0].token_ids
+    expected = [t for t in greedy.seq.completion_token_ids if t not in engine.stop_token_ids]
+    # Beam steps are prefills and greedy steps are decodes: the same maths through different kernels, so the
+    # two may part only where the two best next tokens are tied to within rounding.
+    split = next((i for i, (a, b) in enumerate(zip(one, expected, strict=False)) if a != b), None)
+    if split is None:
+        assert one == expected
+    else:
+        request = engine.add_request(prompt + expected[:split], SamplingParams(max_new_tokens=1), logprobs=2)
+        while engine.has_unfinished:
+            engine.step()
+        (best, first), (runner_up, second) = request.token_logprobs[0].top_logprobs[:2]
+        assert {best, runner_up} == {one[split], expected[split]}
+        assert first - second < 0.05, f"beam and greedy differ at {split} without a near-tie"
     beams = beam_search(engine, prompt, beam_width=3, max_new_tokens=8, length_penalty=0.0)
     assert len(beams) == 3
     assert [b.logprob for b in beams] == sorted((b.logprob for b in beams), reverse=True)
