@@ -55,7 +55,11 @@ def _attend(
     qf = q.float().transpose(0, 1)[None]  # (1, H, sq, D)
     kf = k.float().repeat_interleave(group, dim=1).transpose(0, 1)[None]  # (1, H, sk, D)
     vf = v.float().repeat_interleave(group, dim=1).transpose(0, 1)[None]
-    out = F.scaled_dot_product_attention(qf, kf, vf, attn_mask=allowed, scale=softmax_scale)[0]
+    if causal and sq == sk and sliding_window is None:
+        # The plain causal square: SDPA's own flag lets the fused kernel skip the masked half.
+        out = F.scaled_dot_product_attention(qf, kf, vf, is_causal=True, scale=softmax_scale)[0]
+    else:
+        out = F.scaled_dot_product_attention(qf, kf, vf, attn_mask=allowed, scale=softmax_scale)[0]
     # A query that sees no key would get NaN from SDPA; it gets zeros, like the kernels (rows with l == 0).
     # That needs no keys at all, a window below 1, or more queries than keys; otherwise skip the check.
     if sk == 0 or (sliding_window is not None and sliding_window < 1) or (causal and sq > sk):
