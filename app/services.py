@@ -33,7 +33,11 @@ def load_knowledge_base(settings: Settings, open_indexes: bool = True) -> Knowle
     corrupt or mismatched one fails at startup rather than at the first query."""
     config = settings.retriever_config()
     embedder = load_embedder(
-        config.embedder_backend, config.embedder_path, config.embedder_device, config.embed_batch_size
+        config.embedder_backend,
+        config.embedder_path,
+        config.embedder_device,
+        config.embed_batch_size,
+        config.embedder_dtype,
     )
     kb = KnowledgeBase(config, embedder)
     if open_indexes:

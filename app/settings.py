@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite under data_dir")
     embedder_path: Path | None = Field(None, description="Local sentence-transformers folder; default MiniLM")
     embedder_device: str = Field("cpu", description="Device for embeddings: cpu, cuda")
+    embedder_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        _retriever("embedder_dtype"),
+        description="Embedding precision; auto: bfloat16 where native, else fp32",
+    )
     llm_backend: Literal["engine", "hf"] = Field(
         "engine", description="Generation backend: our engine, or the transformers reference (hf)"
     )
@@ -155,6 +159,7 @@ class Settings(BaseSettings):
             embedder_backend=self.embedder_backend,
             embedder_path=self.embedder_path,
             embedder_device=self.embedder_device,
+            embedder_dtype=self.embedder_dtype,
             top_k=self.top_k,
             search_mode=self.search_mode,
             index_titles=self.index_titles,

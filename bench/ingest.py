@@ -153,10 +153,17 @@ def main() -> int:
         config = base.retriever_config()
         started = time.perf_counter()
         embedder = load_embedder(
-            config.embedder_backend, config.embedder_path, args.device, config.embed_batch_size
+            config.embedder_backend,
+            config.embedder_path,
+            args.device,
+            config.embed_batch_size,
+            config.embedder_dtype,
         )
         loaded = time.perf_counter() - started
-        name = f"{config.embedder_backend} {getattr(embedder, 'name', '')} on {args.device}"
+        name = (
+            f"{config.embedder_backend} {getattr(embedder, 'name', '')} on {args.device}, "
+            f"{getattr(embedder, 'dtype', 'native')} (ARCHIVIST_EMBEDDER_DTYPE)"
+        )
         print(f"- embedder: {name}, loaded in {loaded:.1f} s (not counted below)")
         chunking = f"{base.chunk_tokens} tokens, overlap {base.chunk_overlap}"
         print(f"- chunks of {chunking}; SQuAD: a document per {args.squad_unit}\n")

