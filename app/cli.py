@@ -494,9 +494,15 @@ def _knowledge_base_is_empty(settings: Settings) -> bool:
         db.dispose()
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 @cli.command()
 def run() -> None:
     """Ingest the demo docs when the knowledge base is empty, then start the API and the chat page."""
+    # A SIGTERM (kill, a process supervisor) stops both servers like Ctrl-C does instead of orphaning them.
+    signal.signal(signal.SIGTERM, _interrupt)
     settings = _settings()
     if _knowledge_base_is_empty(settings) and DEMO_DOCS.is_dir():
         console.print(f"Knowledge base is empty: ingesting the demo documents from {DEMO_DOCS}")
@@ -507,6 +513,7 @@ def run() -> None:
     console.print(f"API:       {settings.resolved_api_url}  (docs at {settings.resolved_api_url}/docs)")
     console.print(f"Chat page: http://{settings.host}:{settings.ui_port}")
     console.print("Press Ctrl-C to stop both.")
+    console.file.flush()  # shown at once even when stdout is a file or a pipe
     try:
         while api.poll() is None and page.poll() is None:
             time.sleep(0.5)
