@@ -34,13 +34,6 @@ def add(kb: KnowledgeBase, source: str, texts: list[str], file_type: str = "txt"
 
 
 @pytest.fixture
-def store(database_url: str, tmp_path: Path, embedder: Embedder):  # type: ignore[no-untyped-def]
-    kb = KnowledgeBase(RetrieverConfig(database_url=database_url, index_dir=tmp_path / "index"), embedder)
-    yield kb
-    kb.close()
-
-
-@pytest.fixture
 def filled(store: KnowledgeBase) -> dict[str, int]:
     return {
         "pets": add(store, "pets", PETS, "md"),

@@ -23,13 +23,6 @@ def add(kb: KnowledgeBase, source: str, texts: list[str], collection: str = "c")
     return document_id
 
 
-@pytest.fixture
-def store(database_url: str, tmp_path: Path, embedder: Embedder):  # type: ignore[no-untyped-def]
-    kb = KnowledgeBase(RetrieverConfig(database_url=database_url, index_dir=tmp_path / "index"), embedder)
-    yield kb
-    kb.close()
-
-
 def test_add_search_and_list(store: KnowledgeBase) -> None:
     add(store, "cats", ["Cats purr when they are content.", "A cat sleeps sixteen hours a day."])
     add(store, "rockets", ["Rockets burn fuel and oxidizer to produce thrust."])
