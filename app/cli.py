@@ -42,6 +42,15 @@ def _settings() -> Settings:
     return get_settings()
 
 
+def _one_answer_settings() -> Settings:
+    """Settings for a command that generates one answer and exits: the engine decodes eagerly unless told
+    otherwise, since compiling its decode step (tens of seconds even when cached) outlasts one answer."""
+    settings = get_settings()
+    if "llm_enforce_eager" in settings.model_fields_set:
+        return settings
+    return settings.model_copy(update={"llm_enforce_eager": True})
+
+
 def _print_report(report: IngestReport) -> None:
     counts = report.counts
     summary = Table(title=f"Ingest summary ({report.seconds:.1f} s)")
@@ -227,7 +236,7 @@ def ask(
     if not question.strip():
         console.print("[red]error:[/red] the question is empty")
         raise typer.Exit(2)
-    settings = _settings()
+    settings = _one_answer_settings()
     kb = load_knowledge_base(settings)
     try:
         pipeline = RagPipeline(kb, load_generator(settings), settings.max_new_tokens, settings.min_relevance)
@@ -268,7 +277,7 @@ def generate(
         console.print("[red]error:[/red] the prompt is empty")
         raise typer.Exit(2)
     messages = ([ChatMessage("system", system)] if system else []) + [ChatMessage("user", prompt)]
-    generator = load_generator(_settings())
+    generator = load_generator(_one_answer_settings())
     started = time.perf_counter()
     try:
         for event in generator.stream(

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
         _engine("kv_cache_memory"), gt=0, description="KV cache: GiB on the CPU, fraction of free GPU memory"
     )
     llm_threads: int | None = Field(_engine("num_threads"), ge=1, description="CPU threads for the engine")
+    llm_enforce_eager: bool = Field(
+        _engine("enforce_eager"), description="Decode op by op: no CUDA graphs, no compiled CPU step"
+    )
     max_new_tokens: int = Field(256, ge=1, le=4096, description="Longest answer, in tokens")
     chunk_tokens: int = Field(200, ge=16, description="Chunk size in embedder tokens")
     chunk_overlap: int = Field(32, ge=0, description="Overlap between consecutive chunks, in tokens")
@@ -186,6 +189,7 @@ class Settings(BaseSettings):
             max_model_len=self.llm_max_model_len,
             kv_cache_memory=self.llm_kv_cache_memory,
             num_threads=self.llm_threads,
+            enforce_eager=self.llm_enforce_eager,
         )
 
     def chunker_config(self) -> ChunkerConfig:

@@ -164,20 +164,25 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     path = args.model or default_llm_path()
 
-    config = EngineConfig(
-        model_path=path,
-        cpu_weights=args.cpu_weights,
-        max_model_len=4096,
-        max_num_seqs=max(8, args.requests),
-        num_kv_blocks=None,
-    )
-    engine, tokenizer, name = create_engine(config)
+    def config(eager: bool) -> EngineConfig:
+        return EngineConfig(
+            model_path=path,
+            cpu_weights=args.cpu_weights,
+            max_model_len=4096,
+            max_num_seqs=max(8, args.requests),
+            num_kv_blocks=None,
+            enforce_eager=eager,
+        )
+
+    engine, tokenizer, name = create_engine(config(eager=False))
     rng = random.Random(1)
     decode_prompt = text_tokens(tokenizer, 32, rng)
     rag = rag_prompts(tokenizer, args.requests, args.prompt_tokens)
     work = (decode_prompt, args.new_tokens, rag, args.rag_new_tokens, args.repeats)
     runs = {"ours": bench_ours(engine, *work)}
     del engine
+    # The same engine decoding op by op: what CUDA graphs / the compiled CPU step are worth.
+    runs["ours, eager"] = bench_ours(create_engine(config(eager=True))[0], *work)
     if not args.skip_hf:
         runs["hf"] = bench_hf(path, *work)
     if not args.skip_llama_cpp:

@@ -122,6 +122,10 @@ def paged_decode_attention(
     q: `(batch, n_heads, head_dim)`; `context_lens[i]` counts the keys of sequence i including the current
     token (already written to the cache), so the query sits at position `context_lens[i] - 1`.
     """
+    if torch.compiler.is_compiling():
+        return _paged_decode_padded(
+            q, k_cache, v_cache, block_tables, context_lens, softmax_scale, sliding_window
+        )
     batch, n_heads, head_dim = q.shape
     block_size, n_kv_heads = k_cache.shape[1], k_cache.shape[2]
     flat_k, flat_v = k_cache.flatten(0, 1), v_cache.flatten(0, 1)
@@ -143,6 +147,39 @@ def paged_decode_attention(
     return out
 
 
+def _paged_decode_padded(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    softmax_scale: float,
+    sliding_window: int | None,
+) -> torch.Tensor:
+    """`paged_decode_attention` as one padded, masked batch, for `torch.compile` (no host reads, no loop).
+
+    Every sequence reads all `block_tables.shape[1]` blocks; keys past its length (or outside its window)
+    get -inf scores. Its numbers may differ from the per-sequence form by float rounding.
+    """
+    batch, n_heads, head_dim = q.shape
+    block_size, n_kv_heads = k_cache.shape[1], k_cache.shape[2]
+    width = block_tables.shape[1] * block_size
+    tables = block_tables.long()
+    keys = k_cache[tables].reshape(batch, width, n_kv_heads, head_dim).float()
+    values = v_cache[tables].reshape(batch, width, n_kv_heads, head_dim).float()
+    grouped_q = q.reshape(batch, n_kv_heads, n_heads // n_kv_heads, head_dim).float()
+    scores = torch.einsum("bhgd,blhd->bhgl", grouped_q, keys) * softmax_scale
+    pos = torch.arange(width, device=q.device)[None, :]
+    lengths = context_lens.long()[:, None]
+    visible = pos < lengths
+    if sliding_window is not None:
+        visible &= pos >= lengths - sliding_window
+    weights = scores.masked_fill(~visible[:, None, None, :], float("-inf")).softmax(dim=-1)
+    weights = torch.where(visible.any(dim=-1)[:, None, None, None], weights, 0.0)  # no key: zeros
+    out = torch.einsum("bhgl,blhd->bhgd", weights, values)
+    return out.reshape(batch, n_heads, head_dim).to(q.dtype)
+
+
 def write_kv(
     k: torch.Tensor,
     v: torch.Tensor,
@@ -151,9 +188,11 @@ def write_kv(
     slot_mapping: torch.Tensor,
 ) -> None:
     """Scatter k/v `(tokens, n_kv_heads, head_dim)` into the paged caches in place; slot -1 skips a token."""
-    keep = slot_mapping >= 0
-    if not bool(keep.all()):  # boolean selection only when some token is skipped (it costs a nonzero)
-        slot_mapping, k, v = slot_mapping[keep], k[keep], v[keep]
+    # Under torch.compile the host cannot read the slots: there every slot must be valid (decode steps).
+    if not torch.compiler.is_compiling():
+        keep = slot_mapping >= 0
+        if not bool(keep.all()):  # boolean selection only when some token is skipped (it costs a nonzero)
+            slot_mapping, k, v = slot_mapping[keep], k[keep], v[keep]
     k_cache.view(-1, *k_cache.shape[2:]).index_copy_(0, slot_mapping.long(), k.to(k_cache.dtype))
     v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, slot_mapping.long(), v.to(v_cache.dtype))
 

@@ -24,6 +24,9 @@ class EngineConfig:
     `num_kv_blocks`: KV-cache size in blocks of `block_size` tokens; None sizes it from `kv_cache_memory` (a
     fraction of free GPU memory on CUDA, GiB on the CPU).
     `max_model_len`: longest prompt + answer; None means the model's context length, capped by the cache.
+    `enforce_eager`: run decode steps op by op; otherwise they replay CUDA graphs on a GPU and run a
+    `torch.compile`d step on the CPU (both prepared at load: about 2 minutes of compiling on the first start
+    of a 2-core machine, seconds once inductor's cache holds the code).
     """
 
     model_path: str | Path | None = None

@@ -21,6 +21,9 @@ from retriever.store import KnowledgeBase
 # any test runs (nothing imported above imports Triton).
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# Engines in tests decode eagerly, servers started as subprocesses included: compiling the CPU decode step
+# costs minutes on a cold 2-core machine, and tests/llm/test_compiled_decode.py checks that path on its own.
+os.environ.setdefault("ARCHIVIST_LLM_ENFORCE_EAGER", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -41,11 +44,11 @@ def embedder() -> Embedder:
 
 @pytest.fixture(scope="session")
 def generator():  # type: ignore[no-untyped-def]
-    """The default backend (our engine on the default model), shared by every service test."""
+    """The default backend (our engine on the default model, decoding eagerly) for the service tests."""
     from llm.config import EngineConfig
     from llm.engine import load_engine
 
-    engine = load_engine(EngineConfig(max_model_len=4096, max_num_seqs=16))
+    engine = load_engine(EngineConfig(max_model_len=4096, max_num_seqs=16, enforce_eager=True))
     yield engine
     engine.shutdown()
 

@@ -23,4 +23,3 @@ def test_compose_file_is_valid() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert set(result.stdout.split()) == {"api", "ui", "postgres"}
-

@@ -88,6 +88,8 @@ def create_engine(config: EngineConfig | None = None) -> tuple[LLMEngine, Tokeni
         use_cuda_graphs=not config.enforce_eager,
         cuda_graph_max_batch=min(config.cuda_graph_max_batch, config.max_num_seqs),
         seed=config.seed,
+        compile_cpu_decode=not config.enforce_eager,
+        max_batch=config.max_num_seqs,
     )
     block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
     scheduler = Scheduler(block_manager, config.max_num_seqs, config.max_num_batched_tokens, max_model_len)

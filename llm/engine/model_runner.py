@@ -4,18 +4,24 @@ Per step the runner builds the flat inputs in Python (token ids, positions, slot
 cu_seqlens), copies them to the device in one go, runs `model(input_ids, positions)` with a `StepContext`,
 samples on the device, and makes exactly one device-to-host transfer: the `.tolist()` of the sampled ids.
 On CUDA, decode batches replay CUDA graphs captured at start for batch sizes 1, 2, 4, 8, 16, ... so a step
-costs a few kernel launches instead of hundreds.
+costs a few kernel launches instead of hundreds; on the CPU they run the `torch.compile`d step of
+`compiled_decode` for the same reason.
 """
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
+from llm.engine.compiled_decode import MIN_TABLE_WIDTH, CompiledDecode, compiler_available
 from llm.engine.engine import Request, Sample
 from llm.engine.sampler import Sampler
 from llm.engine.scheduler import ScheduledBatch
 from llm.layers.context import StepContext, set_context
 from llm.model.llama import LlamaForCausalLM
+
+log = logging.getLogger(__name__)
 
 
 def graph_batch_sizes(max_batch: int) -> list[int]:
@@ -37,6 +43,8 @@ class TorchModelRunner:
         use_cuda_graphs: bool,
         cuda_graph_max_batch: int,
         seed: int,
+        compile_cpu_decode: bool = False,
+        max_batch: int = 1,
     ) -> None:
         self.model = model
         self.device, self.dtype = device, dtype
@@ -52,6 +60,9 @@ class TorchModelRunner:
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         if use_cuda_graphs and device.type == "cuda":
             self._capture_graphs(graph_batch_sizes(cuda_graph_max_batch))
+        self.compiled_decode: CompiledDecode | None = None
+        if compile_cpu_decode and device.type == "cpu":
+            self._compile_decode(max_batch)
 
     # --- one step --------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -128,6 +139,8 @@ class TorchModelRunner:
             if sample:
                 logits_rows.append(cu_q[-1] - 1)
         width = max(len(s.block_table) for s in batch.seqs)
+        if batch.is_decode and self.compiled_decode is not None:
+            width = max(width, MIN_TABLE_WIDTH)  # padded columns point at block 0, masked by context_lens
         tables = [s.block_table + [0] * (width - len(s.block_table)) for s in batch.seqs]
         is_decode = batch.is_decode
         ctx = StepContext(
@@ -147,6 +160,9 @@ class TorchModelRunner:
     def _run_model(
         self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: StepContext, batch_size: int
     ) -> torch.Tensor:
+        compiled = self.compiled_decode
+        if ctx.is_decode and compiled is not None and batch_size <= compiled.max_batch:
+            return compiled(input_ids, positions)
         graph_size = (
             next((s for s in sorted(self.graphs) if s >= batch_size), None) if ctx.is_decode else None
         )
@@ -163,6 +179,22 @@ class TorchModelRunner:
         g["block_tables"][:batch_size, : ctx.block_tables.shape[1]] = ctx.block_tables
         self.graphs[graph_size].replay()
         return g["hidden"][:batch_size]
+
+    # --- CPU: compiled decode --------------------------------------------------------------------------
+    def _compile_decode(self, max_batch: int) -> None:
+        if not compiler_available():
+            log.warning("no C++ compiler found: the CPU decode step stays eager (slower)")
+            return
+        compiled = CompiledDecode(self.model, max_batch)
+        caches = [c for layer in self.model.attention_layers() for c in (layer.k_cache, layer.v_cache)]
+        try:
+            compiled.warm_up(caches)
+        except Exception as error:  # a broken toolchain must not take the engine down: eager still works
+            log.warning("compiling the decode step failed (%s): it stays eager", error)
+            for cache in caches:
+                cache.zero_()
+            return
+        self.compiled_decode = compiled
 
     # --- CUDA graphs -----------------------------------------------------------------------------------
     def _capture_graphs(self, sizes: list[int]) -> None:

@@ -63,3 +63,21 @@ def test_generate_streams_a_reply_and_rejects_bad_input(data_dir: Path) -> None:
     assert runner.invoke(cli, ["generate", "hi", "--temperature", "-1"]).exit_code == 2
     overflow = runner.invoke(cli, ["generate", "word " * 5000, "-n", "8"])
     assert overflow.exit_code == 1 and "context" in overflow.output
+
+
+@pytest.mark.parametrize(("env", "eager"), [(None, True), ("false", False), ("true", True)])
+def test_one_answer_commands_decode_eagerly_unless_told(
+    monkeypatch: pytest.MonkeyPatch, env: str | None, eager: bool
+) -> None:
+    from app.cli import _one_answer_settings
+
+    if env is None:
+        monkeypatch.delenv("ARCHIVIST_LLM_ENFORCE_EAGER", raising=False)
+    else:
+        monkeypatch.setenv("ARCHIVIST_LLM_ENFORCE_EAGER", env)
+    get_settings.cache_clear()
+    try:
+        assert _one_answer_settings().engine_config().enforce_eager is eager
+        assert get_settings().llm_enforce_eager is (env == "true")  # servers compile by default
+    finally:
+        get_settings.cache_clear()

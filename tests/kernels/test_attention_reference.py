@@ -70,17 +70,21 @@ def test_varlen_reference_matches_naive(
 
 
 @pytest.mark.parametrize("window", [None, 3])
-def test_decode_reference_matches_naive(window: int | None) -> None:
+@pytest.mark.parametrize("padded", [False, True], ids=["per_sequence", "padded_for_compile"])
+def test_decode_reference_matches_naive(window: int | None, padded: bool) -> None:
     d, n_heads, n_kv_heads = 8, 4, 2
-    lens = [1, 6, 9]
+    lens = [1, 6, 0, 9]
     q = torch.randn(len(lens), n_heads, d, device=DEVICE)
     keys = [torch.randn(n, n_kv_heads, d, device=DEVICE) for n in lens]
     values = [torch.randn(n, n_kv_heads, d, device=DEVICE) for n in lens]
     k_cache, v_cache, table = paged_kv(keys, values, block_size=4)
     context_lens = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
-    out = reference.paged_decode_attention(
-        q, k_cache, v_cache, table, context_lens, 0.3, sliding_window=window
-    )
+    if padded:  # the form traced under torch.compile
+        out = reference._paged_decode_padded(q, k_cache, v_cache, table, context_lens, 0.3, window)
+    else:
+        out = reference.paged_decode_attention(
+            q, k_cache, v_cache, table, context_lens, 0.3, sliding_window=window
+        )
     for i in range(len(lens)):
         expected = naive_attention(q[i : i + 1].cpu(), keys[i].cpu(), values[i].cpu(), 0.3, True, window)
         torch.testing.assert_close(out[i : i + 1].cpu().double(), expected, atol=1e-5, rtol=1e-5)

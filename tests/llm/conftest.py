@@ -41,7 +41,11 @@ def exact_engine(gguf_path):
     from llm.engine import create_engine
 
     config = EngineConfig(
-        model_path=gguf_path, cpu_weights="dequantized", num_kv_blocks=256, max_model_len=1024
+        model_path=gguf_path,
+        cpu_weights="dequantized",
+        num_kv_blocks=256,
+        max_model_len=1024,
+        enforce_eager=True,
     )
     engine, tokenizer, _ = create_engine(config)
     return engine, tokenizer
@@ -54,6 +58,6 @@ def packed_engine(gguf_path):
     from llm.engine import create_engine
 
     engine, tokenizer, _ = create_engine(
-        EngineConfig(model_path=gguf_path, num_kv_blocks=256, max_model_len=1024)
+        EngineConfig(model_path=gguf_path, num_kv_blocks=256, max_model_len=1024, enforce_eager=True)
     )
     return engine, tokenizer

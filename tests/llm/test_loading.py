@@ -49,7 +49,11 @@ def perplexity(engine, tokenizer) -> float:
 def test_safetensors_folder_matches_gguf(smollm_folder, exact_engine):
     engine, tokenizer = create_engine(
         EngineConfig(
-            model_path=smollm_folder, cpu_weights="dequantized", num_kv_blocks=128, max_model_len=512
+            model_path=smollm_folder,
+            cpu_weights="dequantized",
+            num_kv_blocks=128,
+            max_model_len=512,
+            enforce_eager=True,
         )
     )[:2]
     gguf_engine, gguf_tokenizer = exact_engine
@@ -65,7 +69,9 @@ def test_safetensors_folder_matches_gguf(smollm_folder, exact_engine):
 @pytest.mark.parametrize(("scheme", "max_increase"), [("int8", 0.02), ("int4", 0.25)])
 def test_quantize_at_load_short_perplexity_check(smollm_folder, exact_engine, scheme, max_increase):
     engine, tokenizer = create_engine(
-        EngineConfig(model_path=smollm_folder, quantize=scheme, num_kv_blocks=64, max_model_len=512)
+        EngineConfig(
+            model_path=smollm_folder, quantize=scheme, num_kv_blocks=64, max_model_len=512, enforce_eager=True
+        )
     )[:2]
     model = engine.runner.model  # type: ignore[attr-defined]
     assert model.layers[0].mlp.down_proj.kind == f"cpu_{scheme}"
