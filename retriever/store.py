@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -199,6 +200,8 @@ class KnowledgeBase:
         self._lexical: dict[int, LexicalIndex] = {}
         self._index_lock = threading.Lock()
         self._tokenizer = Tokenizer()
+        # Hybrid search runs BM25 here while the calling thread embeds the query and searches FAISS.
+        self._lexical_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="bm25")
         if config.faiss_threads > 0:
             faiss.omp_set_num_threads(config.faiss_threads)
         self.reranker: Reranker | None = None
@@ -520,12 +523,16 @@ class KnowledgeBase:
         per_retriever = max(depth, self.config.fusion_depth) if mode == "hybrid" else depth
         rankings = []
         vector = None
+        lexical = None
+        if mode in ("lexical", "hybrid"):  # BM25 (numpy, GIL mostly released) alongside the embedding
+            lexical = self._lexical_pool.submit(
+                lambda: self.synced_lexical(collection_id, version).search(query, per_retriever, allowed)
+            )
         if mode in ("dense", "hybrid"):
             vector = query_vector if query_vector is not None else self.embedder.embed_query(query)
             rankings.append(self.synced_index(collection_id, version).search(vector, per_retriever, allowed))
-        if mode in ("lexical", "hybrid"):
-            lexical = self.synced_lexical(collection_id, version)
-            rankings.append(lexical.search(query, per_retriever, allowed))
+        if lexical is not None:
+            rankings.append(lexical.result())
         if len(rankings) == 1:
             ranked = rankings[0]
         else:
@@ -726,4 +733,5 @@ class KnowledgeBase:
         return sum(index.size for index in self._indexes.values())
 
     def close(self) -> None:
+        self._lexical_pool.shutdown(wait=True)
         self.db.dispose()

@@ -94,3 +94,8 @@ def test_bfloat16_embeddings_match_float32_ones(embedder: Embedder) -> None:
     query = exact.embed_query("What is the capital of Poland?")
     assert int((a @ query).argmax()) == int((b @ query).argmax()) == 2
     assert embedder.dtype in ("float32", "bfloat16")
+    # The query path (its own model copy, bfloat16 weights in bfloat16) embeds like the passage path.
+    for model, tolerance in ((exact, 1e-6), (fast, 1e-3)):
+        direct = model.embed_query(texts[0])
+        assert direct.dtype == np.float32 and abs(float(np.linalg.norm(direct)) - 1) < 1e-5
+        assert float(direct @ a[0]) > 1 - tolerance
