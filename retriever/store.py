@@ -521,23 +521,21 @@ class KnowledgeBase:
                     return []
         depth = max(k, self.config.rerank_depth) if self.reranker is not None else k
         per_retriever = max(depth, self.config.fusion_depth) if mode == "hybrid" else depth
-        rankings = []
+
+        def lexical_ranking() -> list[tuple[int, float]]:
+            return self.synced_lexical(collection_id, version).search(query, per_retriever, allowed)
+
         vector = None
-        lexical = None
-        if mode in ("lexical", "hybrid"):  # BM25 (numpy, GIL mostly released) alongside the embedding
-            lexical = self._lexical_pool.submit(
-                lambda: self.synced_lexical(collection_id, version).search(query, per_retriever, allowed)
-            )
-        if mode in ("dense", "hybrid"):
-            vector = query_vector if query_vector is not None else self.embedder.embed_query(query)
-            rankings.append(self.synced_index(collection_id, version).search(vector, per_retriever, allowed))
-        if lexical is not None:
-            rankings.append(lexical.result())
-        if len(rankings) == 1:
-            ranked = rankings[0]
+        if mode == "lexical":
+            ranked = lexical_ranking()
         else:
-            weights = (self.config.dense_weight, 1.0 - self.config.dense_weight)
-            ranked = fuse(rankings, self.config.fusion, self.config.rrf_k, weights)
+            # Hybrid: BM25 (numpy, GIL mostly released) on the pool while this thread embeds the query.
+            lexical = self._lexical_pool.submit(lexical_ranking) if mode == "hybrid" else None
+            vector = query_vector if query_vector is not None else self.embedder.embed_query(query)
+            ranked = self.synced_index(collection_id, version).search(vector, per_retriever, allowed)
+            if lexical is not None:
+                weights = (self.config.dense_weight, 1.0 - self.config.dense_weight)
+                ranked = fuse([ranked, lexical.result()], self.config.fusion, self.config.rrf_k, weights)
         hits = self.hits(ranked[:depth], vector)
         if self.reranker is not None:
             hits = self.reranker.rerank(query, hits)

@@ -54,11 +54,17 @@ class CompiledDecode:
             return self._forward(input_ids, positions)
 
     def warm_up(self, caches: list[torch.Tensor]) -> None:
-        """Compile both graphs with dummy steps that write into block 0, then clear the caches.
-
-        Must run before the engine holds any sequence: the dummy keys land in a block nobody owns yet.
+        """Compile both graphs with dummy steps that write into block 0, then clear the caches (also when
+        compiling fails). Must run before the engine holds any sequence: the dummy keys land in a block
+        nobody owns yet.
         """
-        device = caches[0].device
+        try:
+            self._compile_graphs(caches[0].device)
+        finally:
+            for cache in caches:
+                cache.zero_()
+
+    def _compile_graphs(self, device: torch.device) -> None:
         for batch in sorted({1, min(2, self.max_batch)}):
             start = time.perf_counter()
             with torch.inference_mode():  # like the runner's steps: tensors made outside would not match
@@ -75,5 +81,3 @@ class CompiledDecode:
                 finally:
                     set_context(None)
             log.info("compiled the decode step for batch %s in %.1f s", batch, time.perf_counter() - start)
-        for cache in caches:
-            cache.zero_()

@@ -191,8 +191,6 @@ class TorchModelRunner:
             compiled.warm_up(caches)
         except Exception as error:  # a broken toolchain must not take the engine down: eager still works
             log.warning("compiling the decode step failed (%s): it stays eager", error)
-            for cache in caches:
-                cache.zero_()
             return
         self.compiled_decode = compiled
 
