@@ -39,13 +39,22 @@ ModeOption = Annotated[
 
 
 def _settings() -> Settings:
-    return get_settings()
+    """The settings, or a message naming each bad `ARCHIVIST_*` variable and exit status 2."""
+    from pydantic import ValidationError
+
+    try:
+        return get_settings()
+    except ValidationError as error:
+        for problem in error.errors():
+            variable = "ARCHIVIST_" + "_".join(str(part) for part in problem["loc"]).upper()
+            console.print(f"[red]error:[/red] invalid setting {variable}: {problem['msg']}", highlight=False)
+        raise typer.Exit(2) from error
 
 
 def _one_answer_settings() -> Settings:
     """Settings for a command that generates one answer and exits: the engine decodes eagerly unless told
     otherwise, since compiling its decode step (tens of seconds even when cached) outlasts one answer."""
-    settings = get_settings()
+    settings = _settings()
     if "llm_enforce_eager" in settings.model_fields_set:
         return settings
     return settings.model_copy(update={"llm_enforce_eager": True})

@@ -81,3 +81,24 @@ def test_one_answer_commands_decode_eagerly_unless_told(
         assert get_settings().llm_enforce_eager is (env == "true")  # servers compile by default
     finally:
         get_settings.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "command"),
+    [
+        ("ARCHIVIST_LLM_ENFORCE_EAGER", "maybe", ["generate", "hi"]),
+        ("ARCHIVIST_TOP_K", "-3", ["ask", "why?"]),
+    ],
+)
+def test_a_bad_setting_is_named_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, command: list[str]
+) -> None:
+    monkeypatch.setenv(variable, value)
+    get_settings.cache_clear()
+    try:
+        result = runner.invoke(cli, command)
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 2
+    assert f"invalid setting {variable}" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
