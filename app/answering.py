@@ -24,7 +24,7 @@ from app.rag import Answer, RagPipeline, Source, build_messages
 from app.rewrite import standalone_question
 from app.schemas import QueryCreate
 from app.views import answer_public
-from llm.base import GenerationResult, SamplingParams
+from llm.base import NO_ADAPTER, GenerationResult, Generator, SamplingParams, served_adapters
 from retriever.store import NotFoundError
 
 if TYPE_CHECKING:
@@ -62,7 +62,12 @@ class Answering:
         collection = prepared.collection
         kb, generator = services.kb(), services.generator()
         max_new_tokens = min(body.max_tokens or settings.max_new_tokens, settings.max_new_tokens)
-        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=body.temperature or 0.0)
+        params = SamplingParams(
+            max_new_tokens=max_new_tokens,
+            temperature=body.temperature or 0.0,
+            presence_penalty=settings.answer_presence_penalty,
+            adapter=self._adapter(body.adapter, generator),
+        )
         top_k = body.top_k or settings.top_k
         version = kb.collection_version(collection)
         # Only greedy answers are reproducible, so only they are cached.
@@ -144,6 +149,14 @@ class Answering:
             conversation_id=conversation.id if conversation else None,
         )
 
+    @staticmethod
+    def _adapter(adapter: str | None, generator: Generator) -> str | None:
+        """The requested adapter, checked against those the generator serves (422 naming the field)."""
+        if adapter is None or adapter == NO_ADAPTER or adapter in served_adapters(generator):
+            return adapter
+        served = ", ".join(served_adapters(generator)) or "none"
+        raise InvalidRequestError(f"adapter: unknown adapter {adapter!r}; this model serves: {served}")
+
     def _cache_key(
         self, body: QueryCreate, prepared: Prepared, version: int, top_k: int, max_new_tokens: int
     ) -> CacheKey:
@@ -172,16 +185,17 @@ class Answering:
         key: CacheKey | None,
         outcome: Outcome,
     ) -> Answer:
-        """Runs in the generation worker when the generation ends, however it ended."""
+        """Runs in the generation worker when the generation ends, however it ended. A failed generation
+        raises from `conclude`, before anything is cached or stored, and reaches the consumer as an error."""
         metrics = self.services.metrics
+        metrics.generations.labels(outcome.reason).inc()
+        metrics.completion_tokens.inc(outcome.completion_tokens)
         result = GenerationResult(
             outcome.text.strip(), outcome.finish_reason, outcome.prompt_tokens, outcome.completion_tokens
         )
         timings = {"retrieve_ms": retrieve_ms, **outcome.timings}
         answer = pipeline.conclude(prepared.standalone, prepared.sources, relevance, result, timings)
         answer.finish_reason = outcome.reason
-        metrics.generations.labels(outcome.reason).inc()
-        metrics.completion_tokens.inc(outcome.completion_tokens)
         metrics.answers.labels("generated" if answer.grounded else "ungrounded").inc()
         if "queue_ms" in timings:
             metrics.queue_wait.observe(timings["queue_ms"] / 1000)

@@ -236,10 +236,16 @@ def ask(
     collection: CollectionOption = None,
     top_k: Annotated[int | None, typer.Option("--top-k", "-k", min=1, max=50)] = None,
     mode: ModeOption = None,
+    adapter: Annotated[
+        str | None, typer.Option(help="LoRA adapter to answer with; 'none': the base model")
+    ] = None,
 ) -> None:
     """Answer a question from a collection and list the numbered sources."""
+    from app.generation import GenerationFailedError
     from app.rag import RagPipeline
-    from app.services import load_generator, load_knowledge_base
+    from app.services import ContextWindowError, load_knowledge_base, load_rag_generator
+    from llm.base import UnknownAdapterError
+    from llm.engine.sanity import CorruptModelError
     from retriever.store import NotFoundError
 
     if not question.strip():
@@ -248,12 +254,18 @@ def ask(
     settings = _one_answer_settings()
     kb = load_knowledge_base(settings)
     try:
-        pipeline = RagPipeline(kb, load_generator(settings), settings.max_new_tokens, settings.min_relevance)
+        generator = load_rag_generator(settings)
+        pipeline = RagPipeline(
+            kb, generator, settings.max_new_tokens, settings.min_relevance, adapter,
+            settings.answer_presence_penalty,
+        )  # fmt: skip
         answer = pipeline.answer(
             question, collection or settings.default_collection, top_k or settings.top_k, mode
         )
-    except NotFoundError as error:
-        console.print(f"[red]error:[/red] {error}")
+    except (
+        NotFoundError, CorruptModelError, ContextWindowError, GenerationFailedError, UnknownAdapterError,
+    ) as error:  # fmt: skip
+        console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from error
     finally:
         kb.close()
@@ -279,23 +291,29 @@ def generate(
     """Stream the model's reply to one message, without retrieval (checks the generation backend)."""
     import time
 
+    from app.generation import GenerationFailedError
     from app.services import load_generator
     from llm.base import ChatMessage, ContextOverflowError, SamplingParams
+    from llm.engine.sanity import CorruptModelError
 
     if not prompt.strip():
         console.print("[red]error:[/red] the prompt is empty")
         raise typer.Exit(2)
     messages = ([ChatMessage("system", system)] if system else []) + [ChatMessage("user", prompt)]
-    generator = load_generator(_one_answer_settings())
-    started = time.perf_counter()
     try:
+        generator = load_generator(_one_answer_settings())
+        started = time.perf_counter()
         for event in generator.stream(
             messages, SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
         ):
             console.out(event.text, end="", highlight=False)
             final = event
-    except ContextOverflowError as error:
-        console.print(f"[red]error:[/red] {error}")
+        if final.finish_reason == "error":
+            if final.completion_tokens:
+                console.print()  # the message goes on a line of its own, after the text streamed so far
+            raise GenerationFailedError(generator.name)
+    except (CorruptModelError, ContextOverflowError, GenerationFailedError) as error:
+        console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from error
     seconds = time.perf_counter() - started
     console.print(
@@ -379,12 +397,16 @@ def evaluate(
     sample: Annotated[int | None, typer.Option(min=1, help="N random questions, all articles")] = None,
     generate: Annotated[bool, typer.Option(help="Also score the LLM's answers: exact match and F1")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the question sample")] = 0,
+    split: Annotated[
+        str, typer.Option(help="Articles: all, or the fine-tuning split's train or validation articles")
+    ] = "all",
+    base: Annotated[bool, typer.Option(help="With --generate, also score the model without adapters")] = True,
     output: Annotated[
         Path | None, typer.Option(help="Path prefix of the .json and .png (default: DATA_DIR/eval/FILE)")
     ] = None,
 ) -> None:
     """Build a fresh knowledge base from a SQuAD file and report recall@k, MRR@10 and latency per mode."""
-    from app.evaluation import EvaluationError, markdown_table, run_evaluation, write_outputs
+    from app.evaluation import EvaluationError, markdown_table, run_evaluation, split_name, write_outputs
 
     settings = _settings()
     with Progress(
@@ -397,7 +419,9 @@ def evaluate(
             progress.update(task, description=stage, completed=done, total=total)
 
         try:
-            report = run_evaluation(settings, squad, sample, generate, seed, advance)
+            report = run_evaluation(
+                settings, squad, sample, generate, seed, advance, split_name(split), base
+            )
         except EvaluationError as error:
             console.print(f"[red]error:[/red] {error}")
             raise typer.Exit(1) from error
@@ -410,6 +434,52 @@ def evaluate(
     typer.echo(markdown_table(report))
     json_path, png_path = write_outputs(report, output or settings.data_dir / "eval" / squad.stem)
     console.print(f"wrote {json_path} and {png_path}", highlight=False)
+
+
+@cli.command()
+def finetune(
+    squad: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="SQuAD-format JSON file")],
+    output: Annotated[Path, typer.Option(help="Folder of the adapter (PEFT format)")] = Path("adapters/rag"),
+    examples: Annotated[int, typer.Option(min=1, help="Training questions (about)")] = 1000,
+    validation: Annotated[int, typer.Option(min=1, help="Validation questions scored at the end")] = 60,
+    rank: Annotated[int, typer.Option(min=1, help="LoRA rank")] = 16,
+    learning_rate: Annotated[float, typer.Option(min=0.0, help="Peak learning rate")] = 1e-3,
+    epochs: Annotated[int, typer.Option(min=1)] = 1,
+    seed: Annotated[int, typer.Option(help="Seed of the example sampling and the initialisation")] = 0,
+) -> None:
+    """Train a LoRA adapter that teaches the LLM the RAG answer format (short answer + [n] citation)."""
+    from app.evaluation import EvaluationError
+    from app.finetune import FinetuneError, FinetuneOptions, run_finetune
+
+    settings = _settings()
+    options = FinetuneOptions(
+        examples=examples, validation_questions=validation, rank=rank, alpha=2.0 * rank,
+        learning_rate=learning_rate, epochs=epochs, seed=seed,
+    )  # fmt: skip
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, TextColumn("{task.fields[info]}"), console=console) as progress:
+        task = progress.add_task("loading", total=None, info="")
+
+        def advance(stage: str, done: int, total: int, info: str) -> None:
+            progress.update(task, description=stage, completed=done, total=total or None, info=info)
+            if not console.is_terminal and (done == total or done % 40 == 0):  # a log: a line now and then
+                console.print(f"{stage} {done}/{total} {info}", highlight=False)
+
+        try:
+            report = run_finetune(settings, squad, output, options, advance)
+        except (EvaluationError, FinetuneError) as error:
+            console.print(f"[red]error:[/red] {error}")
+            raise typer.Exit(1) from error
+    scores = report.validation
+    console.print(
+        f"trained on {report.train_examples} examples ({report.no_answer_examples} no-answer) of "
+        f"{len(report.train_articles)} articles in {report.seconds / 60:.1f} min, final loss "
+        f"{report.final_loss:.3f}\nvalidation ({len(report.validation_articles)} held-out articles, gold "
+        f"passage + 2 distractors, {scores['questions']:.0f} questions): exact match "
+        f"{scores['exact_match']:.3f}, F1 {scores['f1']:.3f}, refused {scores['refused']:.3f}\n"
+        f"wrote {report.output}",
+        highlight=False,
+    )
 
 
 keys_cli = typer.Typer(help="Create, list and revoke API keys (stored hashed).", no_args_is_help=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.auth import AuthError, ForbiddenError
-from app.generation import GenerationTimeoutError
+from app.generation import GenerationFailedError, GenerationTimeoutError
 from app.limits import TooBusyError
 from app.schemas import ErrorPublic
 from app.uploads import UploadTooLargeError
@@ -33,6 +33,7 @@ ERROR_STATUS: dict[type[Exception], int] = {
     TooBusyError: 429,
     NotReadyError: 503,
     GenerationTimeoutError: 503,
+    GenerationFailedError: 503,
 }
 
 
@@ -47,7 +48,11 @@ API_ERRORS: dict[int | str, dict[str, Any]] = {
         (413, "Request body over the size limit"),
         (422, "Invalid input"),
         (429, "Rate limit or generation queue full; see Retry-After"),
-        (503, "Models still loading, or no generation slot before the deadline; see Retry-After"),
+        (
+            503,
+            "Models still loading or failed to load, no generation slot before the deadline (see "
+            "Retry-After), or the model failed while generating",
+        ),
     )
 }
 

@@ -27,12 +27,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
 from sqlalchemy import select
 
-from app.grounding import CITATION
 from app.rag import RagPipeline
 from app.settings import Settings
 from ingest.cleaning import clean_text
@@ -53,6 +52,25 @@ SENTINEL = "\u00a7"
 
 class EvaluationError(ValueError):
     """The SQuAD file is unusable, or the ingest pipeline no longer stores what the harness expects."""
+
+
+VALIDATION_EVERY = 4  # every 4th article (by position in the file) is held out for validation
+Split = Literal["all", "train", "validation"]
+
+
+def split_name(value: str) -> Split:
+    if value not in ("all", "train", "validation"):
+        raise EvaluationError(f"split must be all, train or validation, not {value!r}")
+    return cast(Split, value)
+
+
+def split_articles(count: int, split: Split) -> set[int]:
+    """Indexes of the articles in `split`: fine-tuning trains on "train" and is validated on "validation",
+    a fixed split by article so that no validation question, nor its article, is ever trained on."""
+    if split == "all":
+        return set(range(count))
+    held_out = {i for i in range(count) if i % VALIDATION_EVERY == VALIDATION_EVERY - 1}
+    return held_out if split == "validation" else set(range(count)) - held_out
 
 
 @dataclass(frozen=True)
@@ -90,7 +108,7 @@ class Report:
     ingest_seconds: float
     setup: dict[str, Any]
     modes: dict[str, ModeResult]
-    generation: dict[str, float] | None = None
+    generation: dict[str, dict[str, float]] | None = None  # answering setup -> scores
 
 
 # -- building the knowledge base -------------------------------------------------------------------------
@@ -274,30 +292,6 @@ def f1_score(prediction: str, truths: Sequence[str]) -> float:
     return max(f1(truth) for truth in truths)
 
 
-def evaluate_generation(
-    pipeline: RagPipeline,
-    questions: Sequence[Question],
-    top_k: int,
-    progress: Callable[[int], None] | None = None,
-) -> dict[str, float]:
-    em, f1, seconds = [], [], []
-    for number, question in enumerate(questions, start=1):
-        started = time.perf_counter()
-        answer = pipeline.answer(question.text, COLLECTION, top_k, mode="hybrid")
-        seconds.append(time.perf_counter() - started)
-        prediction = CITATION.sub("", answer.answer).strip()
-        em.append(exact_match(prediction, question.answers))
-        f1.append(f1_score(prediction, question.answers))
-        if progress is not None:
-            progress(number)
-    return {
-        "questions": len(questions),
-        "exact_match": float(np.mean(em)) if em else 0.0,
-        "f1": float(np.mean(f1)) if f1 else 0.0,
-        "seconds_per_answer": float(np.mean(seconds)) if seconds else 0.0,
-    }
-
-
 # -- the whole run ----------------------------------------------------------------------------------------
 
 
@@ -308,10 +302,17 @@ def run_evaluation(
     generate: bool = False,
     seed: int = 0,
     progress: Callable[[str, int, int], None] | None = None,
+    split: Split = "all",
+    base: bool = True,
 ) -> Report:
+    """Retrieval (and with `generate`, answers: `app.answer_eval`) on the articles of `split`; the answers
+    of the base model (unless not `base`) and of every adapter the generator serves, in the same run."""
+    from app.answer_eval import evaluate_answers
     from app.services import load_generator, load_knowledge_base
+    from llm.base import NO_ADAPTER, served_adapters
 
-    articles = load_squad(squad)
+    every = load_squad(squad)
+    articles = [every[i] for i in sorted(split_articles(len(every), split))]
     with tempfile.TemporaryDirectory(prefix="archivist-eval-") as tmp:
         work = Path(tmp)
         (work / "articles").mkdir()
@@ -330,12 +331,22 @@ def run_evaluation(
 
             with one_intra_op_thread():
                 modes = evaluate_retrieval(kb, documents, questions, progress=step("retrieval"))
-            generation, llm = None, None
+            generation: dict[str, dict[str, float]] | None = None
+            llm = None
             if generate:
                 generator = load_generator(eval_settings)
                 llm = generator.name
-                pipeline = RagPipeline(kb, generator, eval_settings.max_new_tokens)
-                generation = evaluate_generation(pipeline, questions, eval_settings.top_k, step("generation"))
+                generation = {}
+                # The base model and every adapter, each scored on the same questions in this run.
+                for adapter in ((NO_ADAPTER,) if base else ()) + served_adapters(generator):
+                    pipeline = RagPipeline(
+                        kb, generator, eval_settings.max_new_tokens, eval_settings.min_relevance, adapter,
+                        eval_settings.answer_presence_penalty,
+                    )  # fmt: skip
+                    label = "base model" if adapter == NO_ADAPTER else f"+ {adapter}"
+                    generation[label] = evaluate_answers(
+                        pipeline, kb, documents, questions, eval_settings.top_k, seed, step(label)
+                    )
             chunks = sum(info.chunk_count for info in kb.list_documents(COLLECTION))
             config = kb.config
             setup = {
@@ -352,6 +363,9 @@ def run_evaluation(
                 "reranker": str(config.reranker_path) if config.reranker_path else None,
                 "sample": sample,
                 "seed": seed,
+                "split": split,
+                "min_relevance": eval_settings.min_relevance,
+                "presence_penalty": eval_settings.answer_presence_penalty,
             }
         finally:
             kb.close()
@@ -381,15 +395,9 @@ def markdown_table(report: Report) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     if report.generation:
-        generation = report.generation
-        lines += [
-            "",
-            "| LLM (answers from hybrid retrieval) | questions | exact match | F1 | s/answer |",
-            "|---|---|---|---|---|",
-            f"| {report.setup['llm']} | {generation['questions']:.0f} "
-            f"| {generation['exact_match']:.3f} | {generation['f1']:.3f} "
-            f"| {generation['seconds_per_answer']:.1f} |",
-        ]
+        from app.answer_eval import answers_table
+
+        lines += ["", *answers_table(str(report.setup["llm"]), report.generation)]
     return "\n".join(lines)
 
 

@@ -33,6 +33,14 @@ class GenerationTimeoutError(TimeoutError):
         self.headers = {"Retry-After": str(retry_after)}
 
 
+class GenerationFailedError(RuntimeError):
+    """The backend failed while generating (finish reason "error"; the engine logs the cause): 503, since
+    the model, not the documents, is at fault. Such an answer is neither cached nor stored."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"the language model {model} failed while generating the answer; see the server log")
+
+
 @dataclass(frozen=True)
 class Delta:
     text: str

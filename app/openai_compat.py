@@ -1,15 +1,19 @@
 """Answers in OpenAI's chat-completion shapes, whole or as a chunk stream, with the passages as
 `references`. Finish reasons outside OpenAI's vocabulary are mapped: no_answer → stop (the reply says
-the documents lack the answer), cancelled/timeout → length (the text was cut short)."""
+the documents lack the answer), cancelled/timeout → length (the text was cut short). A failed generation is
+an OpenAI error object: the whole response's body (503), or in a stream a last chunk with finish reason
+"error" followed by the error object."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from fastapi.responses import JSONResponse
+
 from app.answering import Answering, Prepared
 from app.errors import status_of
-from app.generation import Delta
+from app.generation import Delta, GenerationFailedError
 from app.grounding import NO_ANSWER
 from app.openai_schemas import (
     MODEL_PREFIX,
@@ -36,14 +40,31 @@ OPENAI_FINISH = {
 }
 
 
-def collection_of(model: str, default: str) -> str:
-    """`archivist:<collection>` names a collection; plain `archivist` the default one."""
-    prefix, _, collection = model.partition(":")
+def model_target(model: str, default: str) -> tuple[str, str | None]:
+    """(collection, adapter) named by a model id: `archivist:<collection>` asks a collection with the default
+    adapter, `archivist:<collection>+<adapter>` with that LoRA adapter (`+none`: the base model); plain
+    `archivist` is the default collection. Collection names never contain `+`."""
+    prefix, _, rest = model.partition(":")
     if prefix != MODEL_PREFIX:
         raise NotFoundError(
-            f"model {model!r} does not exist: use '{MODEL_PREFIX}:<collection>' (see GET /v1/models)"
+            f"model {model!r} does not exist: use '{MODEL_PREFIX}:<collection>' or "
+            f"'{MODEL_PREFIX}:<collection>+<adapter>' (see GET /v1/models)"
         )
-    return collection or default
+    collection, plus, adapter = rest.partition("+")
+    return collection or default, adapter if plus else None
+
+
+def error_object(error: Exception) -> tuple[int, dict[str, object]]:
+    """The HTTP status and OpenAI's error body for `error`; our own bugs say only where to look."""
+    status = status_of(error)
+    message = str(error) if status != 500 else "internal error; see the server log"
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    return status, {"error": {"message": message, "type": kind, "param": None, "code": status}}
+
+
+def error_response(error: Exception) -> JSONResponse:
+    status, body = error_object(error)
+    return JSONResponse(body, status_code=status, headers=getattr(error, "headers", None))
 
 
 def references(answer: Answer) -> list[ReferencePublic]:
@@ -116,7 +137,7 @@ class Completion:
                     )
                     yield sse(None, tail)
         except Exception as error:  # the response has started: report in-band, as OpenAI streams do
-            status = status_of(error)
-            message = str(error) if status != 500 else "internal error; see the server log"
-            yield sse(None, {"error": {"message": message, "code": status}})
+            if isinstance(error, GenerationFailedError):
+                yield sse(None, self.chunk(ChunkDelta(), "error"))
+            yield sse(None, error_object(error)[1])
         yield sse(None, "[DONE]")

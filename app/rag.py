@@ -6,6 +6,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from app.generation import GenerationFailedError
 from app.grounding import NO_ANSWER, PassageText, best_relevance, ground
 from llm.base import ChatMessage, GenerationResult, Generator, SamplingParams, collect
 from retriever.config import SearchMode
@@ -14,9 +15,10 @@ from retriever.filters import SearchFilters
 from retriever.store import KnowledgeBase, SearchHit
 
 SYSTEM_PROMPT = (
-    "You are Archivist, an assistant that answers questions using only the numbered passages provided. "
-    "Cite the passages you use with their numbers in square brackets, like [1] or [2][3]. "
-    "If the passages do not contain the answer, say that the documents do not contain it."
+    "You are Archivist. Answer the question from the numbered passages only. Reply with the shortest "
+    "answer, in the words of the passage, followed by the number of the passage it comes from in square "
+    "brackets, for example: Denver Broncos [2]. "
+    f"If the passages do not contain the answer, reply: {NO_ANSWER}"
 )
 
 
@@ -48,7 +50,7 @@ def format_passages(sources: Sequence[Source]) -> str:
 
 
 def build_messages(question: str, sources: Sequence[Source]) -> list[ChatMessage]:
-    user = f"Passages:\n\n{format_passages(sources)}\n\nQuestion: {question}\nAnswer with citations:"
+    user = f"Passages:\n\n{format_passages(sources)}\n\nQuestion: {question}"
     return [ChatMessage("system", SYSTEM_PROMPT), ChatMessage("user", user)]
 
 
@@ -72,10 +74,18 @@ class RagPipeline:
     thread; the API runs the same steps with admission, caching and streaming around them."""
 
     def __init__(
-        self, kb: KnowledgeBase, generator: Generator, max_new_tokens: int, min_relevance: float = -1.0
+        self,
+        kb: KnowledgeBase,
+        generator: Generator,
+        max_new_tokens: int,
+        min_relevance: float = -1.0,
+        adapter: str | None = None,
+        presence_penalty: float = 0.0,
     ) -> None:
         self.kb = kb
         self.generator = generator
+        self.adapter = adapter  # the LoRA adapter to answer with (None: the generator's default)
+        self.presence_penalty = presence_penalty
         self.max_new_tokens = max_new_tokens
         self.min_relevance = min_relevance
 
@@ -113,7 +123,10 @@ class RagPipeline:
         result: GenerationResult,
         timings: dict[str, float],
     ) -> Answer:
-        """Verify the citations of a generated answer; an unsupported answer becomes NO_ANSWER."""
+        """Verify the citations of a generated answer; an unsupported answer becomes NO_ANSWER. A failed
+        generation raises `GenerationFailedError` instead: it says nothing about the documents."""
+        if result.finish_reason == "error":
+            raise GenerationFailedError(self.generator.name)
         grounding = ground(question, result.text, [PassageText(s.n, s.hit.text) for s in sources])
         generate_s = timings.get("generate_ms", 0.0) / 1000
         if result.completion_tokens and generate_s > 0:
@@ -145,11 +158,22 @@ class RagPipeline:
         retrieve_ms = (time.perf_counter() - started) * 1000
         if relevance < self.min_relevance:
             return self.refuse(question, sources, relevance, retrieve_ms)
-        params = SamplingParams(max_new_tokens=self.max_new_tokens)
+        return self.answer_from(question, sources, relevance, {"retrieve_ms": retrieve_ms})
+
+    def answer_from(
+        self,
+        question: str,
+        sources: list[Source],
+        relevance: float = 1.0,
+        timings: dict[str, float] | None = None,
+    ) -> Answer:
+        """Generate and ground an answer from given passages (retrieved, or chosen by an evaluation)."""
+        params = SamplingParams(
+            max_new_tokens=self.max_new_tokens, presence_penalty=self.presence_penalty, adapter=self.adapter
+        )
         result = collect(self.generator.stream(build_messages(question, sources), params))
         result.text = result.text.strip()
-        timings = {"retrieve_ms": retrieve_ms, **result.timings}
-        return self.conclude(question, sources, relevance, result, timings)
+        return self.conclude(question, sources, relevance, result, {**(timings or {}), **result.timings})
 
 
 def no_answer_rate(

@@ -57,6 +57,12 @@ class QueryCreate(QueryBase):
         None, ge=0, le=2, description="Sampling temperature; default 0 (greedy)"
     )
     max_tokens: int | None = Field(None, ge=1, le=4096, description="Longest answer; capped by the settings")
+    adapter: str | None = Field(
+        None,
+        max_length=128,
+        description="LoRA adapter of the model to answer with (see GET /v1/models); default from the "
+        "settings (ARCHIVIST_LLM_ADAPTER); 'none' for the base model",
+    )
 
 
 class Span(BaseModel):

@@ -1,12 +1,16 @@
 """Process-wide services: the knowledge base and the generator, each loaded once, in the background for
-the API (so `/healthz` answers at once and `/readyz` reports when loading is done); and what the API
-keeps beside them: API keys, conversations, the answer cache, limits and metrics."""
+the API (so `/healthz` answers at once and `/readyz` reports when loading is done, or why it failed); and
+what the API keeps beside them: API keys, conversations, the answer cache, limits and metrics. A generator
+that cannot answer is refused at load rather than replying "no answer" to everything: non-finite logits
+on a test prompt (corrupt weights), or a context window too small for one passage and a question."""
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections import Counter
+from itertools import cycle, islice
 
 from app.answering import Answering
 from app.auth import KeyStore
@@ -17,15 +21,24 @@ from app.jobs import JobManager
 from app.limits import GenerationGate, RateLimiter
 from app.metrics import Metrics
 from app.models import AppBase
+from app.rag import fit_sources
 from app.settings import Settings
 from ingest.pipeline import Ingestor
 from llm.base import Generator
 from llm.locate import default_llm_path
 from retriever.db import Database
 from retriever.embedder import load_embedder
-from retriever.store import KnowledgeBase
+from retriever.store import KnowledgeBase, SearchHit
 
 log = logging.getLogger(__name__)
+
+# What the context window must hold besides the system prompt and one passage: a question of ordinary length.
+QUESTION_TOKENS = 30
+PROSE = "Each document is split into passages that are embedded, indexed and searched for a question."
+
+
+class ContextWindowError(ValueError):
+    """The model's context window cannot hold one ordinary RAG prompt and its answer."""
 
 
 def load_knowledge_base(settings: Settings, open_indexes: bool = True) -> KnowledgeBase:
@@ -46,7 +59,8 @@ def load_knowledge_base(settings: Settings, open_indexes: bool = True) -> Knowle
 
 
 def load_generator(settings: Settings) -> Generator:
-    """The configured backend: our engine by default, the transformers reference when asked for."""
+    """The configured backend: our engine by default (refused with `CorruptModelError` when a test prompt
+    gets non-finite logits), the transformers reference when asked for."""
     if settings.llm_backend == "hf":
         from llm.hf import HFGenerator
 
@@ -57,8 +71,67 @@ def load_generator(settings: Settings) -> Generator:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         return HFGenerator(settings.llm_path or default_llm_path(), device=device)
     from llm.engine import load_engine
+    from llm.engine.sanity import check_logits
 
-    return load_engine(settings.engine_config())
+    generator = load_engine(settings.engine_config())
+    try:
+        check_logits(generator.engine.runner, generator.tokenizer, generator.name)
+    except BaseException:
+        generator.shutdown()
+        raise
+    return generator
+
+
+def _prose(tokens: int, generator: Generator) -> str:
+    """Ordinary English of about `tokens` tokens of the generator's tokenizer."""
+    words = PROSE.split()
+    per_word = generator.count_tokens(PROSE) / len(words)
+    return " ".join(islice(cycle(words), math.ceil(tokens / per_word)))
+
+
+def check_context_window(settings: Settings, generator: Generator) -> None:
+    """Raise `ContextWindowError` when the system prompt, one passage of `chunk_tokens`, a question of
+    ordinary length and `max_new_tokens` of answer do not fit the context window: every question would
+    then be asked with no passage at all and get the no-answer reply."""
+    text = _prose(settings.chunk_tokens, generator)
+    passage = SearchHit(
+        chunk_id=0,
+        document_id=0,
+        title="A document",
+        source_path="",
+        ordinal=0,
+        char_start=0,
+        char_end=len(text),
+        text=text,
+        score=1.0,
+    )
+    if fit_sources(_prose(QUESTION_TOKENS, generator), [passage], generator, settings.max_new_tokens):
+        return
+    raise ContextWindowError(
+        f"the context window of {generator.name} ({generator.context_window} tokens) cannot hold the system "
+        f"prompt, one passage of {settings.chunk_tokens} tokens (ARCHIVIST_CHUNK_TOKENS), a question of "
+        f"{QUESTION_TOKENS} tokens and an answer of {settings.max_new_tokens} tokens "
+        f"(ARCHIVIST_MAX_NEW_TOKENS): raise ARCHIVIST_LLM_MAX_MODEL_LEN (now {settings.llm_max_model_len}) "
+        "and give the KV cache room for it (ARCHIVIST_LLM_KV_CACHE_MEMORY), or lower ARCHIVIST_CHUNK_TOKENS "
+        "or ARCHIVIST_MAX_NEW_TOKENS"
+    )
+
+
+def _shut_down(generator: object) -> None:
+    shutdown = getattr(generator, "shutdown", None)
+    if callable(shutdown):
+        shutdown()
+
+
+def load_rag_generator(settings: Settings) -> Generator:
+    """`load_generator`, refused with `ContextWindowError` when it cannot answer from even one passage."""
+    generator = load_generator(settings)
+    try:
+        check_context_window(settings, generator)
+    except BaseException:
+        _shut_down(generator)
+        raise
+    return generator
 
 
 class _Loading:
@@ -123,7 +196,7 @@ class Services:
         threading.Thread(target=self._load, name="archivist-loader", daemon=True).start()
 
     def _load(self) -> None:
-        for loading, loader in ((self._kb, load_knowledge_base), (self._generator, load_generator)):
+        for loading, loader in ((self._kb, load_knowledge_base), (self._generator, load_rag_generator)):
             if loading.done.is_set():
                 continue
             try:
@@ -192,20 +265,27 @@ class Services:
                 )
             return self._jobs
 
+    def _parts(self) -> dict[str, _Loading]:
+        return {"knowledge_base": self._kb, "llm": self._generator}
+
     def readiness(self) -> dict[str, str]:
         def state(loading: _Loading) -> str:
             if not loading.done.is_set():
                 return "loading"
             return "failed" if loading.error is not None else "ready"
 
-        return {"knowledge_base": state(self._kb), "llm": state(self._generator)}
+        return {part: state(loading) for part, loading in self._parts().items()}
+
+    def failures(self) -> dict[str, str]:
+        """Why each part that failed to load failed."""
+        parts = self._parts().items()
+        return {part: str(loading.error) for part, loading in parts if loading.error is not None}
 
     def close(self) -> None:
         if self._jobs is not None:
             self._jobs.close()
         if self._kb.done.is_set() and isinstance(self._kb.value, KnowledgeBase):
             self._kb.value.close()
-        shutdown = getattr(self._generator.value, "shutdown", None)
-        if self._owns_generator and callable(shutdown):
-            shutdown()
+        if self._owns_generator:
+            _shut_down(self._generator.value)
         self.db.dispose()

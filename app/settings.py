@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ingest.config import ChunkerConfig, IngestConfig
 from llm.config import EngineConfig
+from llm.locate import default_adapter_path
 from retriever.config import RetrieverConfig, SearchMode
 
 
@@ -58,6 +59,21 @@ class Settings(BaseSettings):
     llm_enforce_eager: bool = Field(
         _engine("enforce_eager"), description="Decode op by op: no CUDA graphs, no compiled CPU step"
     )
+    llm_adapter: str | None = Field(
+        None,
+        description="LoRA adapter folder (PEFT format) that answers use unless a request names another; "
+        "unset: the shipped RAG adapter when the model is the default one; empty: none (the base model)",
+    )
+    answer_presence_penalty: float = Field(
+        0.5,
+        ge=0.0,
+        le=2.0,
+        description="Repetition control of RAG answers: a flat logit cut for every token the answer already "
+        "used (the passages are not penalized, so quoting them stays free); tuned on the validation articles",
+    )
+    llm_adapters: list[Path] = Field(
+        [], description="More LoRA adapter folders, chosen per request by folder name (JSON list)"
+    )
     max_new_tokens: int = Field(256, ge=1, le=4096, description="Longest answer, in tokens")
     chunk_tokens: int = Field(200, ge=16, description="Chunk size in embedder tokens")
     chunk_overlap: int = Field(32, ge=0, description="Overlap between consecutive chunks, in tokens")
@@ -93,6 +109,9 @@ class Settings(BaseSettings):
     rrf_k: int = Field(_retriever("rrf_k"), ge=0, description="Reciprocal-rank fusion constant")
     dense_weight: float = Field(
         _retriever("dense_weight"), ge=0, le=1, description="Weight of the dense list in fusion; lexical 1-w"
+    )
+    cjk_dense_weight: float = Field(
+        _retriever("cjk_dense_weight"), ge=0, le=1, description="dense_weight, CJK question and collection"
     )
     fusion_depth: int = Field(_retriever("fusion_depth"), ge=1, description="Candidates per retriever")
     bm25_k1: float = Field(_retriever("bm25_k1"), gt=0, description="BM25 term-frequency saturation")
@@ -176,11 +195,13 @@ class Settings(BaseSettings):
             fusion_depth=self.fusion_depth,
             rrf_k=self.rrf_k,
             dense_weight=self.dense_weight,
+            cjk_dense_weight=self.cjk_dense_weight,
             reranker_path=self.reranker_path,
             rerank_depth=self.rerank_depth,
         )
 
     def engine_config(self) -> EngineConfig:
+        default = self.default_adapter()
         return EngineConfig(
             model_path=self.llm_path,
             quantize=self.llm_quantize,
@@ -190,7 +211,16 @@ class Settings(BaseSettings):
             kv_cache_memory=self.llm_kv_cache_memory,
             num_threads=self.llm_threads,
             enforce_eager=self.llm_enforce_eager,
+            adapters=tuple(filter(None, (default, *self.llm_adapters))),
+            default_adapter=default.name if default else None,
         )
+
+    def default_adapter(self) -> Path | None:
+        """The adapter answers use by default: ARCHIVIST_LLM_ADAPTER, else the shipped RAG adapter when
+        the model is the default one (it fits no other model)."""
+        if self.llm_adapter is not None:
+            return Path(self.llm_adapter) if self.llm_adapter else None
+        return default_adapter_path() if self.llm_path is None else None
 
     def chunker_config(self) -> ChunkerConfig:
         return ChunkerConfig(chunk_tokens=self.chunk_tokens, overlap_tokens=self.chunk_overlap)

@@ -23,7 +23,7 @@ from bench.machine import cpu_name, git_revision, load_average
 from llm.base import SamplingParams
 from llm.config import EngineConfig
 from llm.engine import create_engine
-from llm.locate import default_llm_path
+from llm.locate import default_adapter_path, default_llm_path
 
 WORDS = (
     "archive document passage citation river mountain library theory energy protein market language history "
@@ -57,18 +57,22 @@ def best_of(repeats: int, measure) -> dict[str, float]:
     return {"ttft_ms": min(r[0] for r in runs), "decode_tok_s": max(r[1] for r in runs)}
 
 
-def bench_ours(engine, decode_prompt, new_tokens, rag, rag_new, repeats) -> dict[str, float]:
-    engine.generate([decode_prompt[:16]], SamplingParams(max_new_tokens=4), ignore_eos=True)  # warm-up
+def bench_ours(engine, decode_prompt, new_tokens, rag, rag_new, repeats, adapter=0) -> dict[str, float]:
+    """Our engine; `adapter` is the LoRA slot every request uses (0: the base model)."""
+    warm = SamplingParams(max_new_tokens=4)
+    engine.generate([decode_prompt[:16]], warm, ignore_eos=True, adapters=[adapter])
 
     def measure() -> tuple[float, float]:
-        r = engine.generate([decode_prompt], SamplingParams(max_new_tokens=new_tokens), ignore_eos=True)[0]
+        params = SamplingParams(max_new_tokens=new_tokens)
+        r = engine.generate([decode_prompt], params, ignore_eos=True, adapters=[adapter])[0]
         return r.timings["ttft_ms"], 1000 / r.timings["tpot_ms"]
 
     out = best_of(repeats, measure)
     bm = engine.block_manager
     q0, h0 = bm.prefix_query_tokens, bm.prefix_hit_tokens
     start = time.perf_counter()
-    reqs = engine.generate(rag, SamplingParams(max_new_tokens=rag_new), ignore_eos=True)
+    params = SamplingParams(max_new_tokens=rag_new)
+    reqs = engine.generate(rag, params, ignore_eos=True, adapters=[adapter] * len(rag))
     wall = time.perf_counter() - start
     out["rag_tok_s"] = sum(x.completion_tokens for x in reqs) / wall
     out["rag_s"] = wall
@@ -159,13 +163,18 @@ def main() -> None:
     parser.add_argument("--cpu-weights", default="auto", choices=["auto", "packed", "dequantized"])
     parser.add_argument("--skip-hf", action="store_true")
     parser.add_argument("--skip-llama-cpp", action="store_true")
+    parser.add_argument(
+        "--adapter", type=Path, default=default_adapter_path(),
+        help="LoRA adapter folder for the 'ours + adapter' row (default: the shipped RAG adapter)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     path = args.model or default_llm_path()
 
-    def config(eager: bool) -> EngineConfig:
+    def config(eager: bool, adapters: tuple[Path, ...] = ()) -> EngineConfig:
         return EngineConfig(
+            adapters=adapters,
             model_path=path,
             cpu_weights=args.cpu_weights,
             max_model_len=4096,
@@ -181,6 +190,10 @@ def main() -> None:
     work = (decode_prompt, args.new_tokens, rag, args.rag_new_tokens, args.repeats)
     runs = {"ours": bench_ours(engine, *work)}
     del engine
+    if args.adapter is not None:  # the adapter's extra matmuls, every request using it
+        adapted = create_engine(config(eager=False, adapters=(args.adapter,)))[0]
+        runs["ours + adapter"] = bench_ours(adapted, *work, adapter=1)
+        del adapted
     # The same engine decoding op by op: what CUDA graphs / the compiled CPU step are worth.
     runs["ours, eager"] = bench_ours(create_engine(config(eager=True))[0], *work)
     if not args.skip_hf:
@@ -206,6 +219,12 @@ def main() -> None:
             f"{r['rag_s']:.1f} | {hit} |"
         )
     ours = runs["ours"]
+    if "ours + adapter" in runs:
+        r = runs["ours + adapter"]
+        print(
+            f"\nours + adapter / ours: decode {r['decode_tok_s'] / ours['decode_tok_s']:.2f}x, "
+            f"RAG throughput {r['rag_tok_s'] / ours['rag_tok_s']:.2f}x"
+        )
     for backend in ("hf", "llama.cpp"):
         if backend in runs:
             r = runs[backend]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
 Role = Literal["system", "user", "assistant"]
+NO_ADAPTER = "none"  # the adapter name that asks for the base model, whatever the generator's default
 FinishReason = Literal["stop", "length", "cancelled", "error"]
 
 
@@ -24,7 +25,9 @@ class ChatMessage:
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to pick tokens. Greedy (temperature 0) by default so answers are reproducible."""
+    """How to pick tokens, and with which LoRA adapter. Greedy (temperature 0) by default so answers are
+    reproducible. `adapter`: an adapter the generator serves, by name; None is the generator's default
+    adapter, `NO_ADAPTER` the base model."""
 
     max_new_tokens: int = 256
     temperature: float = 0.0
@@ -35,6 +38,7 @@ class SamplingParams:
     presence_penalty: float = 0.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    adapter: str | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -81,6 +85,15 @@ class GenerationResult:
 
 class ContextOverflowError(ValueError):
     """The prompt does not fit in the model's context window."""
+
+
+class UnknownAdapterError(ValueError):
+    """A request named a LoRA adapter the generator does not serve."""
+
+
+def served_adapters(generator: object) -> tuple[str, ...]:
+    """The LoRA adapters a generator serves (backends without adapter support serve none)."""
+    return tuple(getattr(generator, "adapters", ()))
 
 
 @runtime_checkable

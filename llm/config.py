@@ -24,6 +24,9 @@ class EngineConfig:
     `num_kv_blocks`: KV-cache size in blocks of `block_size` tokens; None sizes it from `kv_cache_memory` (a
     fraction of free GPU memory on CUDA, GiB on the CPU).
     `max_model_len`: longest prompt + answer; None means the model's context length, capped by the cache.
+    `adapters`: folders of LoRA adapters in the PEFT format, served unmerged on top of the base weights and
+    chosen per request by folder name; `default_adapter`: the one a request that names none gets (None: the
+    base model).
     `enforce_eager`: run decode steps op by op; otherwise they replay CUDA graphs on a GPU and run a
     `torch.compile`d step on the CPU (both prepared at load: about 2 minutes of compiling on the first start
     of a 2-core machine, seconds once inductor's cache holds the code).
@@ -46,6 +49,8 @@ class EngineConfig:
     enforce_eager: bool = False
     cuda_graph_max_batch: int = 64
     seed: int = 0
+    adapters: tuple[str | Path, ...] = ()
+    default_adapter: str | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -66,5 +71,10 @@ class EngineConfig:
             problems.append("max_model_len must be >= 2")
         if self.kv_cache_memory is not None and self.kv_cache_memory <= 0:
             problems.append("kv_cache_memory must be > 0")
+        names = [Path(p).name for p in self.adapters]
+        if len(set(names)) != len(names):
+            problems.append(f"adapter folder names must be unique, got {names}")
+        if self.default_adapter is not None and self.default_adapter not in names:
+            problems.append(f"default_adapter {self.default_adapter!r} is not among the adapters {names}")
         if problems:
             raise ValueError("invalid engine config: " + "; ".join(problems))

@@ -12,7 +12,15 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from llm.base import ChatMessage, ContextOverflowError, FinishReason, GenerationEvent, SamplingParams
+from llm.base import (
+    NO_ADAPTER,
+    ChatMessage,
+    ContextOverflowError,
+    FinishReason,
+    GenerationEvent,
+    SamplingParams,
+    UnknownAdapterError,
+)
 from llm.locate import ModelNotFoundError
 
 
@@ -29,30 +37,16 @@ class _Cancelled:
 class HFGenerator:
     def __init__(self, model_path: Path, device: str = "cpu") -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
         if not model_path.exists():
             raise ModelNotFoundError(f"LLM path {model_path} does not exist: set ARCHIVIST_LLM_PATH")
-        if model_path.is_file():
-            kwargs: dict[str, Any] = {"gguf_file": model_path.name}
-            directory = str(model_path.parent)
-        else:
-            kwargs = {}
-            directory = str(model_path)
-        # transformers' GGUF dequantization draws its own tqdm bar; TQDM_DISABLE silences it.
-        os.environ.setdefault("TQDM_DISABLE", "1")
+        directory, kwargs = _from_pretrained_args(model_path)
         self.tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True, **kwargs)
-        self.model = cast(
-            Any,
-            AutoModelForCausalLM.from_pretrained(
-                directory, local_files_only=True, dtype=torch.float32, **kwargs
-            ),
-        )
-        self.model.to(device).eval()
+        self.model = load_causal_lm(model_path, device)
         self.device = device
         self.name = model_path.stem
         self.context_window = int(getattr(self.model.config, "max_position_embeddings", 2048))
@@ -73,6 +67,8 @@ class HFGenerator:
         import torch
         from transformers import StoppingCriteriaList, TextIteratorStreamer
 
+        if params.adapter not in (None, NO_ADAPTER):
+            raise UnknownAdapterError(f"the transformers backend serves no adapters, not {params.adapter!r}")
         prompt_ids = self.encode_chat(messages)
         if len(prompt_ids) + params.max_new_tokens > self.context_window:
             raise ContextOverflowError(
@@ -136,6 +132,31 @@ class HFGenerator:
         yield GenerationEvent(
             text="", finish_reason=finish, prompt_tokens=len(prompt_ids), completion_tokens=completion
         )
+
+
+def _from_pretrained_args(model_path: Path) -> tuple[str, dict[str, Any]]:
+    """transformers' `from_pretrained` arguments for a GGUF file or a model folder."""
+    if model_path.is_file():
+        return str(model_path.parent), {"gguf_file": model_path.name}
+    return str(model_path), {}
+
+
+def load_causal_lm(model_path: Path, device: str = "cpu") -> Any:
+    """The transformers model of a local GGUF file (dequantized to float32) or safetensors folder, in eval
+    mode on `device`; the reference for parity tests and the base that LoRA training adapts."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # transformers' GGUF dequantization draws its own tqdm bar; TQDM_DISABLE silences it.
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if not model_path.exists():
+        raise ModelNotFoundError(f"LLM path {model_path} does not exist: set ARCHIVIST_LLM_PATH")
+    directory, kwargs = _from_pretrained_args(model_path)
+    model = AutoModelForCausalLM.from_pretrained(
+        directory, local_files_only=True, dtype=torch.float32, **kwargs
+    )
+    return cast(Any, model).to(device).eval()
 
 
 def _first_stop(text: str, stops: Sequence[str]) -> int | None:

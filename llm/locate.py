@@ -29,3 +29,12 @@ def default_llm_path() -> Path:
             "or set ARCHIVIST_LLM_PATH to a local GGUF file or safetensors folder"
         )
     return directory / DEFAULT_LLM_FILE
+
+
+# The RAG LoRA adapter trained for the default model (`archivist finetune`), shipped in this repository.
+DEFAULT_ADAPTER_DIR = Path(__file__).resolve().parent / "adapters" / "smollm2-rag"
+
+
+def default_adapter_path() -> Path | None:
+    """The shipped RAG adapter of the default model, when this checkout has it."""
+    return DEFAULT_ADAPTER_DIR if (DEFAULT_ADAPTER_DIR / "adapter_config.json").is_file() else None

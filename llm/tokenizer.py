@@ -65,6 +65,9 @@ class Tokenizer:
         self.chat_template = chat_template or CHATML
         ids = {backend.token_to_id(t) for t in (eos_token, *END_OF_TURN) if t}
         self.stop_token_ids = frozenset(i for i in ids if i is not None)
+        # What the chat template writes after an assistant reply (a training target ends with it).
+        known = (t for t in END_OF_TURN if backend.token_to_id(t) is not None)
+        self.end_of_turn = next(known, eos_token or "")
         self._template: Any = None
 
     @property
@@ -207,3 +210,12 @@ def from_folder(path: Path) -> Tokenizer:
         add_bos=bool(config.get("add_bos_token", False)),
         chat_template=template,
     )
+
+
+def load_tokenizer(path: Path) -> Tokenizer:
+    """The tokenizer of a GGUF file or a model folder, without loading the weights."""
+    if path.is_file():
+        from llm.model.loader import GGUFSource
+
+        return from_gguf_fields(GGUFSource(path).field)
+    return from_folder(path)

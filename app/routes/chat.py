@@ -1,4 +1,5 @@
-"""OpenAI-compatible endpoints: `GET /v1/models` (one model per collection, `archivist:<collection>`) and
+"""OpenAI-compatible endpoints: `GET /v1/models` (one model per collection, `archivist:<collection>`, and one
+per collection and LoRA adapter, `archivist:<collection>+<adapter>`) and
 `POST /v1/chat/completions`, whole or streamed, with the passages as `references`. Earlier user messages
 are the conversation history that follow-up questions are rewritten from."""
 
@@ -10,11 +11,13 @@ import uuid
 from fastapi import APIRouter, Response
 
 from app.deps import PrincipalDep, ServicesDep
-from app.openai_compat import Completion, collection_of
+from app.generation import GenerationFailedError
+from app.openai_compat import Completion, error_response, model_target
 from app.openai_schemas import MODEL_PREFIX, ChatCompletion, ChatCompletionCreate, ModelList, ModelPublic
 from app.rewrite import standalone_history
 from app.schemas import QueryCreate
 from app.sse import EventStreamResponse
+from llm.base import served_adapters
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -22,7 +25,10 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 @router.get("/models", response_model=ModelList)
 def list_models(services: ServicesDep, principal: PrincipalDep) -> ModelList:
     names = principal.readable(c.name for c in services.kb().list_collections())
-    return ModelList(data=[ModelPublic(id=f"{MODEL_PREFIX}:{name}") for name in names])
+    adapters = served_adapters(services.generator())
+    suffixes = ["", *(f"+{adapter}" for adapter in adapters)]
+    ids = [f"{MODEL_PREFIX}:{name}{suffix}" for name in names for suffix in suffixes]
+    return ModelList(data=[ModelPublic(id=model_id) for model_id in ids])
 
 
 @router.post(
@@ -36,9 +42,11 @@ def chat_completions(
     body: ChatCompletionCreate, services: ServicesDep, principal: PrincipalDep
 ) -> ChatCompletion | Response:
     *earlier, question = body.questions
+    collection, adapter = model_target(body.model, services.settings.default_collection)
     ask = QueryCreate(
         question=question,
-        collection=collection_of(body.model, services.settings.default_collection),
+        collection=collection,
+        adapter=adapter,
         top_k=body.top_k,
         mode=body.mode,
         temperature=body.temperature,
@@ -50,4 +58,7 @@ def chat_completions(
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         chunks = completion.chunks(services.answering, prepared, include_usage)
         return EventStreamResponse(chunks, on_close=prepared.cancel)
-    return completion.whole(services.answering.complete(prepared))
+    try:
+        return completion.whole(services.answering.complete(prepared))
+    except GenerationFailedError as error:  # OpenAI clients read the reason from an error object
+        return error_response(error)

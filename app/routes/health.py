@@ -17,6 +17,11 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 def readyz(services: ServicesDep) -> JSONResponse:
+    """200 once every part is loaded; otherwise 503 with each part's state and, for a part that failed to
+    load (a corrupt model, a context window too small to answer from), `errors` with the reason."""
     parts = services.readiness()
     ready = all(state == "ready" for state in parts.values())
-    return JSONResponse({"ready": ready, **parts}, status_code=200 if ready else 503)
+    body: dict[str, object] = {"ready": ready, **parts}
+    if failures := services.failures():
+        body["errors"] = failures
+    return JSONResponse(body, status_code=200 if ready else 503)

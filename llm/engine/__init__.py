@@ -18,7 +18,9 @@ from llm.engine.generator import EngineGenerator
 from llm.engine.model_runner import TorchModelRunner
 from llm.engine.scheduler import Scheduler
 from llm.layers.linear import WeightPolicy
+from llm.layers.lora import install_adapters
 from llm.locate import default_llm_path
+from llm.lora.adapter import load_adapter
 from llm.model.loader import GGUFSource, load_model
 from llm.model.presets import UnsupportedModelError
 from llm.tokenizer import Tokenizer, from_folder, from_gguf_fields
@@ -67,6 +69,8 @@ def create_engine(config: EngineConfig | None = None) -> tuple[LLMEngine, Tokeni
         torch.set_num_threads(config.num_threads)
     policy = WeightPolicy(device, dtype, packed, config.quantize, config.quantize_group_size)
     model, source = load_model(path, policy, max_positions=config.max_model_len)
+    adapters = [load_adapter(p) for p in config.adapters]
+    install_adapters(model, adapters, dtype, device)
     cfg = model.config
     tokenizer = from_gguf_fields(source.field) if isinstance(source, GGUFSource) else from_folder(path)
     if tokenizer.vocab_size > cfg.vocab_size:
@@ -90,18 +94,23 @@ def create_engine(config: EngineConfig | None = None) -> tuple[LLMEngine, Tokeni
         seed=config.seed,
         compile_cpu_decode=not config.enforce_eager,
         max_batch=config.max_num_seqs,
+        num_adapters=len(adapters),
     )
     block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
     scheduler = Scheduler(block_manager, config.max_num_seqs, config.max_num_batched_tokens, max_model_len)
-    engine = LLMEngine(runner, tokenizer.decode, tokenizer.stop_token_ids, scheduler)
+    engine = LLMEngine(
+        runner, tokenizer.decode, tokenizer.stop_token_ids, scheduler, [a.name for a in adapters]
+    )
     name = f"archivist-engine:{path.stem if path.is_file() else path.name}"
     log.info(
-        "loaded %s on %s (%s), %d KV blocks, max_model_len %d", name, device, dtype, num_blocks, max_model_len
-    )
+        "loaded %s on %s (%s), %d KV blocks, max_model_len %d, LoRA adapters: %s",
+        name, device, dtype, num_blocks, max_model_len, ", ".join(a.name for a in adapters) or "none",
+    )  # fmt: skip
     return engine, tokenizer, name
 
 
 def load_engine(config: EngineConfig | None = None) -> EngineGenerator:
     """The engine as a thread-safe `Generator` with its own worker thread; call `.shutdown()` to stop it."""
+    config = config or EngineConfig()
     engine, tokenizer, name = create_engine(config)
-    return EngineGenerator(engine, tokenizer, name)
+    return EngineGenerator(engine, tokenizer, name, default_adapter=config.default_adapter)

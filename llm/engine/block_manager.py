@@ -57,15 +57,22 @@ class BlockManager:
     def _chain_hash(parent: int | None, token_ids: tuple[int, ...]) -> int:
         return hash((parent, token_ids))
 
-    def match_prefix(self, token_ids: list[int]) -> list[int]:
-        """Ids of the cached blocks holding the longest run of leading full blocks of `token_ids`.
+    @staticmethod
+    def _root(adapter: int) -> int | None:
+        """The parent hash of a sequence's first block: keys and values depend on the LoRA adapter, so
+        the chains of different adapters never meet, even over the same tokens."""
+        return None if adapter == 0 else hash(("adapter", adapter))
+
+    def match_prefix(self, token_ids: list[int], adapter: int = 0) -> list[int]:
+        """Ids of the cached blocks holding the longest run of leading full blocks of `token_ids`, as
+        computed with `adapter`.
 
         The last token is never matched: the model must compute at least one position to produce logits.
         """
         if not self.enable_prefix_caching:
             return []
         matched: list[int] = []
-        parent: int | None = None
+        parent = self._root(adapter)
         bs = self.block_size
         for start in range(0, len(token_ids) - 1 - bs + 1, bs):
             chunk = tuple(token_ids[start : start + bs])
@@ -130,7 +137,9 @@ class BlockManager:
         bs = self.block_size
         full = seq.num_computed_tokens // bs
         parent = (
-            self.blocks[seq.block_table[seq.num_hashed_blocks - 1]].hash if seq.num_hashed_blocks else None
+            self.blocks[seq.block_table[seq.num_hashed_blocks - 1]].hash
+            if seq.num_hashed_blocks
+            else self._root(seq.adapter)
         )
         for index in range(seq.num_hashed_blocks, full):
             block = self.blocks[seq.block_table[index]]

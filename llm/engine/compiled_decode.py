@@ -38,8 +38,9 @@ def compiler_available() -> bool:
 class CompiledDecode:
     """`model(input_ids, positions)` for decode steps of up to `max_batch` sequences, compiled."""
 
-    def __init__(self, model: LlamaForCausalLM, max_batch: int) -> None:
+    def __init__(self, model: LlamaForCausalLM, max_batch: int, num_adapters: int = 0) -> None:
         self.model = model
+        self.num_adapters = num_adapters  # the steps carry a LoRA mask exactly when adapters are loaded
         # From PACKED_CPU_MAX_ROWS rows on the linear layers switch to a dense GEMM: a different graph.
         self.max_batch = min(max_batch, PACKED_CPU_MAX_ROWS - 1)
         self._forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = torch.compile(
@@ -64,6 +65,12 @@ class CompiledDecode:
             for cache in caches:
                 cache.zero_()
 
+    def _lora_mask(self, batch: int, device: torch.device) -> torch.Tensor | None:
+        if not self.num_adapters:
+            return None
+        dtype = self.model.embed_tokens.dtype
+        return torch.zeros(batch, self.num_adapters, dtype=dtype, device=device)
+
     def _compile_graphs(self, device: torch.device) -> None:
         for batch in sorted({1, min(2, self.max_batch)}):
             start = time.perf_counter()
@@ -73,6 +80,7 @@ class CompiledDecode:
                     slot_mapping=torch.arange(batch, dtype=torch.int64, device=device),
                     block_tables=torch.zeros(batch, MIN_TABLE_WIDTH, dtype=torch.int32, device=device),
                     context_lens=torch.ones(batch, dtype=torch.int32, device=device),
+                    lora_mask=self._lora_mask(batch, device),
                 )
                 ids = torch.zeros(batch, dtype=torch.int64, device=device)
                 set_context(ctx)

@@ -93,8 +93,11 @@ class LLMEngine:
         decode: Callable[[list[int]], str],
         stop_token_ids: Iterable[int],
         scheduler: Scheduler,
+        adapters: Iterable[str] = (),
     ) -> None:
         self.runner = runner
+        # LoRA adapters loaded with the model, by name -> slot (slot 0 is the base model).
+        self.adapter_slots = {name: slot for slot, name in enumerate(adapters, start=1)}
         self.decode = decode
         self.stop_token_ids = frozenset(stop_token_ids)
         self.scheduler = scheduler
@@ -120,10 +123,12 @@ class LLMEngine:
         *,
         logprobs: int | None = None,
         ignore_eos: bool = False,
+        adapter: int = 0,
     ) -> Request:
         """Queue a tokenized prompt; raises ContextOverflowError before scheduling if it cannot fit.
 
-        `ignore_eos` generates exactly `max_new_tokens` (benchmarks); stop strings still apply.
+        `ignore_eos` generates exactly `max_new_tokens` (benchmarks); stop strings still apply. `adapter` is
+        the slot of a LoRA adapter loaded with the model (0: none).
         """
         if len(prompt_ids) >= self.max_model_len:
             raise ContextOverflowError(
@@ -132,7 +137,9 @@ class LLMEngine:
             )
         if logprobs is not None and logprobs < 0:
             raise ValueError("logprobs must be >= 0")
-        seq = Sequence(list(prompt_ids), max_new_tokens=params.max_new_tokens)
+        if not 0 <= adapter <= len(self.adapter_slots):
+            raise ValueError(f"adapter slot {adapter} does not exist ({len(self.adapter_slots)} loaded)")
+        seq = Sequence(list(prompt_ids), max_new_tokens=params.max_new_tokens, adapter=adapter)
         request = Request(
             request_id=next(self._ids),
             seq=seq,
@@ -213,9 +220,15 @@ class LLMEngine:
         *,
         logprobs: int | None = None,
         ignore_eos: bool = False,
+        adapters: list[int] | None = None,
     ) -> list[Request]:
-        """Run prompts to completion in the calling thread (tests, benchmarks, the CLI)."""
-        requests = [self.add_request(p, params, logprobs=logprobs, ignore_eos=ignore_eos) for p in prompts]
+        """Run prompts to completion in the calling thread (tests, benchmarks, the CLI); `adapters` gives
+        each prompt's adapter slot (default: none)."""
+        slots = adapters or [0] * len(prompts)
+        requests = [
+            self.add_request(p, params, logprobs=logprobs, ignore_eos=ignore_eos, adapter=slot)
+            for p, slot in zip(prompts, slots, strict=True)
+        ]
         while self.has_unfinished:
             self.step()
         return requests

@@ -15,7 +15,15 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from llm.base import ChatMessage, ContextOverflowError, FinishReason, GenerationEvent, SamplingParams
+from llm.base import (
+    NO_ADAPTER,
+    ChatMessage,
+    ContextOverflowError,
+    FinishReason,
+    GenerationEvent,
+    SamplingParams,
+    UnknownAdapterError,
+)
 from llm.engine.engine import LLMEngine, RequestOutput
 
 log = logging.getLogger(__name__)
@@ -31,6 +39,7 @@ class ChatTokenizer(Protocol):
 class _Stream:
     prompt_ids: list[int]
     params: SamplingParams
+    adapter: int  # the engine's slot of the request's LoRA adapter
     events: queue.SimpleQueue[GenerationEvent | BaseException] = field(default_factory=queue.SimpleQueue)
     request_id: int | None = None
     completion_tokens: int = 0
@@ -47,10 +56,15 @@ class EngineGenerator:
         tokenizer: ChatTokenizer,
         name: str,
         on_shutdown: Callable[[], None] | None = None,
+        default_adapter: str | None = None,
     ) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
         self.name = name
+        self.adapters = tuple(engine.adapter_slots)
+        if default_adapter is not None and default_adapter not in engine.adapter_slots:
+            raise UnknownAdapterError(f"default adapter {default_adapter!r} is not loaded")
+        self.default_adapter = default_adapter
         self.context_window = engine.max_model_len
         # How many streams the service should admit at once: the engine batches up to this many sequences.
         self.max_concurrency = engine.scheduler.max_num_seqs
@@ -74,9 +88,20 @@ class EngineGenerator:
                 f"prompt of {len(prompt_ids)} tokens does not fit the context window of "
                 f"{self.context_window} tokens of {self.name}"
             )
-        handle = _Stream(prompt_ids, params)
+        handle = _Stream(prompt_ids, params, self.adapter_slot(params.adapter))
         self._inbox.put(("add", handle))
         return self._events(handle)
+
+    def adapter_slot(self, adapter: str | None) -> int:
+        """The engine slot of a request's adapter: None is the default one, `NO_ADAPTER` the base model."""
+        name = self.default_adapter if adapter is None else adapter
+        if name is None or name == NO_ADAPTER:
+            return 0
+        slot = self.engine.adapter_slots.get(name)
+        if slot is None:
+            served = ", ".join(self.adapters) or "none"
+            raise UnknownAdapterError(f"unknown adapter {name!r}; this model serves: {served}")
+        return slot
 
     def _events(self, handle: _Stream) -> Iterator[GenerationEvent]:
         try:
@@ -142,7 +167,8 @@ class EngineGenerator:
             kind, handle = item
             if kind == "add":
                 try:
-                    request = self.engine.add_request(handle.prompt_ids, handle.params)
+                    params, adapter = handle.params, handle.adapter
+                    request = self.engine.add_request(handle.prompt_ids, params, adapter=adapter)
                 except Exception as exc:
                     handle.events.put(exc)
                     continue

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 
 import torch
+import torch.nn.functional as F
 
 from llm.engine.compiled_decode import MIN_TABLE_WIDTH, CompiledDecode, compiler_available
 from llm.engine.engine import Request, Sample
@@ -45,9 +46,11 @@ class TorchModelRunner:
         seed: int,
         compile_cpu_decode: bool = False,
         max_batch: int = 1,
+        num_adapters: int = 0,
     ) -> None:
         self.model = model
         self.device, self.dtype = device, dtype
+        self.num_adapters = num_adapters  # LoRA adapters installed in the model (`llm.layers.lora`)
         self.block_size = block_size
         self.max_blocks_per_seq = -(-max_model_len // block_size)
         cfg = model.config
@@ -124,11 +127,13 @@ class TorchModelRunner:
         context_lens: list[int] = []
         cu_q, cu_k = [0], [0]
         logits_rows: list[int] = []
+        adapters: list[int] = []
         cache_hit = False
         for seq, n, sample in zip(batch.seqs, batch.num_tokens, flags, strict=True):
             start = seq.num_computed_tokens
             end = start + n
             ids += seq.token_ids[start:end]
+            adapters += [seq.adapter] * n
             positions += range(start, end)
             table = seq.block_table
             slots += [table[p // bs] * bs + p % bs for p in range(start, end)]
@@ -149,6 +154,7 @@ class TorchModelRunner:
             block_tables=self._to_device(tables, torch.int32),
             context_lens=self._to_device(context_lens, torch.int32),
             cache_hit=cache_hit,
+            lora_mask=self._lora_mask(adapters),
         )
         if not is_decode:
             ctx.cu_seqlens_q = self._to_device(cu_q, torch.int32)
@@ -156,6 +162,13 @@ class TorchModelRunner:
             ctx.max_seqlen_q = max(batch.num_tokens)
             ctx.max_seqlen_k = max(context_lens)
         return self._to_device(ids, torch.int64), self._to_device(positions, torch.int64), ctx, logits_rows
+
+    def _lora_mask(self, adapters: list[int]) -> torch.Tensor | None:
+        """(tokens, adapters) one-hot rows of each token's adapter slot; slot 0 (no adapter) is all zeros."""
+        if not self.num_adapters:
+            return None
+        slots = self._to_device(adapters, torch.int64)
+        return F.one_hot(slots, self.num_adapters + 1)[:, 1:].to(self.dtype)
 
     def _run_model(
         self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: StepContext, batch_size: int
@@ -177,6 +190,8 @@ class TorchModelRunner:
         g["context_lens"][:batch_size] = ctx.context_lens
         g["block_tables"].zero_()
         g["block_tables"][:batch_size, : ctx.block_tables.shape[1]] = ctx.block_tables
+        if ctx.lora_mask is not None:
+            g["lora_mask"][:batch_size] = ctx.lora_mask
         self.graphs[graph_size].replay()
         return g["hidden"][:batch_size]
 
@@ -185,7 +200,7 @@ class TorchModelRunner:
         if not compiler_available():
             log.warning("no C++ compiler found: the CPU decode step stays eager (slower)")
             return
-        compiled = CompiledDecode(self.model, max_batch)
+        compiled = CompiledDecode(self.model, max_batch, self.num_adapters)
         caches = [c for layer in self.model.attention_layers() for c in (layer.k_cache, layer.v_cache)]
         try:
             compiled.warm_up(caches)
@@ -205,6 +220,7 @@ class TorchModelRunner:
             "context_lens": torch.ones(largest, dtype=torch.int32, device=dev),
             "block_tables": torch.zeros(largest, self.max_blocks_per_seq, dtype=torch.int32, device=dev),
             "hidden": torch.zeros(largest, self.model.config.hidden_size, dtype=self.dtype, device=dev),
+            "lora_mask": torch.zeros(largest, self.num_adapters, dtype=self.dtype, device=dev),
         }
         pool = None
         with torch.inference_mode():
@@ -214,6 +230,7 @@ class TorchModelRunner:
                     slot_mapping=g["slot_mapping"][:size],
                     block_tables=g["block_tables"][:size],
                     context_lens=g["context_lens"][:size],
+                    lora_mask=g["lora_mask"][:size] if self.num_adapters else None,
                 )
                 set_context(ctx)
                 try:

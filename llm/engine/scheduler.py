@@ -94,7 +94,7 @@ class Scheduler:
         # A step that had to preempt admits nobody: the freed room belongs to the preempted, who wait first.
         while not preempted and self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
-            prefix = bm.match_prefix(seq.token_ids)
+            prefix = bm.match_prefix(seq.token_ids, seq.adapter)
             n = min(len(seq) - len(prefix) * bm.block_size, budget)
             if not bm.admit(seq, prefix, n):
                 break

@@ -35,6 +35,7 @@ class Sequence:
     block_table: list[int] = field(default_factory=list)
     status: SequenceStatus = SequenceStatus.WAITING
     num_preemptions: int = 0
+    adapter: int = 0  # slot of the LoRA adapter the sequence is generated with (0: the base model)
 
     def __post_init__(self) -> None:
         if not self.token_ids:

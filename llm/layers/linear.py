@@ -25,6 +25,8 @@ from torch import nn
 
 from kernels import dispatch
 from kernels.layout import Int4Weight, Int8Weight, dequantize, quantize_int4, quantize_int8, unpack_int4
+from llm.layers.context import get_context
+from llm.layers.lora import LoraDelta
 
 Weight = torch.Tensor | Int4Weight | Int8Weight
 PACKED_CPU_MAX_ROWS = 128  # measured crossover (1 core): 96-128 rows
@@ -59,6 +61,7 @@ class Linear(nn.Module):
         self.quantized: Int4Weight | Int8Weight | None = None
         self.cpu_scales: torch.Tensor = torch.empty(0)  # the packed CPU matmuls' scales (and zeros)
         self.group_size = 0
+        self.lora: LoraDelta | None = None  # LoRA adapters served unmerged (`llm.layers.lora`)
 
     def set_weight(self, w: Weight, policy: WeightPolicy) -> None:
         shape = tuple(w.shape) if isinstance(w, torch.Tensor) else (w.out_features, w.in_features)
@@ -100,7 +103,14 @@ class Linear(nn.Module):
         self.kind, self.quantized = "cpu_int8", w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (tokens, in_features) -> (tokens, out_features)."""
+        """x (tokens, in_features) -> (tokens, out_features), plus the LoRA delta of each token's adapter."""
+        y = self._base(x)
+        if self.lora is None:
+            return y
+        mask = get_context().lora_mask
+        return y if mask is None else y + self.lora(x, mask)
+
+    def _base(self, x: torch.Tensor) -> torch.Tensor:
         kind = self.kind
         if kind == "dense":
             return F.linear(x, self.weight, self.bias)

@@ -10,11 +10,14 @@ from typer.testing import CliRunner
 
 from app.cli import cli
 from app.evaluation import (
+    EvaluationError,
     cleaned_offset,
     exact_match,
     f1_score,
     markdown_table,
     run_evaluation,
+    split_articles,
+    split_name,
     write_outputs,
 )
 from app.settings import Settings
@@ -84,11 +87,24 @@ def test_evaluation_run_reports_every_mode(settings: Settings, tmp_path: Path) -
     for result in report.modes.values():
         assert result.recall[20] == 1.0 and 0 < result.mrr_at_10 <= 1.0
         assert len(result.latencies_ms) == 3 and result.latency_p50_ms > 0
-    assert report.generation is not None and report.generation["questions"] == 3
-    assert "| hybrid |" in markdown_table(report)
+    assert report.generation is not None
+    base = report.generation["base model"]
+    assert base["questions"] == 3 and base["gold_questions"] == 3
+    for name in ("exact_match", "f1", "refused", "gold_f1", "wrong_refused"):
+        assert 0.0 <= base[name] <= 1.0
+    table = markdown_table(report)
+    assert "| hybrid |" in table and "| base model | 3 |" in table
     json_path, png_path = write_outputs(report, tmp_path / "out" / "tiny")
     assert json.loads(json_path.read_text())["modes"]["hybrid"]["recall"]["@5"] == 1.0
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_split_holds_out_whole_articles() -> None:
+    train, validation = split_articles(24, "train"), split_articles(24, "validation")
+    assert not train & validation and train | validation == set(range(24)) and len(validation) == 6
+    assert split_articles(24, "all") == set(range(24))
+    with pytest.raises(EvaluationError, match="split must be"):
+        split_name("test")
 
 
 def test_eval_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,7 +2,8 @@
 
 Both run the same packed int4/int8 weights with bfloat16 activations; inductor keeps fused intermediates in
 float32 where eager rounds each op to bfloat16, so the two may part ways, but only where the two best tokens
-are a near tie. Compiling takes minutes on a cold 2-core machine: this module builds one compiled engine.
+are a near tie. Compiling takes minutes on a cold 2-core machine: this module builds one compiled engine, with
+a LoRA adapter loaded, so that the compiled step also serves batches that mix the adapter and the base model.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 from llm.base import ChatMessage, SamplingParams
 from llm.engine.compiled_decode import compiler_available
 from llm.engine.engine import Request
+from tests.llm.adapters import write_random_adapter
 
 pytestmark = [
     pytest.mark.slow,
@@ -29,17 +31,34 @@ NEW_TOKENS = 40  # crosses block boundaries: block tables grow from 2 to 4 colum
 # The logits are bfloat16: one step of rounding is 0.125 at magnitudes 16-32, and log-probs move with it.
 LOGPROB_ATOL = 0.25
 NEAR_TIE = 0.3  # where the paths part, the other path's token was this close to its best one
+ADAPTERS = [1, 0, 1]  # the adapter slot of each prompt: a mixed batch
 
 
 @pytest.fixture(scope="module")
-def compiled_engine(gguf_path):
+def adapter_folder(tmp_path_factory):
+    return write_random_adapter(tmp_path_factory.mktemp("lora") / "random")
+
+
+def _engine(gguf_path, adapter_folder, eager: bool):
     from llm.config import EngineConfig
     from llm.engine import create_engine
 
-    engine, tokenizer, _ = create_engine(
-        EngineConfig(model_path=gguf_path, num_kv_blocks=256, max_model_len=1024, max_num_seqs=4)
-    )
+    config = EngineConfig(
+        model_path=gguf_path, num_kv_blocks=256, max_model_len=1024, max_num_seqs=4, enforce_eager=eager,
+        adapters=(adapter_folder,),
+    )  # fmt: skip
+    engine, tokenizer, _ = create_engine(config)
     return engine, tokenizer
+
+
+@pytest.fixture(scope="module")
+def compiled_engine(gguf_path, adapter_folder):
+    return _engine(gguf_path, adapter_folder, eager=False)
+
+
+@pytest.fixture(scope="module")
+def eager_engine(gguf_path, adapter_folder):
+    return _engine(gguf_path, adapter_folder, eager=True)
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +67,9 @@ def prompt_ids(compiled_engine):
     return [tokenizer.apply_chat_template([ChatMessage("user", p)]) for p in PROMPTS]
 
 
-def generate(engine, prompts: list[list[int]]) -> list[Request]:
-    return engine.generate(prompts, SamplingParams(max_new_tokens=NEW_TOKENS), logprobs=5, ignore_eos=True)
+def generate(engine, prompts: list[list[int]], adapters: list[int]) -> list[Request]:
+    params = SamplingParams(max_new_tokens=NEW_TOKENS)
+    return engine.generate(prompts, params, logprobs=5, ignore_eos=True, adapters=adapters)
 
 
 def assert_same_or_near_tie(ours: Request, theirs: Request) -> int:
@@ -70,20 +90,20 @@ def test_the_engine_compiled_its_decode_step(compiled_engine):
     assert engine.runner.compiled_decode is not None
 
 
-def test_compiled_matches_eager_decode(compiled_engine, packed_engine, prompt_ids):
-    agreed = [
-        assert_same_or_near_tie(ours, theirs)
-        for ours, theirs in zip(
-            generate(compiled_engine[0], prompt_ids), generate(packed_engine[0], prompt_ids), strict=True
-        )
-    ]
+def test_compiled_matches_eager_decode(compiled_engine, eager_engine, prompt_ids):
+    ours = generate(compiled_engine[0], prompt_ids, ADAPTERS)
+    theirs = generate(eager_engine[0], prompt_ids, ADAPTERS)
+    agreed = [assert_same_or_near_tie(a, b) for a, b in zip(ours, theirs, strict=True)]
     assert sum(agreed) >= NEW_TOKENS  # the paths agree for a good stretch, not just one token
+    # The adapter is applied: the same prompt with and without it parts ways at once.
+    with_adapter, without = generate(eager_engine[0], prompt_ids[:1] * 2, [1, 0])
+    assert with_adapter.token_logprobs[0].top_logprobs != without.token_logprobs[0].top_logprobs
 
 
 def test_batched_matches_single_and_nothing_recompiles(compiled_engine, prompt_ids):
     engine, _ = compiled_engine
     with torch.compiler.set_stance("fail_on_recompile"):  # the graphs compiled at load cover every step
-        singles = [generate(engine, [ids])[0] for ids in prompt_ids]
-        batched = generate(engine, prompt_ids)
+        singles = [generate(engine, [ids], [slot])[0] for ids, slot in zip(prompt_ids, ADAPTERS, strict=True)]
+        batched = generate(engine, prompt_ids, ADAPTERS)
     for one, together in zip(singles, batched, strict=True):
         assert_same_or_near_tie(together, one)

@@ -56,8 +56,10 @@ def test_similarity_is_the_cosine_whenever_the_query_was_embedded(
 ) -> None:
     [dense] = store.search("rocket thrust", "c", 1, mode="dense")
     [hybrid] = store.search("rocket thrust", "c", 1, mode="hybrid")
-    assert dense.similarity == pytest.approx(dense.score, abs=1e-5)
-    assert hybrid.chunk_id == dense.chunk_id and hybrid.similarity == pytest.approx(dense.score, abs=1e-5)
+    # The index scans float16 copies of the vectors, the similarity uses the float32 ones stored in SQL.
+    assert dense.similarity == pytest.approx(dense.score, abs=1e-3)
+    assert hybrid.chunk_id == dense.chunk_id
+    assert hybrid.similarity == pytest.approx(dense.similarity, abs=1e-6)
     assert store.search("rocket thrust", "c", 1, mode="lexical")[0].similarity is None
 
 
