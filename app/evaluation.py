@@ -233,7 +233,8 @@ def evaluate_retrieval(
     latencies: dict[str, list[float]] = {mode: [] for mode in modes}
     for number, question in enumerate(questions, start=1):
         started = time.perf_counter()
-        vector = kb.embedder.embed_query(kb.embedder.truncate(question.text))
+        embedder = kb.embedder_for(COLLECTION)  # the collection's own: multilingual for a CJK collection
+        vector = embedder.embed_query(embedder.truncate(question.text))
         embed_ms = (time.perf_counter() - started) * 1000
         for mode in modes:
             started = time.perf_counter()
@@ -350,7 +351,7 @@ def run_evaluation(
             chunks = sum(info.chunk_count for info in kb.list_documents(COLLECTION))
             config = kb.config
             setup = {
-                "embedder": kb.embedder.name,
+                "embedder": kb.embedder_for(COLLECTION).name,
                 "llm": llm,
                 "chunk_tokens": eval_settings.chunk_tokens,
                 "chunk_overlap": eval_settings.chunk_overlap,
