@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 
 import torch
-import torch.nn.functional as F
 
 from llm.engine.compiled_decode import MIN_TABLE_WIDTH, CompiledDecode, compiler_available
 from llm.engine.engine import Request, Sample
@@ -168,7 +167,9 @@ class TorchModelRunner:
         if not self.num_adapters:
             return None
         slots = self._to_device(adapters, torch.int64)
-        return F.one_hot(slots, self.num_adapters + 1)[:, 1:].to(self.dtype)
+        adapter_ids = torch.arange(1, self.num_adapters + 1, device=self.device)
+        # Contiguous like the compiled step's warm-up mask (a strided view would be another graph).
+        return (slots[:, None] == adapter_ids).to(self.dtype)
 
     def _run_model(
         self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: StepContext, batch_size: int
