@@ -124,3 +124,12 @@ def test_eval_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
     assert CliRunner().invoke(cli, ["eval", str(bad)]).exit_code == 1
+
+
+def test_finetune_refuses_a_file_that_is_not_squad(tmp_path: Path) -> None:
+    bad = tmp_path / "notes.json"
+    bad.write_text('{"rows": []}')
+    output = tmp_path / "adapter"
+    result = CliRunner().invoke(cli, ["finetune", str(bad), "--output", str(output)])
+    assert result.exit_code == 1 and "is not a SQuAD-format file" in result.output
+    assert not output.exists()  # nothing written for a refused run
