@@ -293,6 +293,25 @@ def f1_score(prediction: str, truths: Sequence[str]) -> float:
     return max(f1(truth) for truth in truths)
 
 
+@contextmanager
+def throwaway_knowledge_base(
+    settings: Settings, prefix: str
+) -> Iterator[tuple[KnowledgeBase, Settings, Path]]:
+    """A fresh knowledge base in a temporary folder (SQLite, whatever the settings say), the settings it was
+    built from, and an empty folder for the files to ingest; all deleted afterwards."""
+    from app.services import load_knowledge_base
+
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        work = Path(tmp)
+        (work / "files").mkdir()
+        scoped = settings.model_copy(update={"data_dir": work / "data", "database_url": None})
+        kb = load_knowledge_base(scoped)
+        try:
+            yield kb, scoped, work / "files"
+        finally:
+            kb.close()
+
+
 # -- the whole run ----------------------------------------------------------------------------------------
 
 
@@ -309,67 +328,60 @@ def run_evaluation(
     """Retrieval (and with `generate`, answers: `app.answer_eval`) on the articles of `split`; the answers
     of the base model (unless not `base`) and of every adapter the generator serves, in the same run."""
     from app.answer_eval import evaluate_answers
-    from app.services import load_generator, load_knowledge_base
+    from app.services import load_generator
     from llm.base import NO_ADAPTER, served_adapters
 
     every = load_squad(squad)
     articles = [every[i] for i in sorted(split_articles(len(every), split))]
-    with tempfile.TemporaryDirectory(prefix="archivist-eval-") as tmp:
-        work = Path(tmp)
-        (work / "articles").mkdir()
-        eval_settings = settings.model_copy(update={"data_dir": work / "data", "database_url": None})
-        kb = load_knowledge_base(eval_settings)
-        try:
-            started = time.perf_counter()
-            ingestor = Ingestor(kb, eval_settings.chunker_config())
-            documents, questions, unmapped = build_knowledge_base(kb, ingestor, articles, work / "articles")
-            ingest_seconds = time.perf_counter() - started
-            if sample is not None and sample < len(questions):
-                questions = random.Random(seed).sample(questions, sample)
+    with throwaway_knowledge_base(settings, "archivist-eval-") as (kb, eval_settings, files):
+        started = time.perf_counter()
+        ingestor = Ingestor(kb, eval_settings.chunker_config())
+        documents, questions, unmapped = build_knowledge_base(kb, ingestor, articles, files)
+        ingest_seconds = time.perf_counter() - started
+        if sample is not None and sample < len(questions):
+            questions = random.Random(seed).sample(questions, sample)
 
-            def step(stage: str) -> Callable[[int], None] | None:
-                return None if progress is None else lambda done: progress(stage, done, len(questions))
+        def step(stage: str) -> Callable[[int], None] | None:
+            return None if progress is None else lambda done: progress(stage, done, len(questions))
 
-            with one_intra_op_thread():
-                modes = evaluate_retrieval(kb, documents, questions, progress=step("retrieval"))
-            generation: dict[str, dict[str, float]] | None = None
-            llm = None
-            if generate:
-                generator = load_generator(eval_settings)
-                llm = generator.name
-                generation = {}
-                # The base model and every adapter, each scored on the same questions in this run.
-                for adapter in ((NO_ADAPTER,) if base else ()) + served_adapters(generator):
-                    pipeline = RagPipeline(
-                        kb, generator, eval_settings.max_new_tokens, eval_settings.min_relevance, adapter,
-                        eval_settings.answer_presence_penalty,
-                    )  # fmt: skip
-                    label = "base model" if adapter == NO_ADAPTER else f"+ {adapter}"
-                    generation[label] = evaluate_answers(
-                        pipeline, kb, documents, questions, eval_settings.top_k, seed, step(label)
-                    )
-            chunks = sum(info.chunk_count for info in kb.list_documents(COLLECTION))
-            config = kb.config
-            setup = {
-                "embedder": kb.embedder_for(COLLECTION).name,
-                "llm": llm,
-                "chunk_tokens": eval_settings.chunk_tokens,
-                "chunk_overlap": eval_settings.chunk_overlap,
-                "index_titles": config.index_titles,
-                "fusion": config.fusion,
-                "rrf_k": config.rrf_k,
-                "dense_weight": config.dense_weight,
-                "bm25_k1": config.bm25_k1,
-                "bm25_b": config.bm25_b,
-                "reranker": str(config.reranker_path) if config.reranker_path else None,
-                "sample": sample,
-                "seed": seed,
-                "split": split,
-                "min_relevance": eval_settings.min_relevance,
-                "presence_penalty": eval_settings.answer_presence_penalty,
-            }
-        finally:
-            kb.close()
+        with one_intra_op_thread():
+            modes = evaluate_retrieval(kb, documents, questions, progress=step("retrieval"))
+        generation: dict[str, dict[str, float]] | None = None
+        llm = None
+        if generate:
+            generator = load_generator(eval_settings)
+            llm = generator.name
+            generation = {}
+            # The base model and every adapter, each scored on the same questions in this run.
+            for adapter in ((NO_ADAPTER,) if base else ()) + served_adapters(generator):
+                pipeline = RagPipeline(
+                    kb, generator, eval_settings.max_new_tokens, eval_settings.min_relevance, adapter,
+                    eval_settings.answer_presence_penalty,
+                )  # fmt: skip
+                label = "base model" if adapter == NO_ADAPTER else f"+ {adapter}"
+                generation[label] = evaluate_answers(
+                    pipeline, kb, documents, questions, eval_settings.top_k, seed, step(label)
+                )
+        chunks = sum(info.chunk_count for info in kb.list_documents(COLLECTION))
+        config = kb.config
+        setup = {
+            "embedder": kb.embedder_for(COLLECTION).name,
+            "llm": llm,
+            "chunk_tokens": eval_settings.chunk_tokens,
+            "chunk_overlap": eval_settings.chunk_overlap,
+            "index_titles": config.index_titles,
+            "fusion": config.fusion,
+            "rrf_k": config.rrf_k,
+            "dense_weight": config.dense_weight,
+            "bm25_k1": config.bm25_k1,
+            "bm25_b": config.bm25_b,
+            "reranker": str(config.reranker_path) if config.reranker_path else None,
+            "sample": sample,
+            "seed": seed,
+            "split": split,
+            "min_relevance": eval_settings.min_relevance,
+            "presence_penalty": eval_settings.answer_presence_penalty,
+        }
     return Report(
         dataset=squad.name,
         articles=len(articles),

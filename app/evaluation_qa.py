@@ -24,7 +24,6 @@ half its length (so evidence cut by a chunk boundary counts for the chunk holdin
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -40,6 +39,7 @@ from app.evaluation import (
     GoldSpan,
     check_chunks,
     one_intra_op_thread,
+    throwaway_knowledge_base,
 )
 from app.grounding import NO_ANSWER
 from app.rag import RagPipeline
@@ -244,50 +244,43 @@ def run_qa_evaluation(
     """Build a throw-away knowledge base from the set's documents in `documents_dir`, then measure the
     question set `path`: retrieval always, generated answers with `generate`. `progress(stage, done,
     total)` is called after each question of each stage ("retrieval", "generation")."""
-    from app.services import load_generator, load_knowledge_base
+    from app.services import load_generator
 
     data, questions = load_qa_set(path)
 
     def step(stage: str) -> Callable[[int], None] | None:
         return None if progress is None else lambda done: progress(stage, done, len(questions))
 
-    with tempfile.TemporaryDirectory(prefix="archivist-eval-qa-") as tmp:
-        eval_settings = settings.model_copy(update={"data_dir": Path(tmp) / "data", "database_url": None})
-        kb = load_knowledge_base(eval_settings)
-        try:
-            started = time.perf_counter()
-            ingestor = Ingestor(kb, eval_settings.chunker_config(), eval_settings.ingest_config())
-            evidence = build_qa_knowledge_base(kb, ingestor, data["documents"], documents_dir, questions)
-            ingest_seconds = time.perf_counter() - started
-            with one_intra_op_thread():
-                ranks = retrieval_ranks(kb, questions, evidence, step("retrieval"))
-            hits = {
-                mode: shares({q: rank is not None and rank <= HIT_AT for q, rank in found.items()}, questions)
-                for mode, found in ranks.items()
-            }
-            generation: dict[str, dict[str, float]] | None = None
-            answers: dict[str, str] = {}
-            llm = None
-            if generate:
-                generator = load_generator(eval_settings)
-                llm = generator.name
-                pipeline = RagPipeline(
-                    kb, generator, eval_settings.max_new_tokens, eval_settings.min_relevance
-                )
-                answers, generation = answer_questions(
-                    pipeline, questions, eval_settings.top_k, step("generation")
-                )
-            setup = {
-                "embedder": kb.embedder_for(COLLECTION).name,
-                "llm": llm,
-                "chunk_tokens": eval_settings.chunk_tokens,
-                "fusion": kb.config.fusion,
-                "top_k": eval_settings.top_k,
-                "min_relevance": eval_settings.min_relevance,
-            }
-            chunks = sum(info.chunk_count for info in kb.list_documents(COLLECTION))
-        finally:
-            kb.close()
+    with throwaway_knowledge_base(settings, "archivist-eval-qa-") as (kb, eval_settings, _):
+        started = time.perf_counter()
+        ingestor = Ingestor(kb, eval_settings.chunker_config(), eval_settings.ingest_config())
+        evidence = build_qa_knowledge_base(kb, ingestor, data["documents"], documents_dir, questions)
+        ingest_seconds = time.perf_counter() - started
+        with one_intra_op_thread():
+            ranks = retrieval_ranks(kb, questions, evidence, step("retrieval"))
+        hits = {
+            mode: shares({q: rank is not None and rank <= HIT_AT for q, rank in found.items()}, questions)
+            for mode, found in ranks.items()
+        }
+        generation: dict[str, dict[str, float]] | None = None
+        answers: dict[str, str] = {}
+        llm = None
+        if generate:
+            generator = load_generator(eval_settings)
+            llm = generator.name
+            pipeline = RagPipeline(kb, generator, eval_settings.max_new_tokens, eval_settings.min_relevance)
+            answers, generation = answer_questions(
+                pipeline, questions, eval_settings.top_k, step("generation")
+            )
+        setup = {
+            "embedder": kb.embedder_for(COLLECTION).name,
+            "llm": llm,
+            "chunk_tokens": eval_settings.chunk_tokens,
+            "fusion": kb.config.fusion,
+            "top_k": eval_settings.top_k,
+            "min_relevance": eval_settings.min_relevance,
+        }
+        chunks = sum(info.chunk_count for info in kb.list_documents(COLLECTION))
     return QAReport(
         dataset=path.name,
         language=str(data.get("language", "")),

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import random
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -29,6 +28,7 @@ from app.evaluation import (
     load_squad,
     one_intra_op_thread,
     split_articles,
+    throwaway_knowledge_base,
 )
 from app.grounding import CITATION, NO_ANSWER
 from app.rag import build_messages
@@ -84,7 +84,6 @@ def run_finetune(
     """Build the examples, train, save the adapter (PEFT format) with `training.json`, and validate."""
     import torch
 
-    from app.services import load_knowledge_base
     from llm.hf import load_causal_lm
     from llm.locate import default_llm_path
     from llm.lora.adapter import save_adapter
@@ -98,32 +97,25 @@ def run_finetune(
     rng = random.Random(options.seed)
     model_path = settings.llm_path or default_llm_path()
     tokenizer = load_tokenizer(model_path)
-    with tempfile.TemporaryDirectory(prefix="archivist-finetune-") as tmp:
-        work = Path(tmp)
-        (work / "articles").mkdir()
-        kb_settings = settings.model_copy(update={"data_dir": work / "data", "database_url": None})
-        kb = load_knowledge_base(kb_settings)
-        try:
-            if progress:
-                progress("building the knowledge base", 0, 0, "")
-            ingestor = Ingestor(kb, kb_settings.chunker_config())
-            documents, questions, _ = build_knowledge_base(kb, ingestor, articles, work / "articles")
-            train_questions = [q for q in questions if q.article in train_ids]
-            validation_questions = [q for q in questions if q.article in validation_ids]
-            if not train_questions or not validation_questions:
-                raise FinetuneError(f"{squad}: needs questions in both the training and validation articles")
-            if progress:
-                progress("retrieving passages for the examples", 0, 0, "")
-            with one_intra_op_thread():  # one short query at a time: more threads only spin-wait
-                groups = build_groups(
-                    kb, documents, train_questions, options.examples, rng, options.passages,
-                    options.no_answer_share,
-                )  # fmt: skip
-                validation = build_examples(
-                    kb, documents, validation_questions, options.validation_questions, rng, (3,), 0.0
-                )
-        finally:
-            kb.close()
+    with throwaway_knowledge_base(settings, "archivist-finetune-") as (kb, kb_settings, files):
+        if progress:
+            progress("building the knowledge base", 0, 0, "")
+        ingestor = Ingestor(kb, kb_settings.chunker_config())
+        documents, questions, _ = build_knowledge_base(kb, ingestor, articles, files)
+        train_questions = [q for q in questions if q.article in train_ids]
+        validation_questions = [q for q in questions if q.article in validation_ids]
+        if not train_questions or not validation_questions:
+            raise FinetuneError(f"{squad}: needs questions in both the training and validation articles")
+        if progress:
+            progress("retrieving passages for the examples", 0, 0, "")
+        with one_intra_op_thread():  # one short query at a time: more threads only spin-wait
+            groups = build_groups(
+                kb, documents, train_questions, options.examples, rng, options.passages,
+                options.no_answer_share,
+            )  # fmt: skip
+            validation = build_examples(
+                kb, documents, validation_questions, options.validation_questions, rng, (3,), 0.0
+            )
 
     def encode(example: RagExample) -> TrainExample:
         prompt = tokenizer.apply_chat_template(build_messages(example.question, example.sources))
