@@ -160,7 +160,7 @@ def main() -> None:
     parser.add_argument("--rag-new-tokens", type=int, default=128, help="RAG load: new tokens per request")
     parser.add_argument("--repeats", type=int, default=3, help="batch-1 runs per backend (best is kept)")
     parser.add_argument("--threads", type=int, default=None, help="torch / llama.cpp threads")
-    parser.add_argument("--cpu-weights", default="auto", choices=["auto", "packed", "dequantized"])
+    parser.add_argument("--cpu-weights", default="auto", choices=["auto", "packed", "dequantized", "kernels"])
     parser.add_argument("--skip-hf", action="store_true")
     parser.add_argument("--skip-llama-cpp", action="store_true")
     parser.add_argument(

@@ -10,7 +10,8 @@ Layout:
 * queries are the last `seqlen_q` key positions (bottom-right causal alignment); window W keeps keys in
   `(p - W, p]`. Query head `h` reads kv head `h // GROUP`.
 * output `(total_q, n_heads, head_dim)` in q's dtype. Last dimensions must be contiguous; the rest go through
-  `stride_*`.
+  `stride_*`. Packed k and v each have their own strides (the engine slices them out of one fused qkv
+  projection); the paged caches share one layout.
 
 Grid: `(cdiv(max_seqlen_q, BLOCK_M), n_heads, batch)`. Each program walks the key blocks its query tile can
 see in three ranges: a masked lower edge (window), an unmasked middle where every key is visible to every row,
@@ -44,7 +45,7 @@ from kernels.validation import (
 def _prefill_range(
     acc, m_i, l_i, q, pos_m, start, end,
     k_base, v_base, table_row_ptr, k_len, window, qk_scale,
-    stride_kt, stride_kb, stride_ks,
+    stride_kt, stride_vt, stride_kb, stride_ks,
     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, PAGED: tl.constexpr, MASKED: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
@@ -56,9 +57,13 @@ def _prefill_range(
         rows = kv_row_offsets(
             table_row_ptr, pos_n, in_seq, stride_kt, stride_kb, stride_ks, PAGED, BLOCK_SIZE
         )
+        if PAGED:  # the two caches share one layout
+            v_rows = rows
+        else:  # packed k and v may be slices of one fused projection, with different row strides
+            v_rows = pos_n.to(tl.int64) * stride_vt
         if MASKED:
             k_t = tl.load(k_base + rows[None, :] + offs_d[:, None], mask=in_seq[None, :], other=0.0)
-            v = tl.load(v_base + rows[:, None] + offs_d[None, :], mask=in_seq[:, None], other=0.0)
+            v = tl.load(v_base + v_rows[:, None] + offs_d[None, :], mask=in_seq[:, None], other=0.0)
             visible = in_seq[None, :]
             if CAUSAL:
                 visible = visible & (pos_n[None, :] <= pos_m[:, None])
@@ -66,7 +71,7 @@ def _prefill_range(
                 visible = visible & (pos_n[None, :] > pos_m[:, None] - window)
         else:
             k_t = tl.load(k_base + rows[None, :] + offs_d[:, None])
-            v = tl.load(v_base + rows[:, None] + offs_d[None, :])
+            v = tl.load(v_base + v_rows[:, None] + offs_d[None, :])
             visible = in_seq[None, :]  # unused: every key of an unmasked tile is visible to every row
         acc, m_i, l_i = attend_tile(acc, m_i, l_i, q, k_t, v, visible, qk_scale, MASKED, DOT_PRECISION)
     return acc, m_i, l_i
@@ -76,7 +81,8 @@ def _prefill_range(
 def _flash_prefill_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, cu_q_ptr, cu_k_ptr, table_ptr,
     qk_scale, window,
-    stride_qt, stride_qh, stride_kt, stride_kb, stride_ks, stride_kh, stride_ot, stride_oh, stride_tb,
+    stride_qt, stride_qh, stride_kt, stride_kb, stride_ks, stride_kh, stride_vt, stride_vh,
+    stride_ot, stride_oh, stride_tb,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
     PAGED: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
@@ -117,26 +123,28 @@ def _flash_prefill_kernel(
     mid_lo = tl.minimum(tl.maximum(lo_full, lo), hi)
     mid_hi = tl.minimum(tl.maximum(hi_full, mid_lo), hi)
 
-    kv_offset = kv_head * stride_kh
+    k_offset = kv_head * stride_kh
+    v_offset = kv_head * stride_vh
     if not PAGED:
-        kv_offset += k_start.to(tl.int64) * stride_kt
-    k_base = k_ptr + kv_offset
-    v_base = v_ptr + kv_offset
+        k_offset += k_start.to(tl.int64) * stride_kt
+        v_offset += k_start.to(tl.int64) * stride_vt
+    k_base = k_ptr + k_offset
+    v_base = v_ptr + v_offset
     table_row = table_ptr + seq.to(tl.int64) * stride_tb
     acc, m_i, l_i = init_state(BLOCK_M, HEAD_DIM)
     acc, m_i, l_i = _prefill_range(
         acc, m_i, l_i, q, pos_m, lo, mid_lo, k_base, v_base, table_row, k_len, window, qk_scale,
-        stride_kt, stride_kb, stride_ks,
+        stride_kt, stride_vt, stride_kb, stride_ks,
         CAUSAL, HAS_WINDOW, PAGED, True, HEAD_DIM, BLOCK_SIZE, BLOCK_N, DOT_PRECISION,
     )  # fmt: skip
     acc, m_i, l_i = _prefill_range(
         acc, m_i, l_i, q, pos_m, mid_lo, mid_hi, k_base, v_base, table_row, k_len, window, qk_scale,
-        stride_kt, stride_kb, stride_ks,
+        stride_kt, stride_vt, stride_kb, stride_ks,
         CAUSAL, HAS_WINDOW, PAGED, False, HEAD_DIM, BLOCK_SIZE, BLOCK_N, DOT_PRECISION,
     )  # fmt: skip
     acc, m_i, l_i = _prefill_range(
         acc, m_i, l_i, q, pos_m, mid_hi, hi, k_base, v_base, table_row, k_len, window, qk_scale,
-        stride_kt, stride_kb, stride_ks,
+        stride_kt, stride_vt, stride_kb, stride_ks,
         CAUSAL, HAS_WINDOW, PAGED, True, HEAD_DIM, BLOCK_SIZE, BLOCK_N, DOT_PRECISION,
     )  # fmt: skip
     out = finish_rows(acc, l_i)
@@ -185,7 +193,8 @@ def varlen_attention(
             f"n_heads {n_heads} must be a multiple of n_kv_heads {n_kv_heads}")  # fmt: skip
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_inner_contiguous(name, t)
-    require(k.stride() == v.stride(), f"k and v must share strides, got {k.stride()} and {v.stride()}")
+    if paged:
+        require(k.stride() == v.stride(), f"k and v caches differ: {k.stride()}, {v.stride()}")
     for name, t in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
         check_dim(name, t, 1, "(batch + 1,)")
         check_dtype(name, t, (torch.int32,))
@@ -243,7 +252,7 @@ def varlen_attention(
         softmax_scale * math.log2(math.e), sliding_window or 0,
         q.stride(0), q.stride(1),
         0 if paged else k.stride(0), k.stride(0) if paged else 0, k.stride(1) if paged else 0, k.stride(-2),
-        out.stride(0), out.stride(1), table.stride(0),
+        0 if paged else v.stride(0), v.stride(-2), out.stride(0), out.stride(1), table.stride(0),
         GROUP=n_heads // n_kv_heads, HEAD_DIM=head_dim, CAUSAL=causal, HAS_WINDOW=sliding_window is not None,
         PAGED=paged, BLOCK_SIZE=k.shape[1] if paged else 1, BLOCK_M=block_m, BLOCK_N=block_n,
         DOT_PRECISION=dot_precision(q.dtype), num_warps=num_warps, num_stages=num_stages,

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 Quantize = Literal["int8", "int4"]
-CpuWeights = Literal["auto", "packed", "dequantized"]
+CpuWeights = Literal["auto", "packed", "dequantized", "kernels"]
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,9 @@ class EngineConfig:
     `dtype`: activation/compute dtype; "auto" is bfloat16 on CUDA, and on the CPU bfloat16 with packed weights
     or float32 with dequantized ones.
     `cpu_weights`: on the CPU, keep quantized weights packed for torch's int4/int8 matmuls ("packed") or
-    expand them to dense float ("dequantized", bit-exact with the reference); "auto" = the faster, packed.
+    expand them to dense float ("dequantized", bit-exact with the reference); "auto" = the faster, packed;
+    "kernels" lays them out as on CUDA and multiplies through `kernels.dispatch` (with
+    `ARCHIVIST_KERNELS=triton` and `TRITON_INTERPRET=1`: the GPU kernels inside the engine on the CPU; slow).
     `num_kv_blocks`: KV-cache size in blocks of `block_size` tokens; None sizes it from `kv_cache_memory` (a
     fraction of free GPU memory on CUDA, GiB on the CPU).
     `max_model_len`: longest prompt + answer; None means the model's context length, capped by the cache.
@@ -60,8 +62,10 @@ class EngineConfig:
             problems.append("quantize_group_size must be 32 or 128")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             problems.append(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
-        if self.cpu_weights not in ("auto", "packed", "dequantized"):
-            problems.append(f"cpu_weights must be auto, packed or dequantized, got {self.cpu_weights!r}")
+        if self.cpu_weights not in ("auto", "packed", "dequantized", "kernels"):
+            problems.append(
+                f"cpu_weights must be auto, packed, dequantized or kernels, got {self.cpu_weights!r}"
+            )
         for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "cuda_graph_max_batch"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1")

@@ -33,20 +33,22 @@ _CPU_KV_CACHE_GIB = 1.0
 _GPU_KV_CACHE_FRACTION = 0.85
 
 
-def _resolve(config: EngineConfig) -> tuple[torch.device, torch.dtype, bool]:
-    """(device, compute dtype, whether CPU weights stay packed) for this config on this machine."""
+def _policy(config: EngineConfig) -> WeightPolicy:
+    """Where the weights go and what they become, for this config on this machine."""
     if config.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
         device = torch.device(config.device)
-    packed = device.type == "cpu" and config.cpu_weights != "dequantized"
+    packed = device.type == "cpu" and config.cpu_weights in ("auto", "packed")
     if config.dtype != "auto":
         dtype = _DTYPES[config.dtype]
     elif device.type == "cuda" or packed:
         dtype = torch.bfloat16  # torch's packed CPU matmuls are fast with bfloat16 activations only
     else:
         dtype = torch.float32
-    return device, dtype, packed
+    return WeightPolicy(
+        device, dtype, packed, config.quantize, config.quantize_group_size, config.cpu_weights == "kernels"
+    )
 
 
 def _num_blocks(config: EngineConfig, model_bytes_per_block: int, device: torch.device) -> int:
@@ -64,10 +66,10 @@ def create_engine(config: EngineConfig | None = None) -> tuple[LLMEngine, Tokeni
     """Load the model and tokenizer and size the KV cache; returns (engine, tokenizer, model name)."""
     config = config or EngineConfig()
     path = Path(config.model_path) if config.model_path is not None else default_llm_path()
-    device, dtype, packed = _resolve(config)
+    policy = _policy(config)
+    device, dtype = policy.device, policy.dtype
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
-    policy = WeightPolicy(device, dtype, packed, config.quantize, config.quantize_group_size)
     model, source = load_model(path, policy, max_positions=config.max_model_len)
     adapters = [load_adapter(p) for p in config.adapters]
     install_adapters(model, adapters, dtype, device)

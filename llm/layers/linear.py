@@ -12,6 +12,9 @@
   through `kernels.dispatch` with the `kernels.layout` weight kept beside the packed one.
 * CPU, dequantized: every weight dense in the compute dtype, bit-identical to the checkpoint's float values
   (what the parity tests compare against transformers).
+* CPU, kernels: quantized weights laid out exactly as on CUDA and multiplied through `kernels.dispatch`, so
+  the GPU path (the Triton kernels under `TRITON_INTERPRET=1`) runs inside the engine without a GPU. Slow;
+  for tests.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class WeightPolicy:
     cpu_packed: bool  # CPU only: keep quantized weights packed for torch's int4/int8 matmuls
     quantize: Literal["int8", "int4"] | None = None  # quantize float weights at load
     group_size: int = 32
+    kernel_layout: bool = False  # CPU only: quantized weights as on CUDA, through `kernels.dispatch`
 
     def quantize_float(self, w: torch.Tensor) -> Weight:
         if self.quantize == "int8":
@@ -72,10 +76,11 @@ class Linear(nn.Module):
         if isinstance(w, torch.Tensor):
             w = policy.quantize_float(w)
         device, dtype = policy.device, policy.dtype
-        if isinstance(w, torch.Tensor) or (device.type == "cpu" and not policy.cpu_packed):
+        on_cpu = device.type == "cpu" and not policy.kernel_layout
+        if isinstance(w, torch.Tensor) or (on_cpu and not policy.cpu_packed):
             dense = w if isinstance(w, torch.Tensor) else dequantize(w, torch.float32)
             self.kind, self.weight = "dense", dense.to(device, dtype).contiguous()
-        elif device.type != "cpu":
+        elif not on_cpu:
             self.kind, self.quantized = ("int4" if isinstance(w, Int4Weight) else "int8"), w.to(device)
         elif isinstance(w, Int4Weight):
             self._pack_int4_cpu(w, dtype)

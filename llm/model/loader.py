@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -290,7 +290,7 @@ def load_weights(model: LlamaForCausalLM, source: WeightSource, policy: WeightPo
 
 def _int8(policy: WeightPolicy) -> WeightPolicy:
     # The output head is the most precision-sensitive matmul; int4 there costs too much quality.
-    return WeightPolicy(policy.device, policy.dtype, policy.cpu_packed, "int8", policy.group_size)
+    return replace(policy, quantize="int8")
 
 
 def load_model(

@@ -35,6 +35,18 @@ class Case:
     block_size: int | None = None  # None: packed keys; else paged cache with this block size
     causal: bool = True
     window: int | None = None
+    fused: bool = False  # packed k and v sliced out of wider per-token rows, with different strides
+
+
+def fused_slices(k: torch.Tensor, v: torch.Tensor, n_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """k and v as the engine hands them over: k sliced from the rotated (q | k) rows, v from the (q | k | v)
+    projection rows, so each has its own row stride and neither is contiguous."""
+    tokens, n_kv, d = k.shape
+    qk = torch.randn(tokens, n_heads + n_kv, d, device=k.device, dtype=k.dtype)
+    qkv = torch.randn(tokens, n_heads + 2 * n_kv, d, device=k.device, dtype=k.dtype)
+    qk[:, n_heads:] = k
+    qkv[:, n_heads + n_kv :] = v
+    return qk[:, n_heads:], qkv[:, n_heads + n_kv :]
 
 
 CPU_CASES = [
@@ -45,6 +57,7 @@ CPU_CASES = [
     Case((20, 3), (29, 3), 3, 3, causal=False),
     Case((5, 17), (30, 17), 3, 1, block_size=16),  # queries after a cached prefix, read through a block table
     Case((4, 1, 19), (50, 33, 19), 8, 2, head_dim=128, block_size=32, window=21),
+    Case((24, 9), (24, 9), 6, 2, window=11, fused=True),
 ]
 
 GPU_CASES = [
@@ -52,6 +65,7 @@ GPU_CASES = [
     Case((513, 77), (513, 77), 9, 3),
     Case((256, 1), (4096, 1500), 32, 8, head_dim=128, block_size=16),
     Case((1024,), (1024,), 16, 4, window=256),
+    Case((700, 300), (700, 300), 9, 3, fused=True),
 ]
 
 
@@ -64,6 +78,8 @@ def run_case(case: Case, dtype: torch.dtype) -> None:
     values = [torch.randn(n, case.n_kv_heads, d, device=DEVICE).to(dtype) for n in case.lk]
     if case.block_size is None:
         k, v, table = torch.cat(keys), torch.cat(values), None
+        if case.fused:
+            k, v = fused_slices(k, v, case.n_heads)
     else:
         k, v, table = paged_kv(keys, values, case.block_size)
     args = (
