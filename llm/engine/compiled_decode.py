@@ -4,8 +4,11 @@ On a small model and a few CPU cores, an eager decode step spends more time disp
 RoPE, dtype casts, the attention gather) than in the packed int4/int8 matmuls; inductor fuses the small ops
 into a handful of C++ loops around those matmuls (SmolLM2-135M on 2 cores: 16 ms -> 10 ms per token).
 
-Two graphs are compiled when the engine starts, so no request waits on the compiler: batch 1 (torch
-specializes a size of 1) and batch >= 2 with dynamic batch size and context width. Inside the graph,
+Two graphs are compiled when the engine starts: batch 1 (torch specializes a size of 1) and batch >= 2 with
+dynamic batch size and context width. The model runner compiles them in a background thread while the engine
+already answers with the eager step, and switches to the compiled one when both are ready: no request waits
+on the compiler. The compiling steps write their dummy keys into a scratch block of the cache that the block
+manager never hands out, so they cannot disturb the sequences being served meanwhile. Inside the graph,
 `kernels.reference` takes its padded decode attention (no host reads). Inductor caches the generated code on
 disk, so only the first start on a machine pays the full compile (about 2 minutes on 2 cores, seconds after).
 Prefill stays eager: its cost is the dense GEMMs, not dispatch.
@@ -54,31 +57,19 @@ class CompiledDecode:
             warnings.filterwarnings("ignore", message="bf16 and fp16 are mixed")
             return self._forward(input_ids, positions)
 
-    def warm_up(self, caches: list[torch.Tensor]) -> None:
-        """Compile both graphs with dummy steps that write into block 0, then clear the caches (also when
-        compiling fails). Must run before the engine holds any sequence: the dummy keys land in a block
-        nobody owns yet.
-        """
-        try:
-            self._compile_graphs(caches[0].device)
-        finally:
-            for cache in caches:
-                cache.zero_()
-
-    def _lora_mask(self, batch: int, device: torch.device) -> torch.Tensor | None:
-        if not self.num_adapters:
-            return None
-        dtype = self.model.embed_tokens.dtype
-        return torch.zeros(batch, self.num_adapters, dtype=dtype, device=device)
-
-    def _compile_graphs(self, device: torch.device) -> None:
+    def warm_up(self, scratch_block: int, block_size: int, device: torch.device) -> None:
+        """Compile both graphs with dummy steps whose keys go to `scratch_block`, a cache block that no
+        sequence ever owns (safe while the engine serves requests with the eager step)."""
         for batch in sorted({1, min(2, self.max_batch)}):
             start = time.perf_counter()
             with torch.inference_mode():  # like the runner's steps: tensors made outside would not match
+                first = scratch_block * block_size
                 ctx = StepContext(
                     is_decode=True,
-                    slot_mapping=torch.arange(batch, dtype=torch.int64, device=device),
-                    block_tables=torch.zeros(batch, MIN_TABLE_WIDTH, dtype=torch.int32, device=device),
+                    slot_mapping=torch.arange(first, first + batch, dtype=torch.int64, device=device),
+                    block_tables=torch.full(
+                        (batch, MIN_TABLE_WIDTH), scratch_block, dtype=torch.int32, device=device
+                    ),
                     context_lens=torch.ones(batch, dtype=torch.int32, device=device),
                     lora_mask=self._lora_mask(batch, device),
                 )
@@ -89,3 +80,9 @@ class CompiledDecode:
                 finally:
                     set_context(None)
             log.info("compiled the decode step for batch %s in %.1f s", batch, time.perf_counter() - start)
+
+    def _lora_mask(self, batch: int, device: torch.device) -> torch.Tensor | None:
+        if not self.num_adapters:
+            return None
+        dtype = self.model.embed_tokens.dtype
+        return torch.zeros(batch, self.num_adapters, dtype=dtype, device=device)

@@ -5,12 +5,16 @@ cu_seqlens), copies them to the device in one go, runs `model(input_ids, positio
 samples on the device, and makes exactly one device-to-host transfer: the `.tolist()` of the sampled ids.
 On CUDA, decode batches replay CUDA graphs captured at start for batch sizes 1, 2, 4, 8, 16, ... so a step
 costs a few kernel launches instead of hundreds; on the CPU they run the `torch.compile`d step of
-`compiled_decode` for the same reason.
+`compiled_decode` for the same reason, once a background thread has compiled it (eager steps until then).
+
+The caches hold one block more than the block manager hands out: a scratch block for the steps that compile
+the CPU decode graphs while real sequences are being served.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 
 import torch
 
@@ -53,7 +57,8 @@ class TorchModelRunner:
         self.block_size = block_size
         self.max_blocks_per_seq = -(-max_model_len // block_size)
         cfg = model.config
-        shape = (num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim)
+        self.scratch_block = num_blocks  # never handed out by the block manager, which owns 0..num_blocks-1
+        shape = (num_blocks + 1, block_size, cfg.num_kv_heads, cfg.head_dim)
         for layer in model.attention_layers():
             layer.k_cache = torch.zeros(shape, dtype=dtype, device=device)
             layer.v_cache = torch.zeros(shape, dtype=dtype, device=device)
@@ -63,8 +68,18 @@ class TorchModelRunner:
         if use_cuda_graphs and device.type == "cuda":
             self._capture_graphs(graph_batch_sizes(cuda_graph_max_batch))
         self.compiled_decode: CompiledDecode | None = None
+        # Set once decode steps run compiled, or once it is known that they never will.
+        self.decode_step_settled = threading.Event()
         if compile_cpu_decode and device.type == "cpu":
-            self._compile_decode(max_batch)
+            threading.Thread(
+                target=self._compile_decode, args=(max_batch,), name="compile-decode", daemon=True
+            ).start()
+        else:
+            self.decode_step_settled.set()
+
+    def wait_for_compiled_decode(self, timeout: float | None = None) -> bool:
+        """Block until the CPU decode step is compiled (or compiling gave up); False on timeout."""
+        return self.decode_step_settled.wait(timeout)
 
     # --- one step --------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -198,17 +213,21 @@ class TorchModelRunner:
 
     # --- CPU: compiled decode --------------------------------------------------------------------------
     def _compile_decode(self, max_batch: int) -> None:
-        if not compiler_available():
-            log.warning("no C++ compiler found: the CPU decode step stays eager (slower)")
-            return
-        compiled = CompiledDecode(self.model, max_batch, self.num_adapters)
-        caches = [c for layer in self.model.attention_layers() for c in (layer.k_cache, layer.v_cache)]
+        """Runs in its own thread: compile, then hand decode steps over to the compiled graphs."""
         try:
-            compiled.warm_up(caches)
-        except Exception as error:  # a broken toolchain must not take the engine down: eager still works
-            log.warning("compiling the decode step failed (%s): it stays eager", error)
-            return
-        self.compiled_decode = compiled
+            if not compiler_available():
+                log.warning("no C++ compiler found: the CPU decode step stays eager (slower)")
+                return
+            compiled = CompiledDecode(self.model, max_batch, self.num_adapters)
+            try:
+                compiled.warm_up(self.scratch_block, self.block_size, self.device)
+            except Exception as error:  # a broken toolchain must not take the engine down: eager still works
+                log.warning("compiling the decode step failed (%s): it stays eager", error)
+                return
+            self.compiled_decode = compiled  # the engine's next decode step runs compiled
+            log.info("decode steps now run compiled")
+        finally:
+            self.decode_step_settled.set()
 
     # --- CUDA graphs -----------------------------------------------------------------------------------
     def _capture_graphs(self, sizes: list[int]) -> None:
