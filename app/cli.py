@@ -287,13 +287,16 @@ def generate(
     temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy")] = 0.0,
     seed: Annotated[int | None, typer.Option(help="Same seed, same text")] = None,
     system: Annotated[str | None, typer.Option(help="A system message")] = None,
+    adapter: Annotated[
+        str, typer.Option(help="LoRA adapter to generate with (the RAG adapter expects passages)")
+    ] = "none",
 ) -> None:
     """Stream the model's reply to one message, without retrieval (checks the generation backend)."""
     import time
 
     from app.generation import GenerationFailedError
     from app.services import load_generator
-    from llm.base import ChatMessage, ContextOverflowError, SamplingParams
+    from llm.base import ChatMessage, ContextOverflowError, SamplingParams, UnknownAdapterError
     from llm.engine.sanity import CorruptModelError
 
     if not prompt.strip():
@@ -303,16 +306,17 @@ def generate(
     try:
         generator = load_generator(_one_answer_settings())
         started = time.perf_counter()
-        for event in generator.stream(
-            messages, SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-        ):
+        params = SamplingParams(
+            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, adapter=adapter
+        )
+        for event in generator.stream(messages, params):
             console.out(event.text, end="", highlight=False)
             final = event
         if final.finish_reason == "error":
             if final.completion_tokens:
                 console.print()  # the message goes on a line of its own, after the text streamed so far
             raise GenerationFailedError(generator.name)
-    except (CorruptModelError, ContextOverflowError, GenerationFailedError) as error:
+    except (CorruptModelError, ContextOverflowError, GenerationFailedError, UnknownAdapterError) as error:
         console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from error
     seconds = time.perf_counter() - started
@@ -480,7 +484,10 @@ def _evaluate_question_set(
 def finetune(
     squad: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="SQuAD-format JSON file")],
     output: Annotated[Path, typer.Option(help="Folder of the adapter (PEFT format)")] = Path("adapters/rag"),
-    examples: Annotated[int, typer.Option(min=1, help="Training questions (about)")] = 1000,
+    examples: Annotated[int, typer.Option(min=1, help="Training questions (about)")] = 1200,
+    no_answer_share: Annotated[
+        float, typer.Option(min=0.0, max=0.9, help="Share of no-answer examples")
+    ] = 0.10,
     validation: Annotated[int, typer.Option(min=1, help="Validation questions scored at the end")] = 60,
     rank: Annotated[int, typer.Option(min=1, help="LoRA rank")] = 16,
     learning_rate: Annotated[float, typer.Option(min=0.0, help="Peak learning rate")] = 1e-3,
@@ -493,7 +500,8 @@ def finetune(
 
     settings = _settings()
     options = FinetuneOptions(
-        examples=examples, validation_questions=validation, rank=rank, alpha=2.0 * rank,
+        examples=examples, validation_questions=validation, no_answer_share=no_answer_share, rank=rank,
+        alpha=2.0 * rank,
         learning_rate=learning_rate, epochs=epochs, seed=seed,
     )  # fmt: skip
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())

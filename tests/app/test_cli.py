@@ -63,6 +63,8 @@ def test_generate_streams_a_reply_and_rejects_bad_input(data_dir: Path) -> None:
     assert runner.invoke(cli, ["generate", "hi", "--temperature", "-1"]).exit_code == 2
     overflow = runner.invoke(cli, ["generate", "word " * 5000, "-n", "8"])
     assert overflow.exit_code == 1 and "context" in overflow.output
+    unknown = runner.invoke(cli, ["generate", "hi", "--adapter", "no-such-adapter"])
+    assert unknown.exit_code == 1 and "no-such-adapter" in unknown.output
 
 
 @pytest.mark.parametrize(("env", "eager"), [(None, True), ("false", False), ("true", True)])
