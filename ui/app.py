@@ -23,6 +23,10 @@ def get_client(base_url: str | None, api_key: str | None) -> ArchivistClient:
     return ArchivistClient(base_url, api_key)
 
 
+# Plain bold text: an emoji mark renders as an empty box where the browser has no emoji font.
+CITED = "**cited**"
+
+
 def highlighted(source: dict[str, Any]) -> str:
     """The passage as HTML-escaped markdown, the span that supports the answer marked."""
     text, span = source["text"], source.get("highlight")
@@ -35,7 +39,7 @@ def highlighted(source: dict[str, Any]) -> str:
 def show_sources(reply: dict[str, Any]) -> None:
     cited = set(reply.get("cited", []))
     for source in sorted(reply.get("sources", []), key=lambda s: (s["n"] not in cited, s["n"])):
-        mark = "✅ cited" if source["n"] in cited else "not cited"
+        mark = CITED if source["n"] in cited else "not cited"
         label = f"[{source['n']}] {source['title']} · chunk {source['ordinal']} · {mark}"
         label += f" · score {source['score']:.3f}"
         with st.expander(label):

@@ -23,10 +23,18 @@ from tests.conftest import REPO_ROOT, make_settings
 from tests.ui.test_page import OWLS
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None or CHROMEDRIVER is None,
-    reason="needs Chromium and chromedriver (Debian: apt install chromium chromium-driver)",
-)
+MISSING = "needs Chromium and chromedriver (Debian: apt install chromium chromium-driver; `make test` does)"
+
+
+@pytest.fixture(autouse=True)
+def _browser_present() -> None:
+    """Skip without a browser, except in CI (`CI` set): there the browser test must run, not skip."""
+    if CHROMIUM is None or CHROMEDRIVER is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{MISSING}; CI is set, so the browser test must not skip")
+        pytest.skip(MISSING)
+
+
 QUESTION = "How far can an owl turn its head?"
 
 
@@ -117,7 +125,7 @@ def test_a_question_in_the_browser_streams_an_answer_with_a_citation(  # type: i
     assert "[1] Owls · chunk 0" in expander.text
     expander.find_element(By.TAG_NAME, "summary").click()
     wait.until(lambda driver: "270 degrees" in expander.text)
-    if "✅ cited" in expander.text:
+    if " · cited · " in expander.text:
         assert expander.find_element(By.TAG_NAME, "mark").text == "An owl can turn its head 270 degrees."
 
     # The conversation is kept by the API: the URL names it and the sidebar lists it.

@@ -14,6 +14,7 @@ from app.services import Services
 from retriever.store import KnowledgeBase
 from tests.app.live import free_port, serve
 from tests.conftest import make_settings
+from ui.app import CITED
 
 PAGE = str(Path(__file__).resolve().parents[2] / "ui" / "app.py")
 OWLS = b"# Owls\n\nOwls hunt at night. An owl can turn its head 270 degrees."
@@ -58,7 +59,7 @@ def test_ask_see_cited_sources_and_find_the_conversation_after_a_reload(
     reply = httpx.get(f"{api_url}/v1/conversations").json()["conversations"]
     [conversation] = reply
     assert page.query_params["c"] == conversation["id"]
-    if "✅ cited" in source.label:  # the supporting sentence is highlighted
+    if f" · {CITED} · " in source.label:  # the supporting sentence is highlighted
         assert "<mark>An owl can turn its head 270 degrees.</mark>" in passage
 
     reloaded = fresh_page(api_url, monkeypatch, c=conversation["id"])
