@@ -53,3 +53,20 @@ test: lint typecheck pytest
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+# The day a GPU machine is lent (../shared/GPU.md): it reaches no package registry and has no .venv.
+# `make gpu-wheels` here fetches the pure-Python wheels it lacks (this venv's versions) into the git-ignored
+# .gpu-wheels/, which travels with the working tree; `make gpu-check` there runs the GPU tests and benchmarks
+# into $$OUT/gpu-check.md (default ./gpu-check-out). `make gpu-check DRY_RUN=1`: the same at toy sizes on the CPU.
+GPU_WHEELS := pytest pluggy iniconfig pygments pytest-timeout
+GPU_CHECK_PYTHON := $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
+
+.PHONY: gpu-wheels gpu-check
+
+gpu-wheels: install-dev
+	rm -rf .gpu-wheels
+	$(PIP) download --no-deps --only-binary=:all: --python-version 3.12 --abi none --platform any \
+		--constraint <($(PIP) freeze --exclude-editable) -d .gpu-wheels $(GPU_WHEELS)
+
+gpu-check:
+	$(GPU_CHECK_PYTHON) -m bench.gpu_check $(if $(filter 1 yes true,$(DRY_RUN)),--dry-run)

@@ -1,94 +1,151 @@
 """Benchmark: our engine vs transformers `generate` (vs llama.cpp when `llama-cpp-python` is installed).
 
-Same model file, same token ids, same run. Measures batch-1 decode tok/s and time to first token, then a
-RAG-shaped load: N requests of ~`--prompt-tokens` tokens sharing a 200-token system prefix, `--new-tokens`
-each, reporting throughput and the prefix-cache hit rate. Prints the hardware, the git revision, a markdown
-table and the ratios to the transformers baseline.
+Same model, same token ids, same run. Measures batch-1 decode tok/s and time to first token, then RAG-shaped
+loads: for each N of `--requests`, N requests of ~`--prompt-tokens` tokens sharing a 200-token system prefix,
+`--rag-new-tokens` each, reporting throughput and the prefix-cache hit rate. Prints the hardware, the git
+revision, markdown tables and the ratios to the transformers baseline.
 
     python -m bench.engine                      # CPU defaults: 8 RAG requests (run as a module:
                                                 # bench/kernels.py would shadow the kernels package)
-    python -m bench.engine --requests 256       # GPU-sized load
+    python -m bench.engine --requests 64 256    # GPU-sized loads
+    python -m bench.engine --model FOLDER --quantize int4 int8 --skip-adapter
+                                                # a safetensors folder, plus rows quantized at load
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import random
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from bench.machine import cpu_name, git_revision, load_average
+from bench.machine import cpu_name, git_revision, library_versions, load_average
 from llm.base import SamplingParams
-from llm.config import EngineConfig
+from llm.config import EngineConfig, Quantize
 from llm.engine import LLMEngine, create_engine
 from llm.locate import default_adapter_path, default_llm_path
-from llm.tokenizer import Tokenizer
+from llm.tokenizer import Tokenizer, load_tokenizer
 
 WORDS = (
     "archive document passage citation river mountain library theory energy protein market language history "
     "network signal memory engine planet ocean harvest winter summer city bridge music painter doctor law "
     "contract budget policy school student teacher science data model result method sample figure table"
 ).split()
+SYSTEM_TOKENS = 200  # the system prefix every RAG prompt shares
+
+
+@dataclass(frozen=True)
+class Workload:
+    """The token ids every backend gets."""
+
+    decode_prompt: list[int]
+    new_tokens: int
+    rag: dict[int, list[list[int]]]  # number of concurrent requests -> their prompts
+    rag_new_tokens: int
+    repeats: int
+
+
+@dataclass(frozen=True)
+class RagRun:
+    tok_s: float
+    wall_s: float
+    hit_rate: float | None = None  # prefix-cache hits / prompt tokens looked up (our engine only)
+
+
+@dataclass(frozen=True)
+class Run:
+    ttft_ms: float
+    decode_tok_s: float
+    rag: dict[int, RagRun]
 
 
 def hardware() -> str:
     if torch.cuda.is_available():
-        return f"GPU {torch.cuda.get_device_name()}"
-    return f"CPU {cpu_name()}, {torch.get_num_threads()} torch threads, load average {load_average()}"
+        return f"GPU {torch.cuda.get_device_name()}, {library_versions()}"
+    return (
+        f"CPU {cpu_name()}, {torch.get_num_threads()} torch threads, load average {load_average()}, "
+        f"{library_versions()}"
+    )
 
 
-def text_tokens(tokenizer, n: int, rng: random.Random) -> list[int]:
+def text_tokens(tokenizer: Tokenizer, n: int, rng: random.Random) -> list[int]:
     ids: list[int] = []
     while len(ids) < n:
         ids += tokenizer.encode(" ".join(rng.choice(WORDS) for _ in range(64)) + ". ")
     return ids[:n]
 
 
-def rag_prompts(tokenizer, count: int, prompt_tokens: int, seed: int = 0) -> list[list[int]]:
+def rag_prompts(tokenizer: Tokenizer, count: int, prompt_tokens: int, seed: int = 0) -> list[list[int]]:
     rng = random.Random(seed)
-    system = text_tokens(tokenizer, 200, rng)
-    return [system + text_tokens(tokenizer, prompt_tokens - 200, rng) for _ in range(count)]
+    system = text_tokens(tokenizer, SYSTEM_TOKENS, rng)
+    return [system + text_tokens(tokenizer, prompt_tokens - SYSTEM_TOKENS, rng) for _ in range(count)]
 
 
-def best_of(repeats: int, measure) -> dict[str, float]:
-    """Fastest of `repeats` batch-1 runs: on shared machines the minimum is the least disturbed figure."""
+def workload(
+    tokenizer: Tokenizer, requests: list[int], prompt_tokens: int, new_tokens: int, rag_new_tokens: int,
+    repeats: int,
+) -> Workload:  # fmt: skip
+    decode_prompt = text_tokens(tokenizer, 32, random.Random(1))
+    # One seed per load, so that a load's prompts are not in the prefix cache an earlier load left behind.
+    rag = {count: rag_prompts(tokenizer, count, prompt_tokens, seed=count) for count in requests}
+    return Workload(decode_prompt, new_tokens, rag, rag_new_tokens, repeats)
+
+
+def best_of(repeats: int, measure: Callable[[], tuple[float, float]]) -> tuple[float, float]:
+    """(TTFT ms, decode tok/s), each the best of `repeats` batch-1 runs: on shared machines the best is the
+    least disturbed figure."""
     runs = [measure() for _ in range(repeats)]
-    return {"ttft_ms": min(r[0] for r in runs), "decode_tok_s": max(r[1] for r in runs)}
+    return min(r[0] for r in runs), max(r[1] for r in runs)
 
 
-def bench_ours(engine, decode_prompt, new_tokens, rag, rag_new, repeats, adapter=0) -> dict[str, float]:
-    """Our engine; `adapter` is the LoRA slot every request uses (0: the base model)."""
+def bench_ours(config: EngineConfig, work: Workload, adapter: int = 0) -> Run:
+    """Our engine built from `config`, measured, then freed: the next one sizes its KV cache from the free
+    GPU memory. `adapter` is the LoRA slot every request uses (0: the base model)."""
+    engine = create_engine(config)[0]
+    engine.runner.wait_for_compiled_decode()  # measure the compiled step, not the eager stand-in
+    run = measure_engine(engine, work, adapter)
+    del engine
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return run
+
+
+def measure_engine(engine: LLMEngine, work: Workload, adapter: int) -> Run:
     warm = SamplingParams(max_new_tokens=4)
-    engine.generate([decode_prompt[:16]], warm, ignore_eos=True, adapters=[adapter])
+    engine.generate([work.decode_prompt[:16]], warm, ignore_eos=True, adapters=[adapter])
 
     def measure() -> tuple[float, float]:
-        params = SamplingParams(max_new_tokens=new_tokens)
-        r = engine.generate([decode_prompt], params, ignore_eos=True, adapters=[adapter])[0]
+        params = SamplingParams(max_new_tokens=work.new_tokens)
+        r = engine.generate([work.decode_prompt], params, ignore_eos=True, adapters=[adapter])[0]
         return r.timings["ttft_ms"], 1000 / r.timings["tpot_ms"]
 
-    out = best_of(repeats, measure)
+    ttft_ms, decode_tok_s = best_of(work.repeats, measure)
     bm = engine.block_manager
-    q0, h0 = bm.prefix_query_tokens, bm.prefix_hit_tokens
-    start = time.perf_counter()
-    params = SamplingParams(max_new_tokens=rag_new)
-    reqs = engine.generate(rag, params, ignore_eos=True, adapters=[adapter] * len(rag))
-    wall = time.perf_counter() - start
-    out["rag_tok_s"] = sum(x.completion_tokens for x in reqs) / wall
-    out["rag_s"] = wall
-    out["hit_rate"] = (bm.prefix_hit_tokens - h0) / max(1, bm.prefix_query_tokens - q0)
-    return out
+    rag = {}
+    for count, prompts in work.rag.items():
+        q0, h0 = bm.prefix_query_tokens, bm.prefix_hit_tokens
+        start = time.perf_counter()
+        params = SamplingParams(max_new_tokens=work.rag_new_tokens)
+        reqs = engine.generate(prompts, params, ignore_eos=True, adapters=[adapter] * len(prompts))
+        wall = time.perf_counter() - start
+        hit_rate = (bm.prefix_hit_tokens - h0) / max(1, bm.prefix_query_tokens - q0)
+        rag[count] = RagRun(sum(x.completion_tokens for x in reqs) / wall, wall, hit_rate)
+    return Run(ttft_ms, decode_tok_s, rag)
 
 
-def bench_hf(path: Path, decode_prompt, new_tokens, rag, rag_new, repeats) -> dict[str, float]:
+def bench_hf(path: Path, work: Workload) -> Run:
     from transformers import AutoModelForCausalLM
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    model = (
-        AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype).to(device).eval()
-    )
+    folder, gguf = (path.parent, {"gguf_file": path.name}) if path.is_file() else (path, {})
+    model = AutoModelForCausalLM.from_pretrained(folder, **gguf, dtype=dtype).to(device).eval()
 
     def gen(batch: list[list[int]], n: int) -> float:
         width = max(len(p) for p in batch)
@@ -101,21 +158,22 @@ def bench_hf(path: Path, decode_prompt, new_tokens, rag, rag_new, repeats) -> di
             )
         return time.perf_counter() - start
 
-    gen([decode_prompt[:16]], 4)  # warm-up
+    gen([work.decode_prompt[:16]], 4)  # warm-up
 
     def measure() -> tuple[float, float]:
-        ttft = gen([decode_prompt], 1)
-        total = gen([decode_prompt], new_tokens)
-        return ttft * 1000, (new_tokens - 1) / (total - ttft)
+        ttft = gen([work.decode_prompt], 1)
+        total = gen([work.decode_prompt], work.new_tokens)
+        return ttft * 1000, (work.new_tokens - 1) / (total - ttft)
 
-    out = best_of(repeats, measure)
-    wall = gen(rag, rag_new)
-    out["rag_tok_s"] = len(rag) * rag_new / wall
-    out["rag_s"] = wall
-    return out
+    ttft_ms, decode_tok_s = best_of(work.repeats, measure)
+    rag = {}
+    for count, prompts in work.rag.items():
+        wall = gen(prompts, work.rag_new_tokens)
+        rag[count] = RagRun(count * work.rag_new_tokens / wall, wall)
+    return Run(ttft_ms, decode_tok_s, rag)
 
 
-def bench_llama_cpp(path: Path, decode_prompt, new_tokens, rag, rag_new, repeats) -> dict[str, float] | None:
+def bench_llama_cpp(path: Path, work: Workload) -> Run | None:
     try:
         from llama_cpp import Llama
     except ImportError:
@@ -134,110 +192,143 @@ def bench_llama_cpp(path: Path, decode_prompt, new_tokens, rag, rag_new, repeats
                 break
         return (first or start) - start, time.perf_counter() - start
 
-    gen(decode_prompt[:16], 4)
+    gen(work.decode_prompt[:16], 4)
 
     def measure() -> tuple[float, float]:
-        ttft, total = gen(decode_prompt, new_tokens)
-        return ttft * 1000, (new_tokens - 1) / (total - ttft)
+        ttft, total = gen(work.decode_prompt, work.new_tokens)
+        return ttft * 1000, (work.new_tokens - 1) / (total - ttft)
 
-    out = best_of(repeats, measure)
-    start = time.perf_counter()
-    for prompt in rag:  # sequential; llama.cpp reuses the KV of the common prefix with the previous prompt
-        gen(prompt, rag_new, fresh=False)
-    wall = time.perf_counter() - start
-    out["rag_tok_s"] = len(rag) * rag_new / wall
-    out["rag_s"] = wall
-    return out
+    ttft_ms, decode_tok_s = best_of(work.repeats, measure)
+    rag = {}
+    for count, prompts in work.rag.items():
+        start = time.perf_counter()
+        # Sequential: llama.cpp reuses the KV of the prefix this prompt shares with the previous one.
+        for prompt in prompts:
+            gen(prompt, work.rag_new_tokens, fresh=False)
+        wall = time.perf_counter() - start
+        rag[count] = RagRun(count * work.rag_new_tokens / wall, wall)
+    return Run(ttft_ms, decode_tok_s, rag)
+
+
+def ratio(value: float, baseline: Run | None, of: Callable[[Run], float]) -> str:
+    return "n/a" if baseline is None else f"{value / of(baseline):.2f}x"
+
+
+def print_report(path: Path, runs: dict[str, Run], work: Workload, prompt_tokens: int) -> None:
+    hf = runs.get("hf")
+    print(f"\n- model: {path.name}\n- hardware: {hardware()}\n- git: {git_revision()}")
+    print(
+        f"- batch-1: {work.new_tokens} new tokens after a {len(work.decode_prompt)}-token prompt, "
+        f"best of {work.repeats}"
+    )
+    print(
+        f"- RAG loads: {' and '.join(map(str, work.rag))} concurrent requests x {prompt_tokens} prompt "
+        f"tokens ({SYSTEM_TOKENS} shared), {work.rag_new_tokens} new tokens each"
+    )
+    print("- baseline: transformers `generate` (hf) on the same weights and token ids, in this run\n")
+    print("| backend | batch-1 decode tok/s | TTFT ms | decode vs hf |")
+    print("| --- | ---: | ---: | ---: |")
+    for backend, r in runs.items():
+        speedup = ratio(r.decode_tok_s, hf, lambda b: b.decode_tok_s)
+        print(f"| {backend} | {r.decode_tok_s:.1f} | {r.ttft_ms:.1f} | {speedup} |")
+    print("\n| backend | requests | RAG tok/s | RAG wall s | prefix hits | RAG vs hf |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for count in work.rag:
+        for backend, r in runs.items():
+            rag = r.rag[count]
+            hit = "n/a" if rag.hit_rate is None else f"{rag.hit_rate:.1%}"
+            speedup = ratio(rag.tok_s, hf, lambda b, count=count: b.rag[count].tok_s)
+            print(f"| {backend} | {count} | {rag.tok_s:.1f} | {rag.wall_s:.1f} | {hit} | {speedup} |")
+    ours = next(iter(runs))  # the first row: our engine on the plain model
+    pairs = [(label, ours) for label in runs if label.startswith("ours + adapter")]
+    if "llama.cpp" in runs:
+        pairs.append((ours, "llama.cpp"))
+    for top, bottom in pairs:
+        loads = ", ".join(
+            f"at {n} {runs[top].rag[n].tok_s / runs[bottom].rag[n].tok_s:.2f}x" for n in work.rag
+        )
+        print(
+            f"\n{top} / {bottom}: decode {runs[top].decode_tok_s / runs[bottom].decode_tok_s:.2f}x, "
+            f"RAG throughput {loads}"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", type=Path, default=None, help="GGUF file (default: the shipped SmolLM2)")
+    parser.add_argument(
+        "--model", type=Path, default=None,
+        help="GGUF file or safetensors model folder (default: the shipped SmolLM2)",
+    )  # fmt: skip
     parser.add_argument("--new-tokens", type=int, default=128, help="batch-1 decode length")
-    parser.add_argument("--requests", type=int, default=8, help="RAG load: number of requests")
+    parser.add_argument(
+        "--requests", type=int, nargs="+", default=[8], help="RAG loads: concurrent requests, one load each"
+    )
     parser.add_argument("--prompt-tokens", type=int, default=1000, help="RAG load: tokens per prompt")
     parser.add_argument("--rag-new-tokens", type=int, default=128, help="RAG load: new tokens per request")
     parser.add_argument("--repeats", type=int, default=3, help="batch-1 runs per backend (best is kept)")
     parser.add_argument("--threads", type=int, default=None, help="torch / llama.cpp threads")
     parser.add_argument("--cpu-weights", default="auto", choices=["auto", "packed", "dequantized", "kernels"])
+    parser.add_argument(
+        "--quantize", nargs="*", default=[], choices=["int4", "int8"],
+        help="also run our engine with its linear weights quantized at load (safetensors models)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--eager-only", action="store_true",
+        help="run every engine op by op: no CUDA graphs, no compiled CPU decode step (minutes to compile)",
+    )  # fmt: skip
     parser.add_argument("--skip-hf", action="store_true")
     parser.add_argument("--skip-llama-cpp", action="store_true")
     parser.add_argument(
         "--adapter", type=Path, default=default_adapter_path(),
         help="LoRA adapter folder for the 'ours + adapter' row (default: the shipped RAG adapter)",
     )  # fmt: skip
+    parser.add_argument("--skip-adapter", action="store_true", help="no 'ours + adapter' row")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     path = args.model or default_llm_path()
+    work = workload(
+        load_tokenizer(path), args.requests, args.prompt_tokens, args.new_tokens, args.rag_new_tokens,
+        args.repeats,
+    )  # fmt: skip
 
-    def config(eager: bool, adapters: tuple[Path, ...] = ()) -> EngineConfig:
+    def config(
+        adapters: tuple[Path, ...] = (), quantize: Quantize | None = None, eager: bool = False
+    ) -> EngineConfig:
         return EngineConfig(
             adapters=adapters,
             model_path=path,
+            quantize=quantize,
             cpu_weights=args.cpu_weights,
             max_model_len=4096,
-            max_num_seqs=max(8, args.requests),
+            max_num_seqs=max(8, *args.requests),
             num_kv_blocks=None,
-            enforce_eager=eager,
+            enforce_eager=eager or args.eager_only,
         )
 
-    def compiled_engine(adapters: tuple[Path, ...] = ()) -> tuple[LLMEngine, Tokenizer, str]:
-        created = create_engine(config(eager=False, adapters=adapters))
-        created[0].runner.wait_for_compiled_decode()  # measure the compiled step, not the eager stand-in
-        return created
-
-    engine, tokenizer, name = compiled_engine()
-    rng = random.Random(1)
-    decode_prompt = text_tokens(tokenizer, 32, rng)
-    rag = rag_prompts(tokenizer, args.requests, args.prompt_tokens)
-    work = (decode_prompt, args.new_tokens, rag, args.rag_new_tokens, args.repeats)
-    runs = {"ours": bench_ours(engine, *work)}
-    del engine
-    if args.adapter is not None:  # the adapter's extra matmuls, every request using it
-        adapted = compiled_engine((args.adapter,))[0]
-        runs["ours + adapter"] = bench_ours(adapted, *work, adapter=1)
-        del adapted
-    # The same engine decoding op by op: what CUDA graphs / the compiled CPU step are worth.
-    runs["ours, eager"] = bench_ours(create_engine(config(eager=True))[0], *work)
+    mode = ", eager" if args.eager_only else ""
+    variants = {f"ours{mode}": (config(), 0)}
+    if args.adapter is not None and not args.skip_adapter:  # the adapter's matmuls, every request using it
+        variants[f"ours + adapter{mode}"] = (config(adapters=(args.adapter,)), 1)
+    if not args.eager_only:  # decoding op by op: what CUDA graphs / the compiled CPU step are worth
+        variants["ours, eager"] = (config(eager=True), 0)
+    for scheme in args.quantize:
+        variants[f"ours, {scheme}{mode}"] = (config(quantize=scheme), 0)
+    runs = {
+        label: bench_ours(engine_config, work, adapter)
+        for label, (engine_config, adapter) in variants.items()
+    }
     if not args.skip_hf:
-        runs["hf"] = bench_hf(path, *work)
+        runs["hf"] = bench_hf(path, work)
     if not args.skip_llama_cpp:
-        result = bench_llama_cpp(path, *work)
+        result = bench_llama_cpp(path, work)
         if result is None:
             print("llama.cpp: llama-cpp-python is not installed; skipped")
         else:
             runs["llama.cpp"] = result
-
-    print(f"\n{name} — {path.name}\nhardware: {hardware()}\ngit: {git_revision()}\n")
-    print(
-        f"RAG load: {args.requests} requests x {args.prompt_tokens} prompt tokens (200 shared), "
-        f"{args.rag_new_tokens} new tokens each\n"
-    )
-    print("| backend | batch-1 decode tok/s | TTFT ms (32 tokens) | RAG tok/s | RAG wall s | prefix hits |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for backend, r in runs.items():
-        hit = f"{r['hit_rate']:.1%}" if "hit_rate" in r else "n/a"
-        print(
-            f"| {backend} | {r['decode_tok_s']:.1f} | {r['ttft_ms']:.1f} | {r['rag_tok_s']:.1f} | "
-            f"{r['rag_s']:.1f} | {hit} |"
-        )
-    ours = runs["ours"]
-    if "ours + adapter" in runs:
-        r = runs["ours + adapter"]
-        print(
-            f"\nours + adapter / ours: decode {r['decode_tok_s'] / ours['decode_tok_s']:.2f}x, "
-            f"RAG throughput {r['rag_tok_s'] / ours['rag_tok_s']:.2f}x"
-        )
-    for backend in ("hf", "llama.cpp"):
-        if backend in runs:
-            r = runs[backend]
-            print(
-                f"\nours / {backend}: decode {ours['decode_tok_s'] / r['decode_tok_s']:.2f}x, "
-                f"RAG throughput {ours['rag_tok_s'] / r['rag_tok_s']:.2f}x"
-            )
+    print_report(path, runs, work, args.prompt_tokens)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,20 @@
-"""What every benchmark prints about where it ran: the CPU, the load on it, and the git revision."""
+"""What every benchmark shares: where it ran (the CPU, the load on it, the git revision) and how per-call
+latencies are sampled."""
 
 from __future__ import annotations
 
 import os
 import platform
 import subprocess
+import time
+from collections.abc import Callable, Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+
+Call = TypeVar("Call")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,3 +44,33 @@ def git_revision() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown (no git or no commit)"
     return rev + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def library_versions() -> str:
+    """The versions every GPU figure depends on: torch (with the CUDA it was built for) and triton."""
+    import torch
+
+    try:
+        triton = f"triton {version('triton')}"
+    except PackageNotFoundError:
+        triton = "no triton"
+    cuda = f" (CUDA {torch.version.cuda})" if torch.version.cuda else ""
+    return f"torch {torch.__version__}{cuda}, {triton}"
+
+
+def timed(calls: Sequence[Call], run: Callable[[Call], object], warmup: int) -> list[float]:
+    """Milliseconds of `run(call)` for each call after the first `warmup` ones (run untimed)."""
+    for call in calls[:warmup]:
+        run(call)
+    samples = []
+    for call in calls[warmup:]:
+        started = time.perf_counter()
+        run(call)
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+def percentiles(samples: list[float]) -> tuple[float, float, float]:
+    """p50, p95 and p99 of `samples`."""
+    p50, p95, p99 = np.percentile(samples, [50, 95, 99])
+    return float(p50), float(p95), float(p99)

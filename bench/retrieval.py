@@ -36,7 +36,6 @@ import random
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import faiss
@@ -48,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if sys.path and Path(sys.path[0]).resolve() == ROOT / "bench":
     sys.path[0] = str(ROOT)
 
-from bench.machine import cpu_name, git_revision, load_average  # noqa: E402
+from bench.machine import cpu_name, git_revision, load_average, percentiles, timed  # noqa: E402
 from retriever.config import RetrieverConfig  # noqa: E402
 from retriever.embedder import Embedder  # noqa: E402
 from retriever.models import Chunk  # noqa: E402
@@ -116,22 +115,6 @@ def exact_index(kb: KnowledgeBase, dimension: int) -> faiss.Index:
     return index
 
 
-def percentiles(samples: list[float]) -> tuple[float, float, float]:
-    p50, p95, p99 = np.percentile(samples, [50, 95, 99])
-    return float(p50), float(p95), float(p99)
-
-
-def timed(queries: list[str], run: Callable[[str], object]) -> list[float]:
-    for query in queries[:WARMUP]:
-        run(query)
-    samples = []
-    for query in queries[WARMUP:]:
-        started = time.perf_counter()
-        run(query)
-        samples.append((time.perf_counter() - started) * 1000)
-    return samples
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chunks", type=int, default=100_000)
@@ -177,19 +160,22 @@ def main() -> int:
         vectors = {query: embedder.embed_query(query) for query in queries}
 
         rows: list[tuple[str, list[float]]] = [
-            (f"embed query (MiniLM, CPU, {args.torch_threads} thread)", timed(queries, embedder.embed_query)),
-            (BASELINE, timed(queries, lambda q: exact.search(vectors[q][None, :], 20))),
-            ("dense search, flat fp16 (ours)", timed(queries, lambda q: flat.search(vectors[q], 20))),
+            (
+                f"embed query (MiniLM, CPU, {args.torch_threads} thread)",
+                timed(queries, embedder.embed_query, WARMUP),
+            ),
+            (BASELINE, timed(queries, lambda q: exact.search(vectors[q][None, :], 20), WARMUP)),
+            ("dense search, flat fp16 (ours)", timed(queries, lambda q: flat.search(vectors[q], 20), WARMUP)),
             (
                 f"dense search, {ivf.kind} nprobe {ivf.nprobe}",
-                timed(queries, lambda q: ivf.search(vectors[q], 20)),
+                timed(queries, lambda q: ivf.search(vectors[q], 20), WARMUP),
             ),
-            ("lexical search, BM25", timed(queries, lambda q: lexical.search(q, 20))),
+            ("lexical search, BM25", timed(queries, lambda q: lexical.search(q, 20), WARMUP)),
         ]
         for mode in ("dense", "hybrid"):
             for name, kb in (("flat fp16", flat_kb), (ivf.kind, ivf_kb)):
                 run = lambda q, kb=kb, mode=mode: kb.search(q, "bench", 5, mode=mode)  # noqa: E731
-                rows.append((f"KnowledgeBase.search {mode}, {name}", timed(queries, run)))
+                rows.append((f"KnowledgeBase.search {mode}, {name}", timed(queries, run, WARMUP)))
         truth = {q: set(exact.search(vectors[q][None, :], 10)[1][0].tolist()) for q in queries}
         flat_recall, ivf_recall = (
             np.mean([len({i for i, _ in index.search(vectors[q], 10)} & truth[q]) / 10 for q in queries])
@@ -202,11 +188,11 @@ def main() -> int:
             gpu_rows = [
                 (
                     "dense search, Flat on CPU (same run)",
-                    timed(queries, lambda q: cpu_flat.search(vectors[q], 20)),
+                    timed(queries, lambda q: cpu_flat.search(vectors[q], 20), WARMUP),
                 ),
                 (
                     "dense search, Flat on GPU (faiss-gpu)",
-                    timed(queries, lambda q: flat.search(vectors[q], 20)),
+                    timed(queries, lambda q: flat.search(vectors[q], 20), WARMUP),
                 ),
             ]
         flat_kb.close()
