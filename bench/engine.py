@@ -107,7 +107,6 @@ def bench_ours(config: EngineConfig, work: Workload, adapter: int = 0) -> Run:
     """Our engine built from `config`, measured, then freed: the next one sizes its KV cache from the free
     GPU memory. `adapter` is the LoRA slot every request uses (0: the base model)."""
     engine = create_engine(config)[0]
-    engine.runner.wait_for_compiled_decode()  # measure the compiled step, not the eager stand-in
     run = measure_engine(engine, work, adapter)
     del engine
     gc.collect()

@@ -4,11 +4,11 @@ On a small model and a few CPU cores, an eager decode step spends more time disp
 RoPE, dtype casts, the attention gather) than in the packed int4/int8 matmuls; inductor fuses the small ops
 into a handful of C++ loops around those matmuls (SmolLM2-135M on 2 cores: 16 ms -> 10 ms per token).
 
-Two graphs are compiled when the engine starts: batch 1 (torch specializes a size of 1) and batch >= 2 with
-dynamic batch size and context width. The model runner compiles them in a background thread while the engine
-already answers with the eager step, and switches to the compiled one when both are ready: no request waits
-on the compiler. The compiling steps write their dummy keys into a scratch block of the cache that the block
-manager never hands out, so they cannot disturb the sequences being served meanwhile. Inside the graph,
+Two graphs are compiled when the engine starts, so no request waits on the compiler: batch 1 (torch
+specializes a size of 1) and batch >= 2 with dynamic batch size and context width. The compiling steps write
+their dummy keys into a scratch block of the cache that the block manager never hands out. (Compiling in a
+background thread while the eager step serves was tried: the two threads fight for the GIL, and an answer
+took minutes instead of seconds.) Inside the graph,
 `kernels.reference` takes its padded decode attention (no host reads). Inductor caches the generated code on
 disk, so only the first start on a machine pays the full compile (about 2 minutes on 2 cores, seconds after).
 Prefill stays eager: its cost is the dense GEMMs, not dispatch.
@@ -59,7 +59,7 @@ class CompiledDecode:
 
     def warm_up(self, scratch_block: int, block_size: int, device: torch.device) -> None:
         """Compile both graphs with dummy steps whose keys go to `scratch_block`, a cache block that no
-        sequence ever owns (safe while the engine serves requests with the eager step)."""
+        sequence ever owns."""
         for batch in sorted({1, min(2, self.max_batch)}):
             start = time.perf_counter()
             with torch.inference_mode():  # like the runner's steps: tensors made outside would not match

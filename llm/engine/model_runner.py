@@ -5,16 +5,15 @@ cu_seqlens), copies them to the device in one go, runs `model(input_ids, positio
 samples on the device, and makes exactly one device-to-host transfer: the `.tolist()` of the sampled ids.
 On CUDA, decode batches replay CUDA graphs captured at start for batch sizes 1, 2, 4, 8, 16, ... so a step
 costs a few kernel launches instead of hundreds; on the CPU they run the `torch.compile`d step of
-`compiled_decode` for the same reason, once a background thread has compiled it (eager steps until then).
+`compiled_decode` for the same reason.
 
-The caches hold one block more than the block manager hands out: a scratch block for the steps that compile
-the CPU decode graphs while real sequences are being served.
+The caches hold one block more than the block manager hands out: a scratch block for the dummy steps that
+compile the CPU decode graphs, so compiling never writes where a sequence's keys are or will be.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 
 import torch
 
@@ -68,18 +67,8 @@ class TorchModelRunner:
         if use_cuda_graphs and device.type == "cuda":
             self._capture_graphs(graph_batch_sizes(cuda_graph_max_batch))
         self.compiled_decode: CompiledDecode | None = None
-        # Set once decode steps run compiled, or once it is known that they never will.
-        self.decode_step_settled = threading.Event()
         if compile_cpu_decode and device.type == "cpu":
-            threading.Thread(
-                target=self._compile_decode, args=(max_batch,), name="compile-decode", daemon=True
-            ).start()
-        else:
-            self.decode_step_settled.set()
-
-    def wait_for_compiled_decode(self, timeout: float | None = None) -> bool:
-        """Block until the CPU decode step is compiled (or compiling gave up); False on timeout."""
-        return self.decode_step_settled.wait(timeout)
+            self._compile_decode(max_batch)
 
     # --- one step --------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -213,21 +202,16 @@ class TorchModelRunner:
 
     # --- CPU: compiled decode --------------------------------------------------------------------------
     def _compile_decode(self, max_batch: int) -> None:
-        """Runs in its own thread: compile, then hand decode steps over to the compiled graphs."""
+        if not compiler_available():
+            log.warning("no C++ compiler found: the CPU decode step stays eager (slower)")
+            return
+        compiled = CompiledDecode(self.model, max_batch, self.num_adapters)
         try:
-            if not compiler_available():
-                log.warning("no C++ compiler found: the CPU decode step stays eager (slower)")
-                return
-            compiled = CompiledDecode(self.model, max_batch, self.num_adapters)
-            try:
-                compiled.warm_up(self.scratch_block, self.block_size, self.device)
-            except Exception as error:  # a broken toolchain must not take the engine down: eager still works
-                log.warning("compiling the decode step failed (%s): it stays eager", error)
-                return
-            self.compiled_decode = compiled  # the engine's next decode step runs compiled
-            log.info("decode steps now run compiled")
-        finally:
-            self.decode_step_settled.set()
+            compiled.warm_up(self.scratch_block, self.block_size, self.device)
+        except Exception as error:  # a broken toolchain must not take the engine down: eager still works
+            log.warning("compiling the decode step failed (%s): it stays eager", error)
+            return
+        self.compiled_decode = compiled
 
     # --- CUDA graphs -----------------------------------------------------------------------------------
     def _capture_graphs(self, sizes: list[int]) -> None:
