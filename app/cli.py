@@ -484,10 +484,10 @@ def _evaluate_question_set(
 def finetune(
     squad: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="SQuAD-format JSON file")],
     output: Annotated[Path, typer.Option(help="Folder of the adapter (PEFT format)")] = Path("adapters/rag"),
-    examples: Annotated[int, typer.Option(min=1, help="Training questions (about)")] = 1200,
+    examples: Annotated[int, typer.Option(min=1, help="Training questions (about)")] = 1000,
     no_answer_share: Annotated[
         float, typer.Option(min=0.0, max=0.9, help="Share of no-answer examples")
-    ] = 0.10,
+    ] = 0.15,
     validation: Annotated[int, typer.Option(min=1, help="Validation questions scored at the end")] = 60,
     rank: Annotated[int, typer.Option(min=1, help="LoRA rank")] = 16,
     learning_rate: Annotated[float, typer.Option(min=0.0, help="Peak learning rate")] = 1e-3,
