@@ -66,3 +66,61 @@ def test_gpu_replica_returns_what_the_cpu_index_returns() -> None:
     for query in unit_vectors(20, seed=4):
         assert [i for i, _ in gpu.search(query, 10)] == [i for i, _ in cpu.search(query, 10)]
     assert gpu._gpu_index is not None
+
+
+class FakeGpuFaiss:
+    """faiss-gpu's API as `VectorIndex` calls it (`get_num_gpus`, `StandardGpuResources`, `index_cpu_to_gpu`),
+    recording the calls; the "GPU replica" searches the CPU index it was cloned from, as a real one would.
+    Only for the machines without faiss-gpu; the test above runs the real thing where it can."""
+
+    def __init__(self, clone_error: str | None = None) -> None:
+        self.clones: list[tuple[object, int, object]] = []
+        self.replica_searches = 0
+        self.clone_error = clone_error
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import retriever.vector_index as module
+
+        monkeypatch.setattr(module, "_gpu_resources", None)
+        monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
+        monkeypatch.setattr(faiss, "StandardGpuResources", lambda: "gpu-resources", raising=False)
+        monkeypatch.setattr(faiss, "index_cpu_to_gpu", self.index_cpu_to_gpu, raising=False)
+
+    def index_cpu_to_gpu(self, resources: object, device: int, index: object) -> object:
+        if self.clone_error:
+            raise RuntimeError(self.clone_error)
+        self.clones.append((resources, device, index))
+        fake = self
+
+        class Replica:
+            def search(self, vectors: np.ndarray, k: int):  # type: ignore[no-untyped-def]
+                fake.replica_searches += 1
+                return index.search(vectors, k)  # type: ignore[attr-defined]
+
+        return Replica()
+
+
+def test_gpu_branch_against_a_faiss_api_fake(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeGpuFaiss()
+    fake.install(monkeypatch)
+    vectors, ids = unit_vectors(300, seed=5), np.arange(300, dtype=np.int64)
+    index = VectorIndex(DIMENSION)
+    index.add(ids[:200], vectors[:200])
+    query = vectors[7]
+    assert index.search(query, 3)[0][0] == 7
+    assert index.search(query, 3)[0][0] == 7
+    assert [(r, d) for r, d, _ in fake.clones] == [("gpu-resources", 0)]  # cloned once, to device 0
+    assert fake.replica_searches == 2
+    index.add(ids[200:], vectors[200:])  # a write drops the replica: the next search clones the new index
+    assert index.search(vectors[250], 1)[0][0] == 250 and len(fake.clones) == 2
+    assert index.search(query, 3, allowed=ids[100:110])[0][0] in range(100, 110)  # filters: the CPU index
+    assert fake.replica_searches == 3
+    assert index.remove([250]) == 1 and index.search(vectors[250], 1)[0][0] != 250 and len(fake.clones) == 3
+
+
+def test_gpu_clone_failure_falls_back_to_the_cpu_index(monkeypatch: pytest.MonkeyPatch) -> None:
+    FakeGpuFaiss(clone_error="this index type cannot be cloned").install(monkeypatch)
+    index = VectorIndex(DIMENSION)
+    index.add(np.arange(50, dtype=np.int64), unit_vectors(50, seed=6))
+    assert index.search(unit_vectors(50, seed=6)[3], 1)[0][0] == 3
+    assert index.use_gpu is False and index._gpu_index is None
