@@ -39,16 +39,15 @@ def _policy(config: EngineConfig) -> WeightPolicy:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
         device = torch.device(config.device)
-    packed = device.type == "cpu" and config.cpu_weights in ("auto", "packed")
+    cpu_weights = "packed" if config.cpu_weights == "auto" else config.cpu_weights
+    packed = device.type == "cpu" and cpu_weights == "packed"
     if config.dtype != "auto":
         dtype = _DTYPES[config.dtype]
     elif device.type == "cuda" or packed:
         dtype = torch.bfloat16  # torch's packed CPU matmuls are fast with bfloat16 activations only
     else:
         dtype = torch.float32
-    return WeightPolicy(
-        device, dtype, packed, config.quantize, config.quantize_group_size, config.cpu_weights == "kernels"
-    )
+    return WeightPolicy(device, dtype, cpu_weights, config.quantize, config.quantize_group_size)
 
 
 def _num_blocks(config: EngineConfig, model_bytes_per_block: int, device: torch.device) -> int:

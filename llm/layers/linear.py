@@ -39,10 +39,11 @@ PACKED_CPU_MAX_ROWS = 128  # measured crossover (1 core): 96-128 rows
 class WeightPolicy:
     device: torch.device
     dtype: torch.dtype
-    cpu_packed: bool  # CPU only: keep quantized weights packed for torch's int4/int8 matmuls
+    # CPU only, what quantized weights become: packed for torch's int4/int8 matmuls, dense float, or kept in
+    # the CUDA layout and multiplied through `kernels.dispatch` (see the module docstring).
+    cpu_weights: Literal["packed", "dequantized", "kernels"]
     quantize: Literal["int8", "int4"] | None = None  # quantize float weights at load
     group_size: int = 32
-    kernel_layout: bool = False  # CPU only: quantized weights as on CUDA, through `kernels.dispatch`
 
     def quantize_float(self, w: torch.Tensor) -> Weight:
         if self.quantize == "int8":
@@ -76,11 +77,11 @@ class Linear(nn.Module):
         if isinstance(w, torch.Tensor):
             w = policy.quantize_float(w)
         device, dtype = policy.device, policy.dtype
-        on_cpu = device.type == "cpu" and not policy.kernel_layout
-        if isinstance(w, torch.Tensor) or (on_cpu and not policy.cpu_packed):
+        layout = policy.cpu_weights if device.type == "cpu" else "kernels"
+        if isinstance(w, torch.Tensor) or layout == "dequantized":
             dense = w if isinstance(w, torch.Tensor) else dequantize(w, torch.float32)
             self.kind, self.weight = "dense", dense.to(device, dtype).contiguous()
-        elif not on_cpu:
+        elif layout == "kernels":
             self.kind, self.quantized = ("int4" if isinstance(w, Int4Weight) else "int8"), w.to(device)
         elif isinstance(w, Int4Weight):
             self._pack_int4_cpu(w, dtype)

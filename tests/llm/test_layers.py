@@ -25,7 +25,7 @@ def test_linear_matches_dequantized_weight(scheme, dtype, atol, packed, rows):
     w = torch.randn(96, 256) * 0.1
     q = QUANTIZERS[scheme](w)
     layer = Linear(256, 96, bias=True)
-    policy = WeightPolicy(torch.device("cpu"), dtype, cpu_packed=packed)
+    policy = WeightPolicy(torch.device("cpu"), dtype, cpu_weights="packed" if packed else "dequantized")
     layer.set_weight(q, policy)
     bias = torch.randn(96)
     layer.set_bias(bias, policy)
@@ -47,6 +47,6 @@ def test_quantized_embedding_expands_only_looked_up_rows(scheme):
     table = torch.randn(50, 64)
     q = QUANTIZERS[scheme](table)
     emb = Embedding(50, 64)
-    emb.set_weight(q, WeightPolicy(torch.device("cpu"), torch.float32, cpu_packed=True))
+    emb.set_weight(q, WeightPolicy(torch.device("cpu"), torch.float32, cpu_weights="packed"))
     ids = torch.tensor([3, 0, 49, 3])
     assert torch.equal(emb(ids), dequantize(q)[ids])

@@ -125,7 +125,7 @@ def test_tiny_random_families_match_transformers(family, extra, tmp_path):
             for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
                 torch.nn.init.normal_(proj.bias, std=0.5)
     hf.save_pretrained(tmp_path)
-    policy = WeightPolicy(torch.device("cpu"), torch.float32, cpu_packed=False)
+    policy = WeightPolicy(torch.device("cpu"), torch.float32, cpu_weights="dequantized")
     model, _ = load_model(tmp_path, policy, max_positions=256)
     runner = TorchModelRunner(
         model,
