@@ -133,3 +133,14 @@ def test_finetune_refuses_a_file_that_is_not_squad(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["finetune", str(bad), "--output", str(output)])
     assert result.exit_code == 1 and "is not a SQuAD-format file" in result.output
     assert not output.exists()  # nothing written for a refused run
+
+
+@pytest.mark.parametrize("share", ["-0.1", "0.95", "half"])
+def test_finetune_refuses_a_no_answer_share_out_of_range(tmp_path: Path, share: str) -> None:
+    squad = tmp_path / "squad.json"
+    squad.write_text('{"data": []}')
+    output = tmp_path / "adapter"
+    arguments = ["finetune", str(squad), "--output", str(output), "--no-answer-share", share]
+    result = CliRunner().invoke(cli, arguments)
+    assert result.exit_code == 2 and "no-answer-share" in result.output
+    assert not output.exists()
