@@ -5,6 +5,7 @@ Text formats are decoded as UTF-8 when they are, otherwise their encoding is det
 content and DOCX its headings and tables, both rendered as Markdown so the chunker sees their structure.
 PDF keeps one text part per page, so chunks know their page. JSON / JSON Lines give a document per record
 (a configurable text field) and SQuAD-format JSON a document per paragraph (or article), titled by article.
+Spreadsheets (XLSX, CSV) and slides (PPTX) are read by `ingest.office`.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def display_name(path: Path) -> str:
     return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def _stem(path: Path) -> str:
+def file_stem(path: Path) -> str:
     return display_name(Path(path.stem))
 
 
@@ -130,12 +131,12 @@ MAX_TITLE_CHARS = 120
 
 
 def load_text(path: Path, raw: bytes, config: IngestConfig) -> LoadedFile:
-    return _single(_stem(path), "txt", decode_text(raw))
+    return _single(file_stem(path), "txt", decode_text(raw))
 
 
 def load_markdown(path: Path, raw: bytes, config: IngestConfig) -> LoadedFile:
     text = decode_text(raw)
-    return _single(markdown_title(text) or _stem(path), "md", text)
+    return _single(markdown_title(text) or file_stem(path), "md", text)
 
 
 def markdown_title(text: str) -> str:
@@ -193,7 +194,7 @@ def load_html(path: Path, raw: bytes, config: IngestConfig) -> LoadedFile:
     blocks: list[str] = []
     _render(root, blocks)
     text = "\n\n".join(block for block in blocks if block.strip())
-    return _single(title or markdown_title(text) or _stem(path), "html", text)
+    return _single(title or markdown_title(text) or file_stem(path), "html", text)
 
 
 def _main_content(tree: Any) -> Any:
@@ -282,7 +283,7 @@ def load_pdf(path: Path, raw: bytes, config: IngestConfig) -> LoadedFile:
     if not any(page.strip() for page in pages):
         raise LoadError(f"PDF without a text layer ({len(pages)} page(s) of images?): run OCR on it first")
     title = str(metadata_title).strip() if metadata_title else ""
-    return LoadedFile([LoadedDocument(title or _stem(path), "pdf", pages, paged=True)])
+    return LoadedFile([LoadedDocument(title or file_stem(path), "pdf", pages, paged=True)])
 
 
 def _open_pdf(raw: bytes) -> Any:
@@ -316,14 +317,14 @@ def _page_text(page: Any) -> str:
 
 # -- DOCX -----------------------------------------------------------------------------------------------
 
-MAX_UNZIPPED_RATIO = 100  # DOCX compresses text ~10x; far above that is a zip bomb
+MAX_UNZIPPED_RATIO = 100  # Office files compress text ~10x; far above that is a zip bomb
 
 
 def load_docx(path: Path, raw: bytes, config: IngestConfig) -> LoadedFile:
     import docx
     from docx.table import Table
 
-    _check_archive(raw, config.max_file_bytes)
+    check_archive(raw, config.max_file_bytes, "DOCX")
     try:
         document = docx.Document(io.BytesIO(raw))
     except (zipfile.BadZipFile, KeyError, ValueError) as error:
@@ -347,7 +348,7 @@ def load_docx(path: Path, raw: bytes, config: IngestConfig) -> LoadedFile:
             blocks.append(text)
     text = "\n\n".join(blocks)
     title = (document.core_properties.title or "").strip()
-    return _single(title or markdown_title(text) or _stem(path), "docx", text)
+    return _single(title or markdown_title(text) or file_stem(path), "docx", text)
 
 
 def _heading_level(style: str) -> int:
@@ -357,14 +358,14 @@ def _heading_level(style: str) -> int:
     return min(int(match.group(1)), 6) if match else 0
 
 
-def _check_archive(raw: bytes, max_bytes: int) -> None:
-    """Refuse a ZIP container that would unpack to far more than it weighs (a zip bomb) before any
-    member is decompressed."""
+def check_archive(raw: bytes, max_bytes: int, kind: str) -> None:
+    """Refuse an Office file (`kind`: DOCX, XLSX, ...) that is no ZIP container, or one that would unpack to
+    far more than it weighs (a zip bomb), before any member is decompressed."""
     try:
         with zipfile.ZipFile(io.BytesIO(raw)) as archive:
             unpacked = sum(member.file_size for member in archive.infolist())
     except zipfile.BadZipFile as error:
-        raise LoadError("not a valid DOCX file (not a ZIP container)") from error
+        raise LoadError(f"not a valid {kind} file (not a ZIP container)") from error
     if unpacked > max(max_bytes, MAX_UNZIPPED_RATIO * len(raw)):
         raise LoadError(
             f"refused: unpacks to {unpacked} bytes from {len(raw)} (a zip bomb, or far over the size limit)"
@@ -421,7 +422,7 @@ def _records(
             continue
         title = _field(record, config.json_title_field)
         name = str(title).strip() if isinstance(title, str | int | float) and str(title).strip() else ""
-        title = name or (_stem(path) if single else f"{_stem(path)} #{key}")
+        title = name or (file_stem(path) if single else f"{file_stem(path)} #{key}")
         documents.append(LoadedDocument(title, file_type, (text,), key="" if single else key))
     if not documents:
         raise LoadError(
@@ -464,6 +465,14 @@ def _squad(data: dict[str, Any], config: IngestConfig) -> LoadedFile:
 
 # -- dispatch -------------------------------------------------------------------------------------------
 
+
+def load_office(path: Path, raw: bytes, config: IngestConfig) -> LoadedFile:
+    # Imported on first use: ingest.office builds on this module, and openpyxl / python-pptx are heavy.
+    from ingest.office import load_office_file
+
+    return load_office_file(path, raw, config)
+
+
 LOADERS: dict[str, Loader] = {
     ".txt": load_text,
     ".text": load_text,
@@ -474,6 +483,11 @@ LOADERS: dict[str, Loader] = {
     ".xhtml": load_html,
     ".pdf": load_pdf,
     ".docx": load_docx,
+    ".xlsx": load_office,
+    ".xlsm": load_office,
+    ".csv": load_office,
+    ".tsv": load_office,
+    ".pptx": load_office,
     ".json": load_json,
     ".jsonl": load_jsonl,
     ".ndjson": load_jsonl,

@@ -198,5 +198,5 @@ def test_read_file_refuses_large_files_before_reading(tmp_path: Path) -> None:
 
 
 def test_unsupported_type() -> None:
-    with pytest.raises(LoadError, match="unsupported file type '.xlsx'"):
-        load("sheet.xlsx", b"PK")
+    with pytest.raises(LoadError, match="unsupported file type '.xls'"):
+        load("sheet.xls", b"\xd0\xcf\x11\xe0")

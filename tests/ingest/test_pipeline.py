@@ -82,7 +82,7 @@ def test_unchanged_is_a_no_op_and_a_change_replaces(any_kb: KnowledgeBase, tmp_p
 
 
 def test_an_explicit_unsupported_file_is_reported(kb: KnowledgeBase, tmp_path: Path) -> None:
-    path = write(tmp_path, "table.xlsx", b"PK\x03\x04")
+    path = write(tmp_path, "table.xls", b"\xd0\xcf\x11\xe0")
     [result] = Ingestor(kb, ChunkerConfig()).ingest_paths([path], "c").results
     assert result.status == "failed" and "unsupported file type" in result.reason
 
