@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     llm_adapters: list[Path] = Field(
         [], description="More LoRA adapter folders, chosen per request by folder name (JSON list)"
     )
+    llm_merge_default_adapter: bool = Field(
+        True,
+        description="Fold the default LoRA adapter into the model's weights: its answers decode at the base "
+        "model's speed (false: serve it unmerged, as the other adapters)",
+    )
     max_new_tokens: int = Field(256, ge=1, le=4096, description="Longest answer, in tokens")
     chunk_tokens: int = Field(200, ge=16, description="Chunk size in embedder tokens")
     chunk_overlap: int = Field(32, ge=0, description="Overlap between consecutive chunks, in tokens")
@@ -213,6 +218,7 @@ class Settings(BaseSettings):
             enforce_eager=self.llm_enforce_eager,
             adapters=tuple(filter(None, (default, *self.llm_adapters))),
             default_adapter=default.name if default else None,
+            merge_default_adapter=self.llm_merge_default_adapter,
         )
 
     def default_adapter(self) -> Path | None:

@@ -294,10 +294,13 @@ def main() -> None:
     )  # fmt: skip
 
     def config(
-        adapters: tuple[Path, ...] = (), quantize: Quantize | None = None, eager: bool = False
-    ) -> EngineConfig:
+        adapters: tuple[Path, ...] = (), quantize: Quantize | None = None, eager: bool = False,
+        merge: bool = True,
+    ) -> EngineConfig:  # fmt: skip
         return EngineConfig(
             adapters=adapters,
+            default_adapter=adapters[0].name if adapters else None,  # as the app serves its adapter
+            merge_default_adapter=merge,
             model_path=path,
             quantize=quantize,
             cpu_weights=args.cpu_weights,
@@ -309,8 +312,9 @@ def main() -> None:
 
     mode = ", eager" if args.eager_only else ""
     variants = {f"ours{mode}": (config(), 0)}
-    if args.adapter is not None and not args.skip_adapter:  # the adapter's matmuls, every request using it
-        variants[f"ours + adapter{mode}"] = (config(adapters=(args.adapter,)), 1)
+    if args.adapter is not None and not args.skip_adapter:  # every request on the adapter
+        variants[f"ours + adapter{mode}"] = (config(adapters=(args.adapter,)), 1)  # merged into the weights
+        variants[f"ours + adapter, unmerged{mode}"] = (config(adapters=(args.adapter,), merge=False), 1)
     if not args.eager_only:  # decoding op by op: what CUDA graphs / the compiled CPU step are worth
         variants["ours, eager"] = (config(eager=True), 0)
     for scheme in args.quantize:

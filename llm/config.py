@@ -28,7 +28,9 @@ class EngineConfig:
     `max_model_len`: longest prompt + answer; None means the model's context length, capped by the cache.
     `adapters`: folders of LoRA adapters in the PEFT format, served unmerged on top of the base weights and
     chosen per request by folder name; `default_adapter`: the one a request that names none gets (None: the
-    base model).
+    base model). `merge_default_adapter`: fold the default adapter into the base weights, so that requests on
+    it decode at the base model's speed (quantized linears it adapts become dense in the compute dtype, up to
+    `llm.layers.lora.MERGE_DENSE_MAX_BYTES`); the base model and other adapters then carry the difference.
     `enforce_eager`: run decode steps op by op; otherwise they replay CUDA graphs on a GPU and run a
     `torch.compile`d step on the CPU (both prepared at load: about 2 minutes of compiling on the first start
     of a 2-core machine, seconds once inductor's cache holds the code).
@@ -53,6 +55,7 @@ class EngineConfig:
     seed: int = 0
     adapters: tuple[str | Path, ...] = ()
     default_adapter: str | None = None
+    merge_default_adapter: bool = True
 
     def __post_init__(self) -> None:
         problems = []

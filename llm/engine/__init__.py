@@ -71,7 +71,13 @@ def create_engine(config: EngineConfig | None = None) -> tuple[LLMEngine, Tokeni
         torch.set_num_threads(config.num_threads)
     model, source = load_model(path, policy, max_positions=config.max_model_len)
     adapters = [load_adapter(p) for p in config.adapters]
-    install_adapters(model, adapters, dtype, device)
+    names = [a.name for a in adapters]
+    merge = (
+        names.index(config.default_adapter) + 1
+        if config.merge_default_adapter and config.default_adapter in names
+        else None
+    )
+    lora = install_adapters(model, adapters, dtype, device, merge)
     cfg = model.config
     tokenizer = from_gguf_fields(source.field) if isinstance(source, GGUFSource) else from_folder(path)
     if tokenizer.vocab_size > cfg.vocab_size:
@@ -95,17 +101,15 @@ def create_engine(config: EngineConfig | None = None) -> tuple[LLMEngine, Tokeni
         seed=config.seed,
         compile_cpu_decode=not config.enforce_eager,
         max_batch=config.max_num_seqs,
-        num_adapters=len(adapters),
+        lora=lora,
     )
     block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
     scheduler = Scheduler(block_manager, config.max_num_seqs, config.max_num_batched_tokens, max_model_len)
-    engine = LLMEngine(
-        runner, tokenizer.decode, tokenizer.stop_token_ids, scheduler, [a.name for a in adapters]
-    )
+    engine = LLMEngine(runner, tokenizer.decode, tokenizer.stop_token_ids, scheduler, names)
     name = f"archivist-engine:{path.stem if path.is_file() else path.name}"
     log.info(
         "loaded %s on %s (%s), %d KV blocks, max_model_len %d, LoRA adapters: %s",
-        name, device, dtype, num_blocks, max_model_len, ", ".join(a.name for a in adapters) or "none",
+        name, device, dtype, num_blocks, max_model_len, ", ".join(names) or "none",
     )  # fmt: skip
     return engine, tokenizer, name
 

@@ -41,14 +41,21 @@ def compiler_available() -> bool:
 class CompiledDecode:
     """`model(input_ids, positions)` for decode steps of up to `max_batch` sequences, compiled."""
 
-    def __init__(self, model: LlamaForCausalLM, max_batch: int, num_adapters: int = 0) -> None:
+    def __init__(self, model: LlamaForCausalLM, max_batch: int, mask_width: int = 0) -> None:
         self.model = model
-        self.num_adapters = num_adapters  # the steps carry a LoRA mask exactly when adapters are loaded
+        # The compiled steps carry a LoRA mask of this many columns (0: none). With the default adapter merged
+        # into the weights, the steps that need a mask (a token on the base model or another adapter) are
+        # rare and run eager rather than compile a second set of graphs.
+        self.mask_width = mask_width
         # From PACKED_CPU_MAX_ROWS rows on the linear layers switch to a dense GEMM: a different graph.
         self.max_batch = min(max_batch, PACKED_CPU_MAX_ROWS - 1)
         self._forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = torch.compile(
             model.forward, dynamic=True
         )
+
+    def serves(self, ctx: StepContext, batch_size: int) -> bool:
+        """Whether this decode step fits the compiled graphs."""
+        return batch_size <= self.max_batch and (ctx.lora_mask is None) == (self.mask_width == 0)
 
     def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         # No duck sizing: a block-table width that happens to equal a weight's dimension must stay its own
@@ -82,7 +89,7 @@ class CompiledDecode:
             log.info("compiled the decode step for batch %s in %.1f s", batch, time.perf_counter() - start)
 
     def _lora_mask(self, batch: int, device: torch.device) -> torch.Tensor | None:
-        if not self.num_adapters:
+        if not self.mask_width:
             return None
         dtype = self.model.embed_tokens.dtype
-        return torch.zeros(batch, self.num_adapters, dtype=dtype, device=device)
+        return torch.zeros(batch, self.mask_width, dtype=dtype, device=device)

@@ -22,6 +22,7 @@ from llm.engine.engine import Request, Sample
 from llm.engine.sampler import Sampler
 from llm.engine.scheduler import ScheduledBatch
 from llm.layers.context import StepContext, set_context
+from llm.layers.lora import NO_LORA, LoraLayout
 from llm.model.llama import LlamaForCausalLM
 
 log = logging.getLogger(__name__)
@@ -48,11 +49,12 @@ class TorchModelRunner:
         seed: int,
         compile_cpu_decode: bool = False,
         max_batch: int = 1,
-        num_adapters: int = 0,
+        lora: LoraLayout = NO_LORA,
     ) -> None:
         self.model = model
         self.device, self.dtype = device, dtype
-        self.num_adapters = num_adapters  # LoRA adapters installed in the model (`llm.layers.lora`)
+        self.lora = lora  # how the model's LoRA adapters are served (`llm.layers.lora`)
+        self._lora_columns = torch.tensor(lora.slots, dtype=torch.int64, device=device)
         self.block_size = block_size
         self.max_blocks_per_seq = -(-max_model_len // block_size)
         cfg = model.config
@@ -106,6 +108,7 @@ class TorchModelRunner:
             cu_seqlens_k=cu,
             max_seqlen_q=n,
             max_seqlen_k=n,
+            lora_mask=self._lora_mask([0] * n),  # the base model, also when an adapter is merged into it
         )
         ids = self._to_device(token_ids, torch.int64)
         set_context(ctx)
@@ -167,19 +170,16 @@ class TorchModelRunner:
         return self._to_device(ids, torch.int64), self._to_device(positions, torch.int64), ctx, logits_rows
 
     def _lora_mask(self, adapters: list[int]) -> torch.Tensor | None:
-        """(tokens, adapters) one-hot rows of each token's adapter slot; slot 0 (no adapter) is all zeros."""
-        if not self.num_adapters:
+        """The step's LoRA mask for tokens of these adapter slots (`LoraLayout.mask`)."""
+        if not self.lora.slots:
             return None
-        slots = self._to_device(adapters, torch.int64)
-        adapter_ids = torch.arange(1, self.num_adapters + 1, device=self.device)
-        # Contiguous like the compiled step's warm-up mask (a strided view would be another graph).
-        return (slots[:, None] == adapter_ids).to(self.dtype)
+        return self.lora.mask(self._to_device(adapters, torch.int64), self._lora_columns, self.dtype)
 
     def _run_model(
         self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: StepContext, batch_size: int
     ) -> torch.Tensor:
         compiled = self.compiled_decode
-        if ctx.is_decode and compiled is not None and batch_size <= compiled.max_batch:
+        if ctx.is_decode and compiled is not None and compiled.serves(ctx, batch_size):
             return compiled(input_ids, positions)
         graph_size = (
             next((s for s in sorted(self.graphs) if s >= batch_size), None) if ctx.is_decode else None
@@ -195,6 +195,7 @@ class TorchModelRunner:
         g["context_lens"][:batch_size] = ctx.context_lens
         g["block_tables"].zero_()
         g["block_tables"][:batch_size, : ctx.block_tables.shape[1]] = ctx.block_tables
+        g["lora_mask"].zero_()  # no mask: every token's slot is merged into the weights
         if ctx.lora_mask is not None:
             g["lora_mask"][:batch_size] = ctx.lora_mask
         self.graphs[graph_size].replay()
@@ -205,7 +206,8 @@ class TorchModelRunner:
         if not compiler_available():
             log.warning("no C++ compiler found: the CPU decode step stays eager (slower)")
             return
-        compiled = CompiledDecode(self.model, max_batch, self.num_adapters)
+        mask_width = len(self.lora.slots) if self.lora.always_masked else 0
+        compiled = CompiledDecode(self.model, max_batch, mask_width)
         try:
             compiled.warm_up(self.scratch_block, self.block_size, self.device)
         except Exception as error:  # a broken toolchain must not take the engine down: eager still works
@@ -224,7 +226,7 @@ class TorchModelRunner:
             "context_lens": torch.ones(largest, dtype=torch.int32, device=dev),
             "block_tables": torch.zeros(largest, self.max_blocks_per_seq, dtype=torch.int32, device=dev),
             "hidden": torch.zeros(largest, self.model.config.hidden_size, dtype=self.dtype, device=dev),
-            "lora_mask": torch.zeros(largest, self.num_adapters, dtype=self.dtype, device=dev),
+            "lora_mask": torch.zeros(largest, len(self.lora.slots), dtype=self.dtype, device=dev),
         }
         pool = None
         with torch.inference_mode():
@@ -234,7 +236,7 @@ class TorchModelRunner:
                     slot_mapping=g["slot_mapping"][:size],
                     block_tables=g["block_tables"][:size],
                     context_lens=g["context_lens"][:size],
-                    lora_mask=g["lora_mask"][:size] if self.num_adapters else None,
+                    lora_mask=g["lora_mask"][:size] if self.lora.slots else None,
                 )
                 set_context(ctx)
                 try:

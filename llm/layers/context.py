@@ -24,8 +24,8 @@ class StepContext:
     max_seqlen_q: int = 1
     max_seqlen_k: int = 1
     cache_hit: bool = False  # some sequence starts past position 0: keys must come from the paged cache
-    # (tokens, adapters) 0/1 in the compute dtype: the LoRA adapter each token's sequence uses (a row of
-    # zeros: the base model). None when the model has no adapters loaded.
+    # (tokens, slots) 0/1 in the compute dtype: the LoRA delta each token's sequence gets (`LoraLayout.slots`;
+    # a row of zeros: none). None when no token of the step needs one.
     lora_mask: torch.Tensor | None = None
 
 

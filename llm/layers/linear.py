@@ -66,7 +66,7 @@ class Linear(nn.Module):
         self.quantized: Int4Weight | Int8Weight | None = None
         self.cpu_scales: torch.Tensor = torch.empty(0)  # the packed CPU matmuls' scales (and zeros)
         self.group_size = 0
-        self.lora: LoraDelta | None = None  # LoRA adapters served unmerged (`llm.layers.lora`)
+        self.lora: LoraDelta | None = None  # the deltas of LoRA adapters served unmerged (`llm.layers.lora`)
 
     def set_weight(self, w: Weight, policy: WeightPolicy) -> None:
         shape = tuple(w.shape) if isinstance(w, torch.Tensor) else (w.out_features, w.in_features)
@@ -107,6 +107,18 @@ class Linear(nn.Module):
         self.weight = w.qweight.contiguous()
         self.cpu_scales = w.scales.to(dtype)  # the matmuls want scales in the activations' dtype
         self.kind, self.quantized = "cpu_int8", w
+
+    def add_to_weight(self, delta: torch.Tensor, dtype: torch.dtype) -> None:
+        """Fold a dense (out, in) float32 delta into the weight (a merged LoRA adapter): the sum is dense in
+        `dtype`, whatever the weight was."""
+        if self.kind == "dense":
+            base = self.weight.float()
+        elif self.quantized is not None:
+            base = dequantize(self.quantized, torch.float32)
+        else:
+            raise RuntimeError("linear layer merged into before its weight was loaded")
+        self.weight = (base + delta.to(base.device)).to(dtype).contiguous()
+        self.kind, self.quantized, self.cpu_scales, self.group_size = "dense", None, torch.empty(0), 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (tokens, in_features) -> (tokens, out_features), plus the LoRA delta of each token's adapter."""

@@ -15,6 +15,7 @@ from llm.base import ChatMessage, SamplingParams
 from llm.engine.compiled_decode import compiler_available
 from llm.engine.engine import Request
 from tests.llm.adapters import write_random_adapter
+from tests.llm.bf16_compare import assert_same_or_near_tie
 
 pytestmark = [
     pytest.mark.slow,
@@ -28,9 +29,6 @@ PROMPTS = [
     "请详细解释一下太阳系的八大行星。",
 ]
 NEW_TOKENS = 40  # crosses block boundaries: block tables grow from 2 to 4 columns on the way
-# The logits are bfloat16: one step of rounding is 0.125 at magnitudes 16-32, and log-probs move with it.
-LOGPROB_ATOL = 0.25
-NEAR_TIE = 0.3  # where the paths part, the other path's token was this close to its best one
 ADAPTERS = [1, 0, 1]  # the adapter slot of each prompt: a mixed batch
 
 
@@ -72,19 +70,6 @@ def generate(engine, prompts: list[list[int]], adapters: list[int]) -> list[Requ
     return engine.generate(prompts, params, logprobs=5, ignore_eos=True, adapters=adapters)
 
 
-def assert_same_or_near_tie(ours: Request, theirs: Request) -> int:
-    """Tokens agree with close log-probs up to a point where `theirs` nearly tied; returns how many agreed."""
-    for step, (a, b) in enumerate(zip(ours.token_logprobs, theirs.token_logprobs, strict=True)):
-        assert a.logprob is not None and b.logprob is not None and b.top_logprobs is not None
-        if a.token_id != b.token_id:
-            alternatives = dict(b.top_logprobs)
-            assert a.token_id in alternatives, f"step {step}: token {a.token_id} not in the other's top 5"
-            assert b.logprob - alternatives[a.token_id] < NEAR_TIE, f"step {step}: not a near tie"
-            return step
-        assert abs(a.logprob - b.logprob) < LOGPROB_ATOL, f"step {step}: {a.logprob} vs {b.logprob}"
-    return len(ours.token_logprobs)
-
-
 def test_the_engine_compiled_its_decode_step(compiled_engine):
     engine, _ = compiled_engine
     assert engine.runner.compiled_decode is not None
@@ -107,3 +92,21 @@ def test_batched_matches_single_and_nothing_recompiles(compiled_engine, prompt_i
         batched = generate(engine, prompt_ids, ADAPTERS)
     for one, together in zip(singles, batched, strict=True):
         assert_same_or_near_tie(together, one)
+
+
+def test_steps_needing_a_lora_mask_the_graphs_lack_run_eager():
+    """With the default adapter merged into the weights the graphs are compiled without a LoRA mask: a step
+    that carries one (a token on the base model or another adapter) runs eager, and the other way round."""
+    from llm.engine.compiled_decode import CompiledDecode
+    from llm.layers.context import StepContext
+
+    def step(mask: torch.Tensor | None) -> StepContext:
+        empty = torch.zeros(1, dtype=torch.int32)
+        return StepContext(True, empty.long(), empty[:, None], empty, lora_mask=mask)
+
+    without_mask, with_mask = step(None), step(torch.ones(1, 1))
+    merged = CompiledDecode(torch.nn.Linear(2, 2), max_batch=4, mask_width=0)  # type: ignore[arg-type]
+    assert merged.serves(without_mask, 1) and not merged.serves(with_mask, 1)
+    assert not merged.serves(without_mask, 5)  # past the compiled batch sizes
+    unmerged = CompiledDecode(torch.nn.Linear(2, 2), max_batch=4, mask_width=1)  # type: ignore[arg-type]
+    assert unmerged.serves(with_mask, 1) and not unmerged.serves(without_mask, 1)

@@ -1,5 +1,6 @@
-"""LoRA adapters served unmerged: parity with peft + transformers on the real SmolLM2 GGUF, mixed batches,
-the prefix cache kept per adapter, the PEFT files our training loop writes, and adapters that do not fit."""
+"""LoRA adapters, served unmerged and with the default adapter merged into the weights: parity with peft +
+transformers on the real SmolLM2 GGUF, mixed batches, the prefix cache kept per adapter, the PEFT files our
+training loop writes, and adapters that do not fit."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from llm.base import ChatMessage, SamplingParams
 from llm.config import EngineConfig
 from llm.lora.adapter import AdapterError, load_adapter, save_adapter
 from llm.lora.train import TrainConfig, TrainExample, group_loss, train_lora, trained_weights
+from tests.llm.bf16_compare import assert_same_or_near_tie
 
 pytestmark = pytest.mark.slow
 
@@ -42,8 +44,10 @@ def peft_model(gguf_path, tmp_path_factory):
     return model.eval(), folder
 
 
-@pytest.fixture(scope="module")
-def adapted_engine(gguf_path, peft_model):
+@pytest.fixture(scope="module", params=["unmerged", "merged"])
+def adapted_engine(gguf_path, peft_model, request):
+    """The adapter in slot 1, served unmerged or as the default adapter merged into the base weights (then
+    the base model, slot 0, is the one carrying a delta)."""
     from llm.engine import create_engine
 
     _, folder = peft_model
@@ -54,8 +58,10 @@ def adapted_engine(gguf_path, peft_model):
         max_model_len=1024,
         enforce_eager=True,
         adapters=(folder,),
+        default_adapter=folder.name if request.param == "merged" else None,
     )
     engine, tokenizer, _ = create_engine(config)
+    assert engine.runner.lora.merged == (1 if request.param == "merged" else None)
     return engine, tokenizer
 
 
@@ -111,6 +117,37 @@ def test_prefix_cache_never_shares_blocks_between_adapters(adapted_engine):
     assert cached_tokens(1) == 0  # same tokens, other adapter: computed afresh
     assert cached_tokens(1) > 0
     assert cached_tokens(0) > 0
+
+
+def test_merged_default_adapter_on_packed_weights(gguf_path, peft_model):
+    """The product's setup: int4 weights packed for the CPU, the default adapter merged. The linears it adapts
+    become dense, a step on the default adapter alone runs without a LoRA mask, and the merged engine decodes
+    like the unmerged one for the adapter and the base model in one batch (bfloat16: near ties may part)."""
+    from llm.engine import create_engine
+
+    _, folder = peft_model
+    engines = {
+        merge: create_engine(
+            EngineConfig(
+                model_path=gguf_path, num_kv_blocks=128, max_model_len=512, enforce_eager=True,
+                adapters=(folder,), default_adapter=folder.name, merge_default_adapter=merge,
+            )
+        )[:2]
+        for merge in (False, True)
+    }  # fmt: skip
+    merged_engine, tokenizer = engines[True]
+    kinds = {merge: e.runner.model.layers[0].self_attn.qkv_proj.kind for merge, (e, _) in engines.items()}
+    assert kinds == {False: "cpu_int4", True: "dense"}
+    assert merged_engine.runner._lora_mask([1, 1]) is None
+    assert merged_engine.runner._lora_mask([1, 0]).tolist() == [[0.0], [1.0]]
+    prompts = [tokenizer.apply_chat_template([ChatMessage("user", p)]) for p in PROMPTS]
+    params = SamplingParams(max_new_tokens=NEW_TOKENS)
+    runs = {
+        merge: engine.generate(prompts * 2, params, logprobs=5, adapters=[1, 1, 0, 0])
+        for merge, (engine, _) in engines.items()
+    }
+    agreed = [assert_same_or_near_tie(a, b) for a, b in zip(runs[True], runs[False], strict=True)]
+    assert sum(agreed) >= NEW_TOKENS  # the paths agree for a good stretch, not just one token
 
 
 def test_generator_resolves_adapter_names(adapted_engine):
