@@ -25,7 +25,6 @@ from app.rewrite import standalone_question
 from app.schemas import QueryCreate
 from app.views import answer_public
 from llm.base import NO_ADAPTER, GenerationResult, Generator, SamplingParams, served_adapters
-from retriever.store import NotFoundError
 
 if TYPE_CHECKING:
     from app.services import Services
@@ -130,9 +129,7 @@ class Answering:
         """Which collection is asked, in which conversation, and the question made standalone."""
         conversation = None
         if body.conversation_id:
-            conversation = self.services.conversations.get(body.conversation_id)
-            if not principal.can_read(conversation.collection):
-                raise NotFoundError(f"conversation {body.conversation_id} does not exist")
+            conversation = self.services.conversations.visible(body.conversation_id, principal)
             if body.collection and body.collection != conversation.collection:
                 raise InvalidRequestError(
                     f"conversation {conversation.id} asks collection {conversation.collection!r}, "

@@ -8,12 +8,25 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from app.deps import get_principal
-from app.errors import API_ERRORS, ERROR_STATUS, status_of
+from app.errors import API_ERRORS, ERROR_STATUS, invalid_input, status_of
 from app.middleware import RequestMiddleware
-from app.routes import chat, collections, conversations, documents, health, jobs, keys, metrics, query
+from app.routes import (
+    chat,
+    collections,
+    conversations,
+    docs,
+    documents,
+    health,
+    jobs,
+    keys,
+    metrics,
+    query,
+    search,
+)
 from app.services import Services
 from app.settings import Settings, get_settings
 
@@ -37,13 +50,15 @@ def create_app(services: Services | None = None, settings: Settings | None = Non
         version="0.1.0",
         description="Answers questions about your own documents, with citations, on your own hardware.",
         lifespan=lifespan,
+        openapi_url=None,  # served by routes.docs, behind the key check, with no CDN
     )
     app.state.services = app_services
-    for router in (health.router, metrics.router):
+    for router in (health.router, metrics.router, docs.router):
         app.include_router(router)
     authorized = [Depends(get_principal)]
     for router in (
         query.router,
+        search.router,
         chat.router,
         collections.router,
         conversations.router,
@@ -66,6 +81,7 @@ def create_app(services: Services | None = None, settings: Settings | None = Non
 
     for kind in ERROR_STATUS:
         app.add_exception_handler(kind, known_error)
+    app.add_exception_handler(RequestValidationError, invalid_input)
 
     @app.exception_handler(Exception)
     def unexpected_error(request: Request, error: Exception) -> JSONResponse:

@@ -50,6 +50,10 @@ class Principal:
     def can_write(self, collection: str) -> bool:
         return self.admin or self.grants.get(collection, False) or self.grants.get(WILDCARD, False)
 
+    def owns(self, owner_key_id: int | None) -> bool:
+        """Whether something started by key `owner_key_id` (None: by the admin) is this caller's to use."""
+        return self.admin or (self.key_id is not None and owner_key_id == self.key_id)
+
     def readable(self, collections: Iterable[str]) -> list[str]:
         return [name for name in collections if self.can_read(name)]
 
@@ -63,7 +67,7 @@ class Principal:
 
     def require_admin(self) -> None:
         if not self.admin:
-            raise ForbiddenError("only the admin key may manage API keys")
+            raise ForbiddenError("only the admin key may manage API keys or read metrics")
 
 
 LOCAL_ADMIN = Principal(name="local", admin=True)

@@ -138,8 +138,8 @@ def ingest(
         bool, typer.Option("--prune", help="Remove documents whose files under PATHS are gone")
     ] = False,
 ) -> None:
-    """Ingest files and folders (txt, md, html, pdf, docx, json, jsonl, SQuAD json) into a collection:
-    new files are added, changed ones replaced, unchanged ones skipped, duplicates left out."""
+    """Ingest files and folders (txt, md, html, pdf, docx, xlsx, csv, pptx, json, jsonl, SQuAD json) into a
+    collection: new files are added, changed ones replaced, unchanged ones skipped, duplicates left out."""
     settings = _settings()
     report = run_ingest(settings, paths, collection or settings.default_collection, prune)
     _print_report(report)
@@ -538,11 +538,11 @@ cli.add_typer(keys_cli, name="keys")
 def _key_store() -> Iterator[KeyStore]:
     from app.auth import KeyStore
     from app.models import AppBase
-    from retriever.db import Database
+    from retriever.db import Database, ensure_schema
 
     db = Database(_settings().resolved_database_url)
     try:
-        AppBase.metadata.create_all(db.engine)
+        ensure_schema(db.engine, AppBase.metadata)
         yield KeyStore(db)
     finally:
         db.dispose()

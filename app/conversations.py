@@ -1,5 +1,6 @@
-"""Conversations kept in SQL: each belongs to one collection and holds the questions asked (with the
-standalone question each was rewritten to) and the answers given, with their sources and citations."""
+"""Conversations kept in SQL: each belongs to one collection and to the API key that started it, and holds
+the questions asked (with the standalone question each was rewritten to) and the answers given, with their
+sources and citations. Only that key (and the admin) may see or use it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from app.auth import Principal
 from app.models import Conversation, Message
 from retriever.db import Database
 from retriever.store import NotFoundError, validate_collection_name
@@ -33,6 +35,7 @@ class ConversationInfo:
     id: str
     collection: str
     title: str
+    owner_key_id: int | None
     created_at: datetime
     updated_at: datetime
     messages: list[MessageInfo] = field(default_factory=list)
@@ -56,6 +59,7 @@ def _info(conversation: Conversation, with_messages: bool) -> ConversationInfo:
         id=conversation.id,
         collection=conversation.collection,
         title=conversation.title,
+        owner_key_id=conversation.owner_key_id,
         created_at=_utc(conversation.created_at),
         updated_at=_utc(conversation.updated_at),
         messages=messages,
@@ -66,11 +70,17 @@ class ConversationStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def create(self, collection: str, title: str | None = None) -> ConversationInfo:
+    def create(
+        self, collection: str, title: str | None = None, owner_key_id: int | None = None
+    ) -> ConversationInfo:
+        """A new conversation, used only by the key `owner_key_id` (and the admin) when given."""
         validate_collection_name(collection)
         with self.db.session() as session:
             conversation = Conversation(
-                id=uuid.uuid4().hex, collection=collection, title=(title or "").strip()[:TITLE_CHARS]
+                id=uuid.uuid4().hex,
+                collection=collection,
+                title=(title or "").strip()[:TITLE_CHARS],
+                owner_key_id=owner_key_id,
             )
             session.add(conversation)
             session.flush()
@@ -83,13 +93,26 @@ class ConversationStore:
                 raise NotFoundError(f"conversation {conversation_id} does not exist")
             return _info(conversation, with_messages=True)
 
-    def list_conversations(self, collections: Sequence[str] | None = None) -> list[ConversationInfo]:
-        """Newest first; only those in `collections` when given."""
+    def visible(self, conversation_id: str, principal: Principal) -> ConversationInfo:
+        """The conversation with its messages, when `principal` may use it: it reads the collection and
+        started it (or is the admin). Any other is reported as missing, as if it did not exist."""
+        conversation = self.get(conversation_id)
+        if not principal.can_read(conversation.collection) or not principal.owns(conversation.owner_key_id):
+            raise NotFoundError(f"conversation {conversation_id} does not exist")
+        return conversation
+
+    def list_conversations(
+        self, collections: Sequence[str] | None = None, principal: Principal | None = None
+    ) -> list[ConversationInfo]:
+        """Newest first; only those in `collections`, and only those `principal` may use, when given."""
         query = select(Conversation).order_by(Conversation.updated_at.desc(), Conversation.id)
         if collections is not None:
             query = query.where(Conversation.collection.in_(list(collections)))
+        if principal is not None and not principal.admin:
+            query = query.where(Conversation.owner_key_id == principal.key_id)
         with self.db.session() as session:
-            return [_info(c, with_messages=False) for c in session.scalars(query)]
+            found = [_info(c, with_messages=False) for c in session.scalars(query)]
+        return [c for c in found if principal is None or principal.can_read(c.collection)]
 
     def delete(self, conversation_id: str) -> ConversationInfo:
         with self.db.session() as session:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Request
 
-from app.auth import LOCAL_ADMIN, Principal
+from app.auth import LOCAL_ADMIN, AuthError, Principal
 from app.limits import TooBusyError
 from app.services import Services
 from app.settings import Settings
@@ -38,10 +38,22 @@ def api_key(request: Request) -> str | None:
 
 def get_principal(request: Request, services: ServicesDep) -> Principal:
     """Who is asking; every /v1 route depends on it. With auth off (loopback, the default) that is the
-    local admin. A key's requests count against its rate limit; the admin key's do not."""
+    local admin. A key's requests count against its rate limit; the admin key's do not. Failed attempts
+    count against the client address: once it has used them up it gets 429 without its key being checked,
+    so keys cannot be guessed at speed."""
     if not services.settings.auth_required:
         return LOCAL_ADMIN
-    principal = services.keys.authenticate(api_key(request))
+    address = f"address:{request.client.host if request.client else 'unknown'}"
+    try:
+        services.auth_failures.peek(address)
+        try:
+            principal = services.keys.authenticate(api_key(request))
+        except AuthError:
+            services.auth_failures.check(address)
+            raise
+    except TooBusyError:
+        services.metrics.rejected.labels("auth_failures").inc()
+        raise
     request.state.principal = principal.name
     if principal.key_id is not None:
         try:
@@ -53,3 +65,9 @@ def get_principal(request: Request, services: ServicesDep) -> Principal:
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def require_admin(principal: PrincipalDep) -> Principal:
+    """The caller, when it is the admin (403 for any other key)."""
+    principal.require_admin()
+    return principal

@@ -3,13 +3,19 @@ carry `headers` (Retry-After, WWW-Authenticate) to send along."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+from fastapi import Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 
 from app.auth import AuthError, ForbiddenError
 from app.generation import GenerationFailedError, GenerationTimeoutError
 from app.limits import TooBusyError
 from app.schemas import ErrorPublic
-from app.uploads import UploadTooLargeError
+from app.uploads import UploadNameError, UploadTooLargeError
 from llm.base import ContextOverflowError
 from retriever.store import InvalidNameError, NotFoundError
 
@@ -26,6 +32,7 @@ ERROR_STATUS: dict[type[Exception], int] = {
     NotFoundError: 404,
     InvalidNameError: 422,
     InvalidRequestError: 422,
+    UploadNameError: 422,
     ContextOverflowError: 422,
     UploadTooLargeError: 413,
     AuthError: 401,
@@ -59,3 +66,24 @@ API_ERRORS: dict[int | str, dict[str, Any]] = {
 
 def status_of(error: BaseException) -> int:
     return next((code for kind, code in ERROR_STATUS.items() if isinstance(error, kind)), 500)
+
+
+def json_safe(value: Any) -> Any:
+    """`value` (already made of JSON types) with what strict JSON cannot carry spelled out: the non-finite
+    floats Python's parser accepts (`NaN`, `1e400`) as strings, lone surrogates as backslash escapes."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {json_safe(key): json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return value
+
+
+def invalid_input(request: Request, error: Exception) -> JSONResponse:
+    """422 listing each invalid field (`loc`, `msg`, and the `input` it got, made encodable: FastAPI's own
+    handler fails with a 500 on an input of NaN or a lone surrogate)."""
+    assert isinstance(error, RequestValidationError)
+    return JSONResponse({"detail": json_safe(jsonable_encoder(error.errors()))}, status_code=422)

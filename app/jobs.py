@@ -20,7 +20,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO, Literal
 
-from app.uploads import KEPT, UploadTooLargeError, keep, safe_filename, source_key, stage, staging_folder
+from app.uploads import (
+    KEPT,
+    UploadTooLargeError,
+    keep,
+    numbered,
+    source_key,
+    stage,
+    staging_folder,
+)
 from ingest.pipeline import FileResult, Ingestor, Progress, Source
 from retriever.store import NotFoundError
 
@@ -46,7 +54,7 @@ class Job:
     created_at: datetime = field(default_factory=_now)
     started_at: datetime | None = None
     finished_at: datetime | None = None
-    staged: list[Path] = field(default_factory=list)
+    staged: dict[str, Path] = field(default_factory=dict)  # each file's name in the upload -> staged copy
     folder: Path | None = None
 
 
@@ -70,13 +78,20 @@ class JobManager:
         self._worker.start()
 
     def submit(self, collection: str, uploads: Sequence[tuple[str, BinaryIO]], max_bytes: int) -> Job:
-        """Stage every upload (one over `max_bytes` fails alone) and queue the job."""
+        """Stage every upload (its name made by `safe_filename`; one over `max_bytes` fails alone) and queue
+        the job; a name the upload already used gets a numbered suffix."""
+        names: list[str] = []
+        for base, _ in uploads:
+            name, number = base, 1
+            while name in names:
+                number += 1
+                name = numbered(base, number)
+            names.append(name)
         job = Job(uuid.uuid4().hex, collection, len(uploads), folder=staging_folder(self.upload_dir))
         assert job.folder is not None
-        for filename, stream in uploads:
-            name = safe_filename(filename)
-            try:
-                job.staged.append(stage(stream, job.folder, name, max_bytes))
+        for index, (name, (_, stream)) in enumerate(zip(names, uploads, strict=True)):
+            try:  # a folder of its own for each file: `a` and `a/b.txt` can both be staged
+                job.staged[name] = stage(stream, job.folder / str(index), name, max_bytes)
             except UploadTooLargeError as error:
                 self._record(job, FileResult(name, "failed", str(error).removeprefix(f"{name}: ")))
         with self._lock:
@@ -122,15 +137,14 @@ class JobManager:
                     shutil.rmtree(job.folder, ignore_errors=True)
 
     def _run(self, job: Job) -> None:
-        staged = {path.name: path for path in job.staged}
-        sources = [Source(path, source_key(job.collection, name), name) for name, path in staged.items()]
+        sources = [Source(path, source_key(job.collection, name), name) for name, path in job.staged.items()]
 
         def progress(state: Progress) -> None:
             job.chunks_written = state.chunks_written
 
         def result(found: FileResult) -> None:
             if found.status in KEPT:
-                keep(staged[found.path], self.upload_dir, job.collection)
+                keep(job.staged[found.path], found.path, self.upload_dir, job.collection)
             self._record(job, found)
 
         self._ingestor().ingest(sources, job.collection, on_result=result, on_progress=progress)

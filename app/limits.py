@@ -1,6 +1,6 @@
-"""Limits that keep the service responsive under load: a per-key rate limit and admission control for
-generations (a bounded queue in front of the model). Both answer 429 with `Retry-After` instead of
-letting work pile up."""
+"""Limits that keep the service responsive under load: a per-key rate limit (also used for failed
+authentications per client address) and admission control for generations (a bounded queue in front of
+the model). Both answer 429 with `Retry-After` instead of letting work pile up."""
 
 from __future__ import annotations
 
@@ -22,28 +22,48 @@ class TooBusyError(RuntimeError):
 
 class RateLimiter:
     """A token bucket per key: `per_minute` requests a minute, refilled continuously, bursts up to the same
-    number. `per_minute == 0` turns it off."""
+    number. `per_minute == 0` turns it off. `what` names the requests counted, for the 429's message."""
 
-    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, per_minute: int, clock: Callable[[], float] = time.monotonic, what: str = "requests"
+    ) -> None:
         self.per_minute = per_minute
+        self.what = what
         self._clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, last refill)
+        self._forgotten = clock()
         self._lock = threading.Lock()
 
     def check(self, key: str) -> None:
+        """Take one request from `key`'s bucket; `TooBusyError` when it is empty."""
+        self._take(key, 1.0)
+
+    def peek(self, key: str) -> None:
+        """`TooBusyError` when `key`'s bucket is empty, taking nothing from it."""
+        self._take(key, 0.0)
+
+    def _take(self, key: str, cost: float) -> None:
         if not self.per_minute:
             return
         rate = self.per_minute / 60.0
         now = self._clock()
         with self._lock:
+            if now - self._forgotten >= 60.0:
+                self._forget_full(now)
             tokens, last = self._buckets.get(key, (float(self.per_minute), now))
             tokens = min(float(self.per_minute), tokens + (now - last) * rate)
             if tokens < 1.0:
                 self._buckets[key] = (tokens, now)
                 raise TooBusyError(
-                    f"rate limit of {self.per_minute} requests per minute exceeded", (1.0 - tokens) / rate
+                    f"rate limit of {self.per_minute} {self.what} per minute exceeded", (1.0 - tokens) / rate
                 )
-            self._buckets[key] = (tokens - 1.0, now)
+            self._buckets[key] = (tokens - cost, now)
+
+    def _forget_full(self, now: float) -> None:
+        """Drop the buckets untouched for a minute, which has refilled them: a full bucket is the same as
+        none, and the keys (client addresses among them) are not bounded in number."""
+        self._buckets = {key: bucket for key, bucket in self._buckets.items() if now - bucket[1] < 60.0}
+        self._forgotten = now
 
 
 class Ticket:

@@ -1,6 +1,7 @@
 """SQL tables the service owns: API keys with their collection grants, and conversations with their
-messages. They live in the knowledge base's database but in their own metadata, created at startup, so
-the retriever never needs to know about them."""
+messages. They live in the knowledge base's database but in their own metadata, created (and given the
+columns a later version added) at startup by `retriever.db.ensure_schema`, so the retriever never needs to
+know about them."""
 
 from __future__ import annotations
 
@@ -54,6 +55,9 @@ class Conversation(AppBase):
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     collection: Mapped[str] = mapped_column(String(128), index=True)
     title: Mapped[str] = mapped_column(String(200))
+    # The API key that started it, the only key that may use it (besides the admin); None: the admin's, or
+    # started with auth off. Not a foreign key, so that adding it to an existing table is a plain ALTER.
+    owner_key_id: Mapped[int | None] = mapped_column(nullable=True, index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

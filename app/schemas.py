@@ -65,22 +65,54 @@ class QueryCreate(QueryBase):
     )
 
 
+class SearchCreate(QueryBase):
+    """`POST /v1/search`: the retrieval fields of a query, validated alike, and nothing of generation."""
+
+
 class Span(BaseModel):
     start: int
     end: int
 
 
-class SourcePublic(BaseModel):
-    n: int = Field(description="The number the passage had in the prompt, as cited: [n]")
+class PassageBase(BaseModel):
+    """A retrieved passage, as both answers (`sources`) and searches (`results`) show it."""
+
     document_id: int
     title: str
     chunk_id: int
     ordinal: int = Field(description="Position of the chunk within its document")
-    char_start: int
-    char_end: int
+    char_start: int = Field(description="Offset of its first character in the document's (cleaned) text")
+    char_end: int = Field(description="Offset just past its last character")
     text: str
     score: float
+
+
+class SourcePublic(PassageBase):
+    n: int = Field(description="The number the passage had in the prompt, as cited: [n]")
     highlight: Span | None = Field(None, description="Characters of `text` that support the answer")
+
+
+class SearchResultPublic(PassageBase):
+    rank: int = Field(description="1 for the best passage")
+    score: float = Field(
+        description="The ranking score: cosine similarity (dense), BM25 (lexical), the fused score "
+        "(hybrid) or the reranker's; compare it within one search only"
+    )
+    similarity: float | None = Field(
+        None,
+        description="Cosine similarity of question and passage, comparable across searches and modes "
+        "(absent when the question was not embedded: lexical mode)",
+    )
+    source_path: str = Field(description="The file (or upload name) the document came from")
+    page: int | None = Field(None, description="1-based page the passage starts on, for paged formats (PDF)")
+    heading_path: str = Field("", description='Headings of its section, outermost first: "Intro > Setup"')
+
+
+class SearchPublic(BaseModel):
+    collection: str
+    mode: SearchMode = Field(description="The retrieval mode used (the request's, or the default)")
+    results: list[SearchResultPublic] = Field(description="Best first; at most `top_k`")
+    took_ms: float = Field(description="Time spent retrieving")
 
 
 class Timings(BaseModel):

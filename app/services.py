@@ -26,7 +26,7 @@ from app.settings import Settings
 from ingest.pipeline import Ingestor
 from llm.base import Generator
 from llm.locate import default_llm_path
-from retriever.db import Database
+from retriever.db import Database, ensure_schema
 from retriever.embedder import load_embedder
 from retriever.store import KnowledgeBase, SearchHit
 
@@ -178,12 +178,13 @@ class Services:
         self._gate_lock = threading.Lock()
         # Keys and conversations need no model, so they get their own connection pool and work at once.
         self.db = Database(settings.resolved_database_url)
-        AppBase.metadata.create_all(self.db.engine)
+        ensure_schema(self.db.engine, AppBase.metadata)
         admin_key = settings.admin_key.get_secret_value() if settings.admin_key else None
         self.keys = KeyStore(self.db, admin_key)
         self.conversations = ConversationStore(self.db)
         self.cache = AnswerCache(settings.answer_cache_size)
         self.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
+        self.auth_failures = RateLimiter(settings.auth_failures_per_minute, what="failed authentications")
         self.answering = Answering(self)
         self.metrics = Metrics()
         self.metrics.add_source("generation", self._generation_stats)

@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ingest.config import ChunkerConfig, IngestConfig
@@ -31,8 +31,17 @@ def _retriever(field: str) -> Any:
     return RetrieverConfig.__dataclass_fields__[field].default
 
 
+MIN_ADMIN_KEY_CHARS = 16
+# Words that mark a value copied from an example rather than a secret someone made.
+PLACEHOLDER_WORDS = ("changeme", "changethis", "replaceme", "placeholder", "example", "password", "yourkey",
+                     "youradmin", "adminkey", "xxxxxx", "123456", "qwerty")  # fmt: skip
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="ARCHIVIST_", env_file=".env", extra="ignore")
+    # hide_input_in_errors: a refused value (an admin key, a database URL with its password) is never echoed.
+    model_config = SettingsConfigDict(
+        env_prefix="ARCHIVIST_", env_file=".env", extra="ignore", hide_input_in_errors=True
+    )
 
     data_dir: Path = Field(Path("data"), description="Where the SQLite database, indexes and uploads live")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite under data_dir")
@@ -144,6 +153,12 @@ class Settings(BaseSettings):
         False, description="Require API keys on a loopback address too (always required on any other address)"
     )
     rate_limit_per_minute: int = Field(120, ge=0, description="Requests per minute per API key; 0: no limit")
+    auth_failures_per_minute: int = Field(
+        20,
+        ge=0,
+        description="Failed authentications per minute per client address; beyond that 429, the key not even "
+        "checked; 0: no limit",
+    )
     generation_slots: int | None = Field(
         None, ge=1, description="Generations run at once; default: the backend's max_concurrency, else 1"
     )
@@ -161,6 +176,25 @@ class Settings(BaseSettings):
         "embedder: tests/app/test_grounding.py)",
     )
     log_format: Literal["json", "text"] = Field("json", description="Log lines as JSON or plain text")
+
+    @field_validator("admin_key")
+    @classmethod
+    def strong_admin_key(cls, key: SecretStr | None) -> SecretStr | None:
+        """Refuse an admin key that could be guessed: it holds every right on every collection."""
+        if key is None:
+            return key
+        secret = key.get_secret_value()
+        letters = "".join(filter(str.isalnum, secret.lower()))
+        if len(secret) < MIN_ADMIN_KEY_CHARS:
+            problem = f"is {len(secret)} characters long; it needs at least {MIN_ADMIN_KEY_CHARS}"
+        elif len(set(secret)) < 5 or any(word in letters for word in PLACEHOLDER_WORDS):
+            problem = "looks like a placeholder"
+        else:
+            return key
+        raise ValueError(
+            f"the admin key {problem}: set a random one, e.g. the output of "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+        )
 
     @property
     def resolved_database_url(self) -> str:

@@ -2,8 +2,10 @@
 
 An upload is first copied (bounded in size) into a private staging folder under `uploads/.incoming/`, then
 ingested from there, and kept under `uploads/<collection>/` only if ingestion succeeded, so a failed
-upload never replaces a stored file. Its documents are keyed `upload://<collection>/<name>`: uploading a
-file of the same name again updates them.
+upload never replaces a stored file. Its documents are keyed `upload://<collection>/<name>`, where `name` is
+the relative path the client sent (`alpha/report.txt` and `beta/report.txt` are two documents), made safe
+reversibly, so that two different names never become one: uploading a file of the same name again updates
+its documents. Empty, absolute and `..` names are refused.
 """
 
 from __future__ import annotations
@@ -13,13 +15,18 @@ import shutil
 import tempfile
 import unicodedata
 from dataclasses import replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import BinaryIO
+from urllib.parse import quote
 
 from ingest.pipeline import FileResult, Ingestor
 
-UNSAFE = re.compile(r"[^\w.\- ]+")
-MAX_NAME_BYTES = 200  # file systems allow 255 bytes per name; leave room for a "-2" suffix
+# Characters kept as they are in a name; any other is percent-encoded (so `%` itself is, keeping the
+# encoding reversible), which keeps file names portable without ever mapping two names to one.
+UNSAFE = re.compile(r"[^\w .\-()\[\]{},;+=@&#!~']")
+# File systems allow 255 bytes per name; a kept file's name holds its folders too (see `keep`), and room is
+# left for a "-2" suffix.
+MAX_NAME_BYTES = 200
 KEPT = ("added", "updated", "unchanged")
 
 
@@ -27,34 +34,51 @@ class UploadTooLargeError(ValueError):
     pass
 
 
+class UploadNameError(ValueError):
+    """An uploaded file's name that names no file inside a folder (empty, absolute, with `..`), or one too
+    long to store (422)."""
+
+
+def _escape(part: str) -> str:
+    return UNSAFE.sub(lambda match: quote(match.group(), safe="", errors="surrogatepass"), part)
+
+
 def safe_filename(name: str) -> str:
-    """The last path component of a client-supplied name, stripped of anything that could escape a folder
-    and cut to a length every file system accepts (keeping the extension)."""
-    base = unicodedata.normalize("NFKC", name).replace("\\", "/").rsplit("/", 1)[-1]
-    base = UNSAFE.sub("_", base).strip(" .")
-    if not base:
-        return "upload.txt"
-    stem, dot, suffix = base.rpartition(".") if "." in base else (base, "", "")
-    tail = (dot + suffix)[:16]
-    room = MAX_NAME_BYTES - len(tail.encode("utf-8"))
-    stem = stem.encode("utf-8")[:room].decode("utf-8", "ignore").strip(" .")
-    return (stem or "upload") + tail
+    """The relative path a client sent with a file (`/` or `\\` between folders), as a path that stays
+    inside a folder: `.` parts dropped, each part's unsafe characters percent-encoded. Raises
+    `UploadNameError` for a name that is empty, absolute, climbs with `..`, or is too long."""
+    text = unicodedata.normalize("NFKC", name).replace("\\", "/")
+    shown = repr(name if len(name) <= 120 else name[:120] + "…")
+    if text.startswith("/") or re.match(r"^[A-Za-z]:/", text):
+        raise UploadNameError(f"{shown}: an uploaded file's name must be relative, not absolute")
+    parts = [part for part in text.split("/") if part not in ("", ".")]
+    if not parts:
+        raise UploadNameError(f"{shown}: an uploaded file needs a name")
+    if ".." in parts:
+        raise UploadNameError(f"{shown}: an uploaded file's name may not contain '..'")
+    safe = "/".join(_escape(part) for part in parts)
+    if len(kept_name(safe).encode()) > MAX_NAME_BYTES:
+        raise UploadNameError(
+            f"{shown}: an uploaded file's name may be at most {MAX_NAME_BYTES} bytes long, folders included "
+            "(each `/` counts 3, as do characters written %XX)"
+        )
+    return safe
 
 
 def source_key(collection: str, name: str) -> str:
     return f"upload://{collection}/{name}"
 
 
+def numbered(name: str, number: int) -> str:
+    """`name` told apart from an earlier file of the same name in one upload: `report-2.txt`."""
+    path = PurePosixPath(name)
+    return str(path.with_name(f"{path.stem}-{number}{path.suffix}"))
+
+
 def stage(stream: BinaryIO, folder: Path, name: str, max_bytes: int) -> Path:
-    """Copy an upload into `folder` in blocks, refusing it once it passes `max_bytes`; a name already
-    taken in the folder gets a numbered suffix."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """Copy an upload to `folder / name` in blocks, refusing it once it passes `max_bytes`."""
     path = folder / name
-    number = 1
-    while path.exists():
-        number += 1
-        stem, dot, suffix = name.rpartition(".") if "." in name else (name, "", "")
-        path = folder / f"{stem}-{number}{dot}{suffix}"
+    path.parent.mkdir(parents=True, exist_ok=True)
     written = 0
     with path.open("wb") as out:
         while block := stream.read(1 << 20):
@@ -67,9 +91,15 @@ def stage(stream: BinaryIO, folder: Path, name: str, max_bytes: int) -> Path:
     return path
 
 
-def keep(staged: Path, upload_dir: Path, collection: str) -> None:
+def kept_name(name: str) -> str:
+    """The name an upload is kept under: flat, its folders written `%2F` (a `%` of the name itself is
+    already escaped), so that a file `a` and a file `a/b.txt` never contend for one path."""
+    return name.replace("/", "%2F")
+
+
+def keep(staged: Path, name: str, upload_dir: Path, collection: str) -> None:
     """Move an ingested upload to its permanent place, replacing an earlier upload of the same name."""
-    final = upload_dir / collection / staged.name
+    final = upload_dir / collection / kept_name(name)
     final.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(staged), final)
 
@@ -81,15 +111,16 @@ def staging_folder(upload_dir: Path) -> Path:
 
 
 def store_and_ingest(
-    ingestor: Ingestor, upload_dir: Path, collection: str, filename: str, stream: BinaryIO, max_bytes: int
+    ingestor: Ingestor, upload_dir: Path, collection: str, name: str, stream: BinaryIO, max_bytes: int
 ) -> FileResult:
-    """Stage one upload, ingest it and keep it if that succeeded (the synchronous single-file upload)."""
+    """Stage one upload, named by `safe_filename`, ingest it and keep it if that succeeded (the synchronous
+    single-file upload)."""
     folder = staging_folder(upload_dir)
     try:
-        staged = stage(stream, folder, safe_filename(filename), max_bytes)
-        result = ingestor.ingest_file(staged, collection, source_path=source_key(collection, staged.name))
+        staged = stage(stream, folder, name, max_bytes)
+        result = ingestor.ingest_file(staged, collection, source_path=source_key(collection, name))
         if result.status in KEPT:
-            keep(staged, upload_dir, collection)
+            keep(staged, name, upload_dir, collection)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    return replace(result, path=staged.name)
+    return replace(result, path=name)

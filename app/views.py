@@ -3,6 +3,8 @@ messages (which keep each answer as the same JSON the API returned)."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from app.auth import KeyInfo
 from app.conversations import ConversationInfo, MessageInfo
 from app.rag import Answer, Source
@@ -11,11 +13,14 @@ from app.schemas import (
     KeyPublic,
     MessagePublic,
     QueryPublic,
+    SearchPublic,
+    SearchResultPublic,
     SourcePublic,
     Span,
     Timings,
     Usage,
 )
+from app.searching import SearchResult
 
 
 def source_public(source: Source, highlight: tuple[int, int] | None = None) -> SourcePublic:
@@ -48,6 +53,18 @@ def answer_public(answer: Answer, collection: str = "", conversation_id: str | N
         conversation_id=conversation_id,
         cached=answer.cached,
         usage=Usage(prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens),
+    )
+
+
+def search_public(result: SearchResult) -> SearchPublic:
+    return SearchPublic(
+        collection=result.collection,
+        mode=result.mode,
+        results=[
+            SearchResultPublic.model_validate({**asdict(hit), "rank": rank})
+            for rank, hit in enumerate(result.hits, start=1)
+        ],
+        took_ms=result.took_ms,
     )
 
 

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import Engine, MetaData, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -32,18 +32,19 @@ def make_engine(database_url: str) -> Engine:
 
     else:
         engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
-    Base.metadata.create_all(engine)
-    _add_missing_columns(engine)
+    ensure_schema(engine, Base.metadata)
     return engine
 
 
-def _add_missing_columns(engine: Engine) -> None:
-    """`create_all` creates missing tables but never alters existing ones: add the columns a later version
-    introduced (each nullable or with a server default), so a data dir made by an earlier version keeps
-    working without a migration tool."""
+def ensure_schema(engine: Engine, metadata: MetaData) -> None:
+    """Create the missing tables of `metadata`; and, since `create_all` never alters an existing table, add
+    the columns and indexes a later version introduced (each column nullable or with a server default), so
+    a data dir made by an earlier version keeps working without a migration tool. The service's own tables
+    come through here too, with their own metadata."""
+    metadata.create_all(engine)
     inspector = inspect(engine)
     with engine.begin() as connection:
-        for table in Base.metadata.sorted_tables:
+        for table in metadata.sorted_tables:
             present = {column["name"] for column in inspector.get_columns(table.name)}
             for column in table.columns:
                 if column.name in present:

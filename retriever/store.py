@@ -164,6 +164,8 @@ class SearchHit:
     # Cosine similarity of the query and chunk embeddings whenever the query was embedded (dense, hybrid):
     # comparable across modes, unlike `score`, so relevance thresholds should use it.
     similarity: float | None = None
+    page: int | None = None  # 1-based page of a paged format (PDF) the chunk starts on
+    heading_path: str = ""  # the headings of its section, outermost first: "Intro > Setup"
 
 
 def passage_text(title: str, text: str) -> str:
@@ -712,6 +714,8 @@ class KnowledgeBase:
                     similarity=None
                     if query_vector is None
                     else float(np.frombuffer(chunk.embedding, dtype=np.float32) @ query_vector),
+                    page=chunk.page,
+                    heading_path=chunk.heading_path,
                 )
             )
         return hits

@@ -12,7 +12,7 @@ from app.errors import InvalidRequestError
 from app.routes.jobs import file_result_public, job_public
 from app.schemas import DocumentList, DocumentPublic, IngestResultPublic, JobPublic
 from app.services import Services
-from app.uploads import store_and_ingest
+from app.uploads import safe_filename, store_and_ingest
 from retriever.store import DocumentInfo, NotFoundError
 
 router = APIRouter(prefix="/v1/documents", tags=["documents"])
@@ -62,28 +62,26 @@ def upload_document(
     collection: Annotated[str | None, Form()] = None,
 ) -> IngestResultPublic | JobPublic:
     """Upload `file` to ingest it now (201 added, 200 updated/unchanged/duplicate, 422 unreadable), or
-    `files` (one or more) to ingest them in the background: 202 with a job to follow at `/v1/jobs/{id}`."""
+    `files` (one or more) to ingest them in the background: 202 with a job to follow at `/v1/jobs/{id}`.
+    Each file's name is the relative path it is stored under (`alpha/report.txt`); an empty, absolute or
+    `..` name is a 422 naming it, before anything is stored."""
     settings = services.settings
     target = collection or settings.default_collection
     if (file is None) == (not files):
         raise InvalidRequestError("send one file as `file`, or several as `files`")
     principal.require_write(target)
+    uploads = [file] if file is not None else files or []
+    names = [safe_filename(upload.filename or "") for upload in uploads]  # a bad one: 422, nothing stored
     services.kb().ensure_collection(target)
     if files:
-        job = services.jobs().submit(
-            target, [(upload.filename or "", upload.file) for upload in files], settings.max_upload_bytes
-        )
+        streams = [(name, upload.file) for name, upload in zip(names, uploads, strict=True)]
+        job = services.jobs().submit(target, streams, settings.max_upload_bytes)
         response.status_code = 202
         response.headers["Location"] = f"/v1/jobs/{job.id}"
         return job_public(job)
     assert file is not None
     result = store_and_ingest(
-        services.ingestor(),
-        settings.upload_dir,
-        target,
-        file.filename or "",
-        file.file,
-        settings.max_upload_bytes,
+        services.ingestor(), settings.upload_dir, target, names[0], file.file, settings.max_upload_bytes
     )
     services.metrics.ingested.labels(result.status).inc()
     if result.status in ("failed", "skipped"):

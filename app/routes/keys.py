@@ -4,16 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from app.auth import Principal
-from app.deps import PrincipalDep, RowId, ServicesDep
+from app.deps import RowId, ServicesDep, require_admin
 from app.schemas import KeyCreate, KeyCreated, KeyList, KeyPublic
 from app.views import key_public
-
-
-def require_admin(principal: PrincipalDep) -> Principal:
-    principal.require_admin()
-    return principal
-
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"], dependencies=[Depends(require_admin)])
 

@@ -1,13 +1,18 @@
-"""`GET /metrics`: Prometheus text format."""
+"""`GET /metrics`: Prometheus text format; when keys are required, for the admin key only."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from app.deps import ServicesDep
+from app.deps import ServicesDep, require_admin
+from app.errors import API_ERRORS
 
-router = APIRouter(tags=["health"])
+router = APIRouter(
+    tags=["health"],
+    dependencies=[Depends(require_admin)],
+    responses={code: API_ERRORS[code] for code in (401, 403, 429)},
+)
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
 from app.services import Services
+from tests.app.state import snapshot
 from tests.conftest import shared_file
 
 
@@ -85,12 +87,58 @@ def test_bad_input_answers_json_errors_and_loses_nothing(client: TestClient) -> 
     assert [d["title"] for d in documents] == ["keep"]
 
 
-def test_upload_names_cannot_escape_the_data_dir(client: TestClient, services: Services) -> None:
-    response = upload(client, "../../outside.txt", b"Escapes are not allowed.")
-    assert response.status_code == 201
+def test_uploads_keep_the_relative_path_so_distinct_names_stay_distinct(
+    client: TestClient, services: Services
+) -> None:
+    """`alpha/report.txt` and `beta/report.txt` are two documents, and so are names that differ only in
+    characters that are unsafe in a file name; uploading the same name again updates that one alone."""
+    names = ["alpha/report.txt", "beta/report.txt", "a?b.txt", "a_b.txt", "a%3Fb.txt"]
+    ids = {}
+    for n, name in enumerate(names):
+        response = upload(client, name, f"Report number {n} says the river froze in {1900 + n}.".encode())
+        assert response.status_code == 201 and response.json()["status"] == "added", (name, response.text)
+        ids[name] = response.json()["document"]["id"]
+    listed = {d["id"]: d["source_path"] for d in client.get("/v1/documents").json()["documents"]}
+    assert listed == {
+        ids["alpha/report.txt"]: "upload://default/alpha/report.txt",
+        ids["beta/report.txt"]: "upload://default/beta/report.txt",
+        ids["a?b.txt"]: "upload://default/a%3Fb.txt",
+        ids["a_b.txt"]: "upload://default/a_b.txt",
+        ids["a%3Fb.txt"]: "upload://default/a%253Fb.txt",
+    }
+    again = upload(client, "alpha/report.txt", b"Report number 0, revised: the river froze in 1903.")
+    assert again.status_code == 200 and again.json()["status"] == "updated"
+    assert again.json()["document"]["id"] == ids["alpha/report.txt"]
+    beta = client.get(f"/v1/documents/{ids['beta/report.txt']}").json()
+    assert beta["source_path"] == "upload://default/beta/report.txt"
+    too_long = upload(client, "folder/" * 30 + "report.txt", b"Too deep to keep under one file name.")
+    assert too_long.status_code == 422 and "200 bytes" in too_long.json()["detail"]
+    kept = services.settings.upload_dir / "default"
+    assert sorted(p.name for p in kept.iterdir()) == sorted(
+        ["alpha%2Freport.txt", "beta%2Freport.txt", "a%3Fb.txt", "a_b.txt", "a%253Fb.txt"]
+    )
+
+
+REFUSED_NAMES = [".", "./", "..", "../../outside.txt", "a/../../x", "/etc/passwd", "C:/x.txt"]
+
+
+@pytest.mark.parametrize("name", REFUSED_NAMES)
+def test_empty_absolute_and_climbing_upload_names_are_refused(
+    client: TestClient, services: Services, name: str
+) -> None:
+    assert upload(client, "first.txt", b"The first document stays.").status_code == 201
+    before = snapshot(services)
+    single = upload(client, name, b"Escapes are not allowed.")
+    several = client.post(
+        "/v1/documents", files=[("files", ("fine.txt", b"Fine.")), ("files", (name, b"Escapes."))]
+    )
+    for response in (single, several):
+        assert response.status_code == 422, response.text
+        assert repr(name) in response.json()["detail"]
+    assert snapshot(services) == before
+    assert client.get("/v1/jobs").json()["jobs"] == []
     upload_dir = services.settings.upload_dir.resolve()
-    stored = [p.resolve() for p in upload_dir.rglob("*.txt")]
-    assert stored == [upload_dir / "default" / "outside.txt"]
+    assert [p.name for p in (upload_dir / "default").iterdir()] == ["first.txt"]
     assert not (upload_dir.parent.parent / "outside.txt").exists()
 
 

@@ -1,10 +1,12 @@
 """API keys scoped to collections, checked through every route: a key for collection `alpha` can never
-retrieve, list, change or delete anything of collection `beta`; no key, a wrong, revoked or expired key
-gets 401; rejected requests change nothing."""
+retrieve, list, change or delete anything of collection `beta`, nor use a conversation another key started;
+no key, a wrong, revoked or expired key gets 401; rejected requests change nothing. The API's description,
+its docs page and the metrics need a key too."""
 
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -48,7 +50,10 @@ def bearer(key: str) -> dict[str, str]:
 
 @pytest.fixture
 def world(tmp_path: Path, kb: KnowledgeBase, generator) -> Iterator[World]:  # type: ignore[no-untyped-def]
-    settings = make_settings(tmp_path / "data", max_new_tokens=4, require_auth=True, admin_key=ADMIN)
+    # Over a hundred bad keys are sent below from one address: more than the failed-authentication limit.
+    settings = make_settings(
+        tmp_path / "data", max_new_tokens=4, require_auth=True, admin_key=ADMIN, auth_failures_per_minute=1000
+    )
     services = Services(settings, kb=kb, generator=generator)
     with TestClient(create_app(services)) as client:
         docs = {}
@@ -75,7 +80,7 @@ def world(tmp_path: Path, kb: KnowledgeBase, generator) -> Iterator[World]:  # t
 
 
 def v1_routes(client: TestClient) -> set[tuple[str, str]]:
-    paths = client.get("/openapi.json").json()["paths"]
+    paths = client.get("/openapi.json", headers=ADMIN_HEADERS).json()["paths"]
     return {
         (method.upper(), path)
         for path, methods in paths.items()
@@ -94,6 +99,7 @@ def cross_collection_requests(w: World) -> dict[tuple[str, str], list[tuple[str,
             ("/v1/query", {"json": ask_beta}, 403),
             ("/v1/query", {"json": {"question": "When?", "conversation_id": w.beta_conversation}}, 404),
         ],
+        ("POST", "/v1/search"): [("/v1/search", {"json": ask_beta}, 403)],
         ("POST", "/v1/chat/completions"): [("/v1/chat/completions", {"json": chat_beta}, 403)],
         ("GET", "/v1/documents"): [("/v1/documents", {"params": {"collection": "beta"}}, 403)],
         ("GET", "/v1/documents/{document_id}"): [(f"/v1/documents/{w.beta_doc}", {}, 404)],
@@ -182,9 +188,60 @@ def test_missing_wrong_revoked_and_expired_keys_get_401(world: World) -> None:
             assert response.status_code == 401, (headers, method, path, response.text)
             assert response.headers["www-authenticate"] == "Bearer" and response.json()["detail"]
     assert w.snapshot() == before
-    for open_path in ("/healthz", "/readyz", "/metrics"):
+    for open_path in ("/healthz", "/readyz"):
         assert client.get(open_path).status_code == 200
     assert client.get("/v1/collections", headers={"X-API-Key": ADMIN}).status_code == 200
+
+
+def test_a_conversation_is_for_the_key_that_started_it(world: World) -> None:
+    """Two keys that read alpha: the second cannot list, read, ask in or delete the first's conversation;
+    the admin sees every conversation."""
+    w, client = world, world.client
+    _, second = w.services.keys.create("second alpha reader", read=["alpha"])
+    started = client.post("/v1/conversations", json={"collection": "alpha"}, headers=w.reader)
+    assert started.status_code == 201, started.text
+    mine = started.json()["id"]
+    ask = {"question": "When do owls hunt?", "conversation_id": mine}
+    assert client.post("/v1/query", json=ask, headers=w.reader).status_code == 200
+    before = w.snapshot()
+    for others in (bearer(second), w.writer):
+        assert client.get("/v1/conversations", headers=others).json()["conversations"] == []
+        listed = client.get("/v1/conversations", params={"collection": "alpha"}, headers=others)
+        assert listed.json()["conversations"] == []
+        assert client.get(f"/v1/conversations/{mine}", headers=others).status_code == 404
+        assert client.post("/v1/query", json=ask, headers=others).status_code == 404
+        assert client.delete(f"/v1/conversations/{mine}", headers=others).status_code == 404
+    assert w.snapshot() == before
+
+    own = client.get("/v1/conversations", headers=w.reader).json()["conversations"]
+    assert [c["id"] for c in own] == [mine]  # not the admin's conversation of beta, nor anyone else's
+    assert len(client.get(f"/v1/conversations/{mine}", headers=w.reader).json()["messages"]) == 2
+    every = client.get("/v1/conversations", headers=ADMIN_HEADERS).json()["conversations"]
+    assert {c["id"] for c in every} == {mine, w.beta_conversation}
+    assert client.get(f"/v1/conversations/{mine}", headers=ADMIN_HEADERS).status_code == 200
+    assert client.delete(f"/v1/conversations/{mine}", headers=w.reader).status_code == 200
+
+
+def test_description_docs_and_metrics_need_a_key_and_the_page_loads_nothing_from_outside(
+    world: World,
+) -> None:
+    w, client = world, world.client
+    described = ("/openapi.json", "/docs", "/docs/swagger-ui-bundle.js", "/docs/swagger-ui.css")
+    for path in (*described, "/metrics"):
+        refused = client.get(path, headers=bearer("ak_wrong"))
+        assert refused.status_code == 401 and refused.json()["detail"], path
+    for path in described:
+        assert client.get(path, headers=w.reader).status_code == 200, path
+    assert client.get("/metrics", headers=w.reader).status_code == 403
+    assert "archivist_http_requests_total" in client.get("/metrics", headers=ADMIN_HEADERS).text
+    assert client.get("/redoc", headers=w.reader).status_code == 404
+
+    page = client.get("/docs", headers=w.reader).text
+    loaded = re.findall(r"""(?:src|href|url)\s*[=:]\s*['"]([^'"]+)['"]""", page)
+    assert sorted(loaded) == ["/docs/favicon.png", "/docs/swagger-ui-bundle.js", "/docs/swagger-ui.css",
+                              "/openapi.json"]  # fmt: skip
+    for url in loaded:
+        assert client.get(url, headers=w.reader).status_code == 200, url
 
 
 def test_admin_manages_keys_and_only_hashes_are_stored(world: World) -> None:

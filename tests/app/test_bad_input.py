@@ -61,6 +61,7 @@ CASES: list[tuple[str, str, dict[str, object], int]] = [
     ("GET", "/v1/documents", {"params": {"collection": "ghost"}}, 404),
     ("POST", "/v1/documents", {"files": {"file": ("x.txt", bytes(range(256)) * 4)}}, 422),
     ("POST", "/v1/documents", {"data": {"collection": "default"}}, 422),
+    ("POST", "/v1/documents", {"files": {"file": ("", b"A file without a name.")}}, 422),
     (
         "POST",
         "/v1/documents",
@@ -98,4 +99,32 @@ def test_bad_input_gets_a_json_4xx_and_changes_nothing(
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/json"
     assert response.json()["detail"]
+    assert snapshot(services) == before
+
+
+@pytest.mark.parametrize("token", ["NaN", "1e400", '"\\ud800"'], ids=["nan", "1e400", "lone-surrogate"])
+def test_values_json_cannot_echo_get_a_422_naming_the_field(
+    strict: tuple[TestClient, Services], token: str
+) -> None:
+    """Python's JSON parser reads `NaN`, `1e400` (infinity) and lone surrogates, which the 422's echo of
+    the input must not turn into a 500: every route with a JSON body, every field of it given the value."""
+    client, services = strict
+    description = client.get("/openapi.json").json()
+    bodies = {
+        (method.upper(), path): operation["requestBody"]["content"]["application/json"]["schema"]
+        for path, methods in description["paths"].items()
+        for method, operation in methods.items()
+        if "application/json" in operation.get("requestBody", {}).get("content", {})
+    }
+    components = description["components"]["schemas"]
+    assert {("POST", "/v1/query"), ("POST", "/v1/chat/completions"), ("POST", "/v1/conversations"),
+            ("POST", "/v1/keys")} <= set(bodies)  # fmt: skip
+    before = snapshot(services)
+    for (method, path), schema in bodies.items():
+        fields = components[schema["$ref"].rsplit("/", 1)[-1]]["properties"]
+        body = "{" + ", ".join(f'"{field}": {token}' for field in fields) + "}"
+        response = client.request(method, path, content=body.encode(), headers=JSON)
+        assert response.status_code == 422, (path, response.text)
+        named = {tuple(error["loc"][:2]) for error in response.json()["detail"]}
+        assert named and named <= {("body", field) for field in fields}, (path, named)
     assert snapshot(services) == before

@@ -90,6 +90,10 @@ def test_one_answer_commands_decode_eagerly_unless_told(
     [
         ("ARCHIVIST_LLM_ENFORCE_EAGER", "maybe", ["generate", "hi"]),
         ("ARCHIVIST_TOP_K", "-3", ["ask", "why?"]),
+        # An admin key that could be guessed: too short, or copied from an example.
+        ("ARCHIVIST_ADMIN_KEY", "hunter2", ["serve"]),
+        ("ARCHIVIST_ADMIN_KEY", "changeme-changeme-changeme", ["serve"]),
+        ("ARCHIVIST_ADMIN_KEY", "a" * 32, ["serve"]),
     ],
 )
 def test_a_bad_setting_is_named_not_a_traceback(
@@ -103,4 +107,5 @@ def test_a_bad_setting_is_named_not_a_traceback(
         get_settings.cache_clear()
     assert result.exit_code == 2
     assert f"invalid setting {variable}" in result.output
+    assert value not in result.output  # a refused value, a secret perhaps, is not echoed
     assert result.exception is None or isinstance(result.exception, SystemExit)

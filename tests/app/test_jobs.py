@@ -30,7 +30,8 @@ def test_several_files_are_ingested_in_the_background(
     note = b"# Anchors\n\nAn anchor holds a ship in place when it is dropped to the sea bed."
     uploads = [
         ("files", ("anchors.md", note)),
-        ("files", ("../../escape.txt", b"An upload named with ../ is stored inside the data dir.")),
+        ("files", ("harbour/moor.txt", b"Boats moor at the quay inside the harbour wall overnight.")),
+        ("files", ("harbour/moor.txt", b"A second file of the same name is stored beside the first one.")),
         ("files", ("garbage.txt", bytes(range(256)))),
         ("files", ("copy.md", note)),
         ("files", ("big.txt", b"x " * 4096)),
@@ -40,13 +41,13 @@ def test_several_files_are_ingested_in_the_background(
     assert response.status_code == 202, response.text
     job = response.json()
     assert response.headers["location"] == f"/v1/jobs/{job['id']}"
-    assert job["files_total"] == 6 and job["collection"] == "jobs"
+    assert job["files_total"] == 7 and job["collection"] == "jobs"
 
     done = finished(client, job["id"])
-    assert done["state"] == "done" and done["files_done"] == 6 and done["chunks_written"] == 2
+    assert done["state"] == "done" and done["files_done"] == 7 and done["chunks_written"] == 3
     results = {r["path"]: r for r in done["results"]}
     assert results["anchors.md"]["status"] == "added" and results["anchors.md"]["document_id"]
-    assert results["escape.txt"]["status"] == "added"
+    assert results["harbour/moor.txt"]["status"] == results["harbour/moor-2.txt"]["status"] == "added"
     assert results["garbage.txt"]["status"] == "failed" and "binary" in results["garbage.txt"]["reason"]
     assert results["copy.md"]["status"] == "duplicate"
     assert results["copy.md"]["duplicates"][0]["of_source"] == "upload://jobs/anchors.md"
@@ -56,11 +57,12 @@ def test_several_files_are_ingested_in_the_background(
     listed = client.get("/v1/documents", params={"collection": "jobs"}).json()["documents"]
     assert sorted(d["source_path"] for d in listed) == [
         "upload://jobs/anchors.md",
-        "upload://jobs/escape.txt",
+        "upload://jobs/harbour/moor-2.txt",
+        "upload://jobs/harbour/moor.txt",
     ]
     upload_dir = services.settings.upload_dir.resolve()
-    assert sorted(p.name for p in (upload_dir / "jobs").iterdir()) == ["anchors.md", "escape.txt"]
-    assert not list(upload_dir.parent.parent.glob("escape.txt"))
+    kept = sorted(p.name for p in (upload_dir / "jobs").iterdir())
+    assert kept == ["anchors.md", "harbour%2Fmoor-2.txt", "harbour%2Fmoor.txt"]
     assert not any((upload_dir / ".incoming").iterdir())  # staging is cleaned up
     assert [j["id"] for j in client.get("/v1/jobs").json()["jobs"]] == [job["id"]]
 

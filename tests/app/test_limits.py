@@ -1,5 +1,5 @@
-"""Limits: per-key rate limit, the bounded generation queue (429 + Retry-After), body size limits and
-generation deadlines."""
+"""Limits: per-key rate limit, failed authentications per client address, the bounded generation queue
+(429 + Retry-After), body size limits and generation deadlines."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ from tests.app.test_streaming import OWLS, read_events
 from tests.conftest import make_settings
 
 QUESTION = "How far can an owl turn its head?"
+ADMIN_KEY = "limits-test-admin-4f9c2e71"
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 def test_rate_limiter_is_a_token_bucket_per_key() -> None:
@@ -39,6 +41,13 @@ def test_rate_limiter_is_a_token_bucket_per_key() -> None:
     limiter.check("a")  # half a minute refills one request
     with pytest.raises(TooBusyError):
         limiter.check("a")
+    now[0] = 90.0
+    limiter.peek("a")  # a full bucket again: looking takes nothing from it
+    limiter.peek("a")
+    limiter.check("a")
+    limiter.check("a")
+    with pytest.raises(TooBusyError):
+        limiter.peek("a")
     unlimited = RateLimiter(per_minute=0)
     for _ in range(1000):
         unlimited.check("a")
@@ -84,8 +93,8 @@ def test_no_slot_before_the_deadline_is_a_timeout_error(generator) -> None:  # t
 @pytest.fixture
 def limited(tmp_path: Path, kb: KnowledgeBase, generator) -> Iterator[tuple[TestClient, Services, str]]:  # type: ignore[no-untyped-def]
     settings = make_settings(
-        tmp_path / "data", max_new_tokens=4, require_auth=True, admin_key="admin", rate_limit_per_minute=3,
-        max_body_bytes=2048, max_upload_request_bytes=4096,
+        tmp_path / "data", max_new_tokens=4, require_auth=True, admin_key=ADMIN_KEY, rate_limit_per_minute=3,
+        max_body_bytes=2048, max_upload_request_bytes=4096, auth_failures_per_minute=20,
     )  # fmt: skip
     services = Services(settings, kb=kb, generator=generator)
     with TestClient(create_app(services)) as client:
@@ -100,23 +109,46 @@ def test_a_key_over_its_rate_gets_429_with_retry_after(limited: tuple[TestClient
     refused = client.get("/v1/collections", headers=headers)
     assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
     assert "rate limit" in refused.json()["detail"]
-    assert client.get("/v1/collections", headers={"Authorization": "Bearer admin"}).status_code == 200
-    assert 'archivist_rejected_requests_total{reason="rate_limit"} 1.0' in client.get("/metrics").text
+    assert client.get("/v1/collections", headers=ADMIN).status_code == 200
+    metrics = client.get("/metrics", headers=ADMIN).text
+    assert 'archivist_rejected_requests_total{reason="rate_limit"} 1.0' in metrics
+
+
+def test_an_address_guessing_keys_gets_429_and_its_guesses_are_not_checked(
+    limited: tuple[TestClient, Services, str],
+) -> None:
+    """150 wrong keys from one address: the first 20 (the limit a minute) get 401, the rest 429 without
+    the key being looked at, so even the right key gets 429 from there until the bucket refills."""
+    client, services, key = limited
+    per_minute = services.settings.auth_failures_per_minute
+    # Time stands still, so that no failure is refilled while the 150 requests are sent.
+    services.auth_failures = RateLimiter(per_minute, clock=lambda: 0.0, what="failed authentications")
+    statuses = [
+        client.get("/v1/collections", headers={"Authorization": f"Bearer ak_guess{n}"}).status_code
+        for n in range(150)
+    ]
+    assert per_minute == 20 and statuses == [401] * 20 + [429] * 130
+    refused = client.get("/v1/collections", headers={"Authorization": f"Bearer {key}"})
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+    assert "failed authentications" in refused.json()["detail"]
+    services.auth_failures.per_minute = 0  # the limit lifted: the same address gets in with a right key
+    assert client.get("/v1/collections", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    metrics = client.get("/metrics", headers=ADMIN).text
+    assert 'archivist_rejected_requests_total{reason="auth_failures"} 131.0' in metrics
 
 
 def test_bodies_over_the_limits_get_413_and_store_nothing(limited: tuple[TestClient, Services, str]) -> None:
     client, services, _ = limited
-    admin = {"Authorization": "Bearer admin"}
     assert (
-        client.post("/v1/documents", files={"file": ("a.txt", b"Small.")}, headers=admin).status_code == 201
+        client.post("/v1/documents", files={"file": ("a.txt", b"Small.")}, headers=ADMIN).status_code == 201
     )
     before = snapshot(services)
-    huge_json = client.post("/v1/query", json={"question": "x" * 3000}, headers=admin)
+    huge_json = client.post("/v1/query", json={"question": "x" * 3000}, headers=ADMIN)
     assert huge_json.status_code == 413 and huge_json.json()["detail"]
     chunked = client.post("/v1/query", content=iter([b'{"question": "', b"y" * 3000, b'"}']),
-                          headers={**admin, "content-type": "application/json"})  # fmt: skip
+                          headers={**ADMIN, "content-type": "application/json"})  # fmt: skip
     assert chunked.status_code == 413 and chunked.json()["detail"]
-    upload = client.post("/v1/documents", files={"file": ("big.txt", b"z " * 3000)}, headers=admin)
+    upload = client.post("/v1/documents", files={"file": ("big.txt", b"z " * 3000)}, headers=ADMIN)
     assert upload.status_code == 413 and upload.json()["detail"]
     assert snapshot(services) == before
 

@@ -1,18 +1,22 @@
-"""The service's own tables (API keys, conversations) on SQLite and on the local PostgreSQL server."""
+"""The service's own tables (API keys, conversations) on SQLite and on the local PostgreSQL server,
+including one made by an earlier version, which start-up brings up to date."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, inspect, select, text
 
-from app.auth import AuthError, KeyStore, hash_key
+from app.auth import LOCAL_ADMIN, AuthError, KeyStore, Principal, hash_key
 from app.conversations import ConversationStore
 from app.models import ApiKey, AppBase, Message
+from app.services import Services
 from retriever.db import Database
 from retriever.store import InvalidNameError, NotFoundError
+from tests.conftest import make_settings
 
 
 @pytest.fixture
@@ -82,3 +86,52 @@ def test_conversations_keep_their_messages_in_order_and_delete_them(db: Database
     store.append_exchange(first.id, "late", "late", "answer", {})  # deleted meanwhile: nothing is stored
     with pytest.raises(InvalidNameError):
         store.create("../etc")
+
+
+def test_conversations_belong_to_the_key_that_started_them(db: Database) -> None:
+    store = ConversationStore(db)
+    reader = Principal(name="reader", key_id=7, grants={"alpha": False})
+    other = Principal(name="other", key_id=8, grants={"*": False})
+    mine = store.create("alpha", owner_key_id=reader.key_id)
+    admins = store.create("alpha")
+    assert store.visible(mine.id, reader).owner_key_id == 7
+    for principal, conversation in ((other, mine), (reader, admins)):
+        with pytest.raises(NotFoundError):
+            store.visible(conversation.id, principal)
+    assert [c.id for c in store.list_conversations(principal=reader)] == [mine.id]
+    assert store.list_conversations(principal=other) == []
+    assert {c.id for c in store.list_conversations(principal=LOCAL_ADMIN)} == {mine.id, admins.id}
+
+
+def test_start_up_adds_the_owner_column_to_an_earlier_conversations_table(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A conversations table from before conversations had owners: the service adds the column at start,
+    and the conversations already there stay the admin's."""
+    earlier = Database(database_url)
+    AppBase.metadata.drop_all(earlier.engine)
+    with earlier.engine.begin() as connection:
+        connection.execute(text(
+            "CREATE TABLE conversations (id VARCHAR(32) PRIMARY KEY, collection VARCHAR(128), "
+            "title VARCHAR(200), created_at TIMESTAMP, updated_at TIMESTAMP)"
+        ))  # fmt: skip
+        connection.execute(text(
+            "INSERT INTO conversations VALUES ('old', 'alpha', 'Before owners', CURRENT_TIMESTAMP, "
+            "CURRENT_TIMESTAMP)"
+        ))  # fmt: skip
+    earlier.dispose()
+
+    services = Services(make_settings(tmp_path / "data", database_url=database_url))
+    try:
+        columns = {c["name"] for c in inspect(services.db.engine).get_columns("conversations")}
+        indexes = {i["name"] for i in inspect(services.db.engine).get_indexes("conversations")}
+        assert "owner_key_id" in columns and "ix_conversations_owner_key_id" in indexes
+        key = Principal(name="reader", key_id=1, grants={"alpha": False})
+        assert services.conversations.visible("old", LOCAL_ADMIN).title == "Before owners"
+        with pytest.raises(NotFoundError):
+            services.conversations.visible("old", key)
+        new = services.conversations.create("alpha", owner_key_id=key.key_id)
+        assert [c.id for c in services.conversations.list_conversations(principal=key)] == [new.id]
+    finally:
+        AppBase.metadata.drop_all(services.db.engine)
+        services.close()
