@@ -20,8 +20,12 @@ SHAPES = {
 }
 
 
-def write_random_adapter(folder: Path, rank: int = 8, scale: float = 0.05, seed: int = 0) -> Path:
-    """Non-zero A and B on all seven projections of every layer, so the adapter visibly changes logits."""
+def write_random_adapter(
+    folder: Path, rank: int = 8, scale: float = 0.05, seed: int = 0,
+    shapes: dict[str, tuple[int, int]] = SHAPES, layers: int = 30,
+) -> Path:  # fmt: skip
+    """Non-zero A and B on all seven projections of every layer, so the adapter visibly changes logits
+    (SmolLM2-135M's shapes unless `shapes` and `layers` say otherwise)."""
     generator = torch.Generator().manual_seed(seed)
 
     def random(rows: int, cols: int) -> torch.Tensor:
@@ -29,7 +33,7 @@ def write_random_adapter(folder: Path, rank: int = 8, scale: float = 0.05, seed:
 
     weights = {
         (layer, name): (random(rank, cols), random(rows, rank))
-        for layer in range(30)
-        for name, (rows, cols) in SHAPES.items()
+        for layer in range(layers)
+        for name, (rows, cols) in shapes.items()
     }
     return save_adapter(folder, weights, rank=rank, alpha=2.0 * rank, base_model="SmolLM2-135M-Instruct")
