@@ -84,9 +84,9 @@ class Settings(BaseSettings):
         [], description="More LoRA adapter folders, chosen per request by folder name (JSON list)"
     )
     llm_merge_default_adapter: bool = Field(
-        True,
-        description="Fold the default LoRA adapter into the model's weights: its answers decode at the base "
-        "model's speed (false: serve it unmerged, as the other adapters)",
+        False,
+        description="Fold the default LoRA adapter into the model's weights, so its answers decode at the "
+        "base model's speed (false: serve it unmerged, as the other adapters)",
     )
     max_new_tokens: int = Field(256, ge=1, le=4096, description="Longest answer, in tokens")
     chunk_tokens: int = Field(200, ge=16, description="Chunk size in embedder tokens")
