@@ -434,9 +434,7 @@ def evaluate(
             _evaluate_question_set(settings, squad, documents, generate, advance, output)
             return
         try:
-            report = run_evaluation(
-                settings, squad, sample, generate, seed, advance, split_name(split), base
-            )
+            report = run_evaluation(settings, squad, sample, generate, seed, advance, split_name(split), base)
         except EvaluationError as error:
             console.print(f"[red]error:[/red] {error}")
             raise typer.Exit(1) from error

@@ -2,11 +2,14 @@
 
 Both run the same packed int4/int8 weights with bfloat16 activations; inductor keeps fused intermediates in
 float32 where eager rounds each op to bfloat16, so the two may part ways, but only where the two best tokens
-are a near tie. Compiling takes minutes on a cold 2-core machine: this module builds one compiled engine, with
-a LoRA adapter loaded, so that the compiled step also serves batches that mix the adapter and the base model.
+are a near tie. Compiling takes about a minute on a cold 2-core machine: this module builds one compiled
+engine, with a LoRA adapter loaded, so that the compiled step also serves batches that mix the adapter and
+the base model.
 """
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -49,9 +52,17 @@ def _engine(gguf_path, adapter_folder, eager: bool):
     return engine, tokenizer
 
 
+GRAPHS_COMPILED: list[int] = []  # how many graphs building the compiled engine took
+
+
 @pytest.fixture(scope="module")
 def compiled_engine(gguf_path, adapter_folder):
-    return _engine(gguf_path, adapter_folder, eager=False)
+    from torch._dynamo.utils import counters
+
+    before = counters["stats"]["unique_graphs"]
+    engine = _engine(gguf_path, adapter_folder, eager=False)
+    GRAPHS_COMPILED.append(counters["stats"]["unique_graphs"] - before)
+    return engine
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +84,8 @@ def generate(engine, prompts: list[list[int]], adapters: list[int]) -> list[Requ
 def test_the_engine_compiled_its_decode_step(compiled_engine):
     engine, _ = compiled_engine
     assert engine.runner.compiled_decode is not None
+    # Batch 1 and batch >= 2: one graph each, shared by every region of layers (not one per region).
+    assert GRAPHS_COMPILED == [2]
 
 
 def test_compiled_matches_eager_decode(compiled_engine, eager_engine, prompt_ids):
@@ -105,8 +118,14 @@ def test_steps_needing_a_lora_mask_the_graphs_lack_run_eager():
         return StepContext(True, empty.long(), empty[:, None], empty, lora_mask=mask)
 
     without_mask, with_mask = step(None), step(torch.ones(1, 1))
-    merged = CompiledDecode(torch.nn.Linear(2, 2), max_batch=4, mask_width=0)  # type: ignore[arg-type]
+    merged = CompiledDecode(SimpleNamespace(layers=[]), max_batch=4, mask_width=0)  # type: ignore[arg-type]
     assert merged.serves(without_mask, 1) and not merged.serves(with_mask, 1)
     assert not merged.serves(without_mask, 5)  # past the compiled batch sizes
-    unmerged = CompiledDecode(torch.nn.Linear(2, 2), max_batch=4, mask_width=1)  # type: ignore[arg-type]
+    unmerged = CompiledDecode(SimpleNamespace(layers=[]), max_batch=4, mask_width=1)  # type: ignore[arg-type]
     assert unmerged.serves(with_mask, 1) and not unmerged.serves(without_mask, 1)
+
+
+def test_regions_divide_the_layers_evenly():
+    from llm.engine.compiled_decode import region_size
+
+    assert [region_size(n) for n in (30, 24, 32, 22, 7, 2, 1)] == [3, 3, 2, 2, 1, 2, 1]

@@ -66,8 +66,8 @@ def test_safetensors_folder_matches_gguf(smollm_folder, exact_engine):
     assert abs(perplexity(engine, tokenizer) - perplexity(gguf_engine, gguf_tokenizer)) < 1e-3
 
 
-@pytest.mark.parametrize(("scheme", "max_increase"), [("int8", 0.02), ("int4", 0.25)])
-def test_quantize_at_load_short_perplexity_check(smollm_folder, exact_engine, scheme, max_increase):
+@pytest.mark.parametrize(("scheme", "max_change"), [("int8", 0.02), ("int4", 0.25)])
+def test_quantize_at_load_short_perplexity_check(smollm_folder, exact_engine, scheme, max_change):
     engine, tokenizer = create_engine(
         EngineConfig(
             model_path=smollm_folder, quantize=scheme, num_kv_blocks=64, max_model_len=512, enforce_eager=True
@@ -77,8 +77,9 @@ def test_quantize_at_load_short_perplexity_check(smollm_folder, exact_engine, sc
     assert model.layers[0].mlp.down_proj.kind == f"cpu_{scheme}"
     reference = perplexity(*exact_engine)
     quantized = perplexity(engine, tokenizer)
-    assert reference < quantized * (1 + 1e-3) or scheme == "int8"
-    assert quantized / reference - 1 < max_increase, (scheme, reference, quantized)
+    # Rounding noise moves one short text's perplexity either way (int4 came out 0.26 % lower on one CPU, the
+    # packed int4 matmul's accumulation order differs between CPUs): bound the change, not its sign.
+    assert abs(quantized / reference - 1) < max_change, (scheme, reference, quantized)
 
 
 TINY = {
