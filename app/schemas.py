@@ -85,6 +85,8 @@ class PassageBase(BaseModel):
     char_end: int = Field(description="Offset just past its last character")
     text: str
     score: float
+    page: int | None = Field(None, description="1-based page the passage starts on, for paged formats (PDF)")
+    heading_path: str = Field("", description='Headings of its section, outermost first: "Intro > Setup"')
 
 
 class SourcePublic(PassageBase):
@@ -104,8 +106,6 @@ class SearchResultPublic(PassageBase):
         "(absent when the question was not embedded: lexical mode)",
     )
     source_path: str = Field(description="The file (or upload name) the document came from")
-    page: int | None = Field(None, description="1-based page the passage starts on, for paged formats (PDF)")
-    heading_path: str = Field("", description='Headings of its section, outermost first: "Intro > Setup"')
 
 
 class SearchPublic(BaseModel):
@@ -171,6 +171,27 @@ class DocumentPublic(BaseModel):
 
 class DocumentList(BaseModel):
     documents: list[DocumentPublic]
+
+
+class DocumentChunkPublic(BaseModel):
+    chunk_id: int
+    ordinal: int
+    char_start: int = Field(description="Offset of its first character in `text`")
+    char_end: int = Field(description="Offset just past its last character")
+    page: int | None = Field(None, description="1-based page it starts on, for paged formats (PDF)")
+    heading_path: str = Field("", description='Headings of its section, outermost first: "Intro > Setup"')
+
+
+class DocumentTextPublic(BaseModel):
+    """A document's cleaned text, which every passage's `char_start`/`char_end` point into."""
+
+    document: DocumentPublic
+    text: str
+    complete: bool = Field(
+        description="False for a document stored by an earlier version, whose text was put back together "
+        "from its chunks: what no chunk covers shows as line breaks (ingest it again to keep its text)"
+    )
+    chunks: list[DocumentChunkPublic]
 
 
 class DuplicatePublic(BaseModel):

@@ -65,8 +65,19 @@ def safe_filename(name: str) -> str:
     return safe
 
 
+UPLOAD_SCHEME = "upload://"
+
+
 def source_key(collection: str, name: str) -> str:
-    return f"upload://{collection}/{name}"
+    return f"{UPLOAD_SCHEME}{collection}/{name}"
+
+
+def kept_path(upload_dir: Path, key: str) -> Path | None:
+    """Where the upload of source key `key` is kept (see `keep`); None when `key` is not an upload's."""
+    if not key.startswith(UPLOAD_SCHEME):
+        return None
+    collection, _, name = key.removeprefix(UPLOAD_SCHEME).partition("/")
+    return upload_dir / collection / kept_name(name)
 
 
 def numbered(name: str, number: int) -> str:

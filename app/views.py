@@ -35,6 +35,8 @@ def source_public(source: Source, highlight: tuple[int, int] | None = None) -> S
         char_end=hit.char_end,
         text=hit.text,
         score=hit.score,
+        page=hit.page,
+        heading_path=hit.heading_path,
         highlight=Span(start=highlight[0], end=highlight[1]) if highlight else None,
     )
 

@@ -137,6 +137,7 @@ class _Prepared:
 
     loaded: LoadedDocument
     source_path: str
+    clean_text: str
     text_hash: str
     size_bytes: int
     chunks: list[Chunk]
@@ -288,7 +289,7 @@ class Ingestor:
             digest = text_hash(cleaned.text)
         source_path = f"{source.key}#{loaded.key}" if loaded.key else source.key
         size_bytes = len(cleaned.text.encode("utf-8")) if loaded.key else size
-        return _Prepared(loaded, source_path, digest, size_bytes, chunks, signatures, whole)
+        return _Prepared(loaded, source_path, cleaned.text, digest, size_bytes, chunks, signatures, whole)
 
 
 class _Run:
@@ -587,6 +588,7 @@ class _Run:
                 source_file=state.source.key,
                 text_hash=document.text_hash,
                 minhash=document.document_signature.to_bytes() if document.document_signature else None,
+                clean_text=document.clean_text,
             )
             writes.append(DocumentWrite(draft, drafts, vectors[offset : offset + len(kept)]))
             offset += len(kept)

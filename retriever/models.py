@@ -73,6 +73,9 @@ class Document(Base):
     # (near-duplicate detection); see `ingest.dedup`.
     text_hash: Mapped[str] = mapped_column(String(64), default="", server_default="", index=True)
     minhash: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    # The whole cleaned text, which chunk offsets point into (the document view shows a cited passage in
+    # it). Loaded only when asked for; "" for documents stored by a version that did not keep it.
+    clean_text: Mapped[str] = mapped_column(Text, default="", server_default="", deferred=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 

@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 
 from retriever.config import RetrieverConfig, SearchMode
 from retriever.db import Database
+from retriever.document_text import reassemble
 from retriever.embedder import EmbedderNotFoundError, TextEmbedder, load_multilingual_embedder
 from retriever.filters import SearchFilters
 from retriever.fusion import fuse
@@ -80,6 +81,7 @@ class DocumentDraft:
     source_file: str = ""  # the file the document came from; "" means source_path itself
     text_hash: str = ""
     minhash: bytes | None = None
+    clean_text: str = ""  # the cleaned text its chunks are slices of
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,17 @@ class ChunkInfo:
 
 
 @dataclass(frozen=True)
+class DocumentText:
+    """A document's cleaned text and its chunks in order; `complete` is False when the text was put back
+    together from the chunks (a document stored by a version that did not keep it, see
+    `retriever.document_text`)."""
+
+    text: str
+    chunks: list[ChunkInfo]
+    complete: bool
+
+
+@dataclass(frozen=True)
 class DocumentInfo:
     id: int
     collection: str
@@ -132,6 +145,7 @@ class DocumentInfo:
     chunk_count: int
     created_at: datetime
     updated_at: datetime
+    source_file: str  # the file it came from (one file can hold several documents)
 
 
 @dataclass(frozen=True)
@@ -208,6 +222,7 @@ def _document_info(document: Document, collection_name: str) -> DocumentInfo:
         chunk_count=document.chunk_count,
         created_at=document.created_at,
         updated_at=document.updated_at,
+        source_file=document.source_file or document.source_path,
     )
 
 
@@ -494,6 +509,7 @@ class KnowledgeBase:
         document.source_file = draft.source_file or draft.source_path
         document.text_hash = draft.text_hash
         document.minhash = draft.minhash
+        document.clean_text = draft.clean_text
         document.chunk_count = len(write.chunks)
         document.state = DocumentState.ready
         session.flush()
@@ -611,6 +627,15 @@ class KnowledgeBase:
                 )
                 for c in rows
             ]
+
+    def document_text(self, document_id: int) -> DocumentText:
+        """A ready document's cleaned text and its chunks, whose offsets point into it."""
+        chunks = self.get_chunks(document_id)
+        with self.db.session() as session:
+            stored = session.scalar(select(Document.clean_text).where(Document.id == document_id))
+        if stored:
+            return DocumentText(stored, chunks, complete=True)
+        return DocumentText(reassemble(chunks), chunks, complete=False)
 
     # -- search ------------------------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """Archivist chat page: conversations per collection (kept by the API, so they survive reloads; the open
-one is in the URL as `?c=<id>`), answers streamed token by token, numbered citations that open to the
-passage with the supporting span highlighted, uploads with job progress, and retrieval settings."""
+one is in the URL as `?c=<id>`), answers streamed token by token, numbered citations (with page and
+section) that open to the passage with the supporting span highlighted and can show it in its document,
+with the original file to download; uploads with job progress, and retrieval settings."""
 
 from __future__ import annotations
 
@@ -36,28 +37,76 @@ def highlighted(source: dict[str, Any]) -> str:
     return f"{html.escape(text[:start])}<mark>{html.escape(text[start:end])}</mark>{html.escape(text[end:])}"
 
 
-def show_sources(reply: dict[str, Any]) -> None:
+# Characters Markdown reads as inline formatting (and `$` as math), written as HTML entities so that
+# document text shows as it is; line breaks become <br>.
+MARKDOWN_SPECIALS = str.maketrans({c: f"&#{ord(c)};" for c in "\\`*_[]~$"})
+CONTEXT_CHARS = 20_000  # of a long document, the view shows this much on each side of the passage
+
+
+def as_html(text: str) -> str:
+    """Plain text for `st.markdown(..., unsafe_allow_html=True)`: escaped, line breaks kept."""
+    return html.escape(text).translate(MARKDOWN_SPECIALS).replace("\n", "<br>")
+
+
+def where(source: dict[str, Any]) -> str:
+    """Where a passage sits in its document: its page (PDF) and its section's headings."""
+    parts = []
+    if source.get("page"):
+        parts.append(f"p. {source['page']}")
+    if source.get("heading_path") and source["heading_path"] != source["title"]:
+        parts.append(source["heading_path"])
+    return " · ".join(parts)
+
+
+def show_in_document(client: ArchivistClient, source: dict[str, Any], key: str) -> None:
+    """The cited passage marked in its document's text, and the original file to download."""
+    try:
+        document = client.document_text(source["document_id"])
+        original = client.document_file(source["document_id"])
+    except ApiError as error:
+        st.error(str(error))
+        return
+    text, start, end = document["text"], source["char_start"], source["char_end"]
+    first, last = max(0, start - CONTEXT_CHARS), min(len(text), end + CONTEXT_CHARS)
+    before = ("…" if first else "") + text[first:start]
+    after = text[end:last] + ("…" if last < len(text) else "")
+    # One line inside a <div>: Markdown reads it as an HTML block and leaves it alone.
+    marked = f"<div>{as_html(before)}<mark>{as_html(text[start:end])}</mark>{as_html(after)}</div>"
+    with st.container(height=360):
+        st.markdown(marked, unsafe_allow_html=True)
+    if original is None:
+        st.caption("The original file is no longer kept, or has changed since it was ingested.")
+    else:
+        name, content = original
+        st.download_button(f"Download {name}", content, file_name=name, key=f"file-{key}")
+
+
+def show_sources(client: ArchivistClient, reply: dict[str, Any], key: str) -> None:
     cited = set(reply.get("cited", []))
     for source in sorted(reply.get("sources", []), key=lambda s: (s["n"] not in cited, s["n"])):
         mark = CITED if source["n"] in cited else "not cited"
-        label = f"[{source['n']}] {source['title']} · chunk {source['ordinal']} · {mark}"
-        label += f" · score {source['score']:.3f}"
+        place = where(source)
+        label = f"[{source['n']}] {source['title']}" + (f" · {place}" if place else "")
+        label += f" · chunk {source['ordinal']} · {mark} · score {source['score']:.3f}"
         with st.expander(label):
             st.markdown(highlighted(source), unsafe_allow_html=True)
+            where_key = f"{key}-{source['n']}"
+            if st.toggle("Show in the document", key=f"document-{where_key}"):
+                show_in_document(client, source, where_key)
 
 
-def show_reply(reply: dict[str, Any]) -> None:
+def show_reply(client: ArchivistClient, reply: dict[str, Any], key: str) -> None:
     if not reply.get("grounded", True):
         st.caption("Not found in the documents of this collection.")
-    show_sources(reply)
+    show_sources(client, reply, key)
 
 
-def show_history(conversation: dict[str, Any]) -> None:
+def show_history(client: ArchivistClient, conversation: dict[str, Any]) -> None:
     for message in conversation["messages"]:
         with st.chat_message(message["role"]):
             st.markdown(message["content"])
             if message.get("reply"):
-                show_reply(message["reply"])
+                show_reply(client, message["reply"], str(message["id"]))
 
 
 def ask(client: ArchivistClient, question: str, options: dict[str, Any]) -> None:
@@ -78,7 +127,7 @@ def ask(client: ArchivistClient, question: str, options: dict[str, Any]) -> None
         if done and (not done["grounded"] or not str(streamed).strip()):
             placeholder.markdown(done["answer"])  # the streamed text was not backed by the documents
         if done:
-            show_reply(done)
+            show_reply(client, done, "latest")
 
 
 def upload(client: ArchivistClient, collection: str, files: list[Any]) -> None:
@@ -155,7 +204,7 @@ with st.sidebar:
             st.error(str(error))
 
 if conversation:
-    show_history(conversation)
+    show_history(client, conversation)
 
 if question := st.chat_input("Ask a question about your documents", disabled=not collection):
     with st.chat_message("user"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from email.message import Message
 from typing import Any
 
 import httpx
@@ -96,3 +97,21 @@ class ArchivistClient:
 
     def job(self, job_id: str) -> dict[str, Any]:
         return dict(self._request("GET", f"/v1/jobs/{job_id}"))
+
+    def document_text(self, document_id: int) -> dict[str, Any]:
+        """The document's cleaned text, which a source's `char_start`/`char_end` point into."""
+        return dict(self._request("GET", f"/v1/documents/{document_id}/text"))
+
+    def document_file(self, document_id: int) -> tuple[str, bytes] | None:
+        """(file name, content) of the document's original file; None when the API no longer keeps it."""
+        try:
+            response = self._http.get(f"/v1/documents/{document_id}/file")
+        except httpx.HTTPError as error:
+            raise self._unreachable(error) from error
+        if response.status_code == 404:
+            return None
+        if response.status_code >= 400:
+            raise self._refused(response)
+        disposition = Message()
+        disposition["content-disposition"] = response.headers.get("content-disposition", "")
+        return disposition.get_filename() or f"document-{document_id}", response.content

@@ -1,16 +1,27 @@
-"""`/v1/documents`: list, show, upload and delete documents."""
+"""`/v1/documents`: list, show, upload and delete documents; read a document's cleaned text (which passage
+offsets point into) and download its original file."""
 
 from __future__ import annotations
 
+import mimetypes
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile
+from fastapi.responses import FileResponse
 
 from app.auth import Principal
 from app.deps import PrincipalDep, RowId, ServicesDep
+from app.document_files import original_file
 from app.errors import InvalidRequestError
 from app.routes.jobs import file_result_public, job_public
-from app.schemas import DocumentList, DocumentPublic, IngestResultPublic, JobPublic
+from app.schemas import (
+    DocumentChunkPublic,
+    DocumentList,
+    DocumentPublic,
+    DocumentTextPublic,
+    IngestResultPublic,
+    JobPublic,
+)
 from app.services import Services
 from app.uploads import safe_filename, store_and_ingest
 from retriever.store import DocumentInfo, NotFoundError
@@ -43,6 +54,48 @@ def list_documents(
 @router.get("/{document_id}", response_model=DocumentPublic)
 def get_document(document_id: RowId, services: ServicesDep, principal: PrincipalDep) -> DocumentPublic:
     return document_public(visible_document(services, principal, document_id))
+
+
+@router.get("/{document_id}/text", response_model=DocumentTextPublic)
+def get_document_text(
+    document_id: RowId, services: ServicesDep, principal: PrincipalDep
+) -> DocumentTextPublic:
+    """The document's cleaned text, with each chunk's offsets, page and headings: a cited passage
+    (`char_start`, `char_end`) can be shown in its place."""
+    info = visible_document(services, principal, document_id)
+    found = services.kb().document_text(document_id)
+    return DocumentTextPublic(
+        document=document_public(info),
+        text=found.text,
+        complete=found.complete,
+        chunks=[
+            DocumentChunkPublic(
+                chunk_id=c.id,
+                ordinal=c.ordinal,
+                char_start=c.char_start,
+                char_end=c.char_end,
+                page=c.page,
+                heading_path=c.heading_path,
+            )
+            for c in found.chunks
+        ],
+    )
+
+
+@router.get(
+    "/{document_id}/file",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/octet-stream": {}}, "description": "The file as ingested"}},
+)
+def download_document_file(
+    document_id: RowId, services: ServicesDep, principal: PrincipalDep
+) -> FileResponse:
+    """The original file the document was ingested from, while it is kept and unchanged (404 otherwise)."""
+    info = visible_document(services, principal, document_id)
+    path = original_file(info, services.settings.upload_dir)
+    name = path.name.rsplit("%2F", 1)[-1]  # a kept upload's name holds its folders (`app.uploads.kept_name`)
+    media_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    return FileResponse(path, media_type=media_type, filename=name)
 
 
 @router.post(

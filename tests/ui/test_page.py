@@ -73,6 +73,16 @@ def test_ask_see_cited_sources_and_find_the_conversation_after_a_reload(
     ]
     assert reloaded.main.expander[0].label == source.label
 
+    # The passage shown in its document, marked, with the original file to download.
+    reloaded.main.expander[0].toggle[0].set_value(True).run()
+    assert not reloaded.exception and not reloaded.error
+    view = reloaded.main.expander[0].markdown[1].value
+    assert view.startswith("<div>") and "270 degrees" in view.split("<mark>")[1].split("</mark>")[0]
+    shown = view.removeprefix("<div>").removesuffix("</div>").replace("<mark>", "").replace("</mark>", "")
+    assert shown == OWLS.decode().replace("\n", "<br>")
+    [download] = reloaded.get("download_button")
+    assert download.proto.label == "Download owls.md"
+
 
 def test_upload_runs_a_job_and_reports_each_file(api_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     page = fresh_page(api_url, monkeypatch)
