@@ -12,7 +12,9 @@ embedder's own noise) leaves recall@10 against a float32 `IndexFlatIP` at 1.000 
 IVF rather than HNSW because FAISS's HNSW cannot remove vectors, and a delete here must really delete.
 The switch back to Flat waits until the collection shrinks to half the threshold, so a collection that
 hovers around the threshold is not retrained on every write. When FAISS sees a GPU, searches run on a GPU
-replica made with `index_cpu_to_gpu`; the CPU index stays the master that is written and saved.
+replica made with `index_cpu_to_gpu`; when only torch sees one (the registry's faiss-cpu, or an index
+faiss-gpu cannot clone), on an exact copy on the device (`retriever.device_search`). Either way the CPU index
+stays the master that is written and saved.
 """
 
 from __future__ import annotations
@@ -28,10 +30,14 @@ from typing import Any
 
 import faiss
 import numpy as np
+import torch
+
+from retriever.device_search import DeviceExactSearch
 
 log = logging.getLogger(__name__)
 
 _gpu_resources: Any = None
+SEARCH_DEVICE = "cuda"  # where the exact device copy lives when torch sees a GPU
 
 
 class IndexMismatchError(RuntimeError):
@@ -60,6 +66,8 @@ class VectorIndex:
         self.lock = threading.RLock()
         self._index: Any = self._flat()
         self._gpu_index: Any = None  # search replica, dropped on every write
+        self._device_copy: DeviceExactSearch | None = None  # the same, when only torch sees the GPU
+        self._faiss_gpu = True  # False once faiss-gpu failed to clone the index
         self.version = -1  # the collection version this index reflects; -1 = unknown
         if path is not None and path.exists():
             self._load(path)
@@ -125,6 +133,9 @@ class VectorIndex:
             if self.size == 0:
                 return []
             k = min(k, self.size)
+            device_copy = self._device_search()
+            if device_copy is not None:
+                return device_copy.search(vector, k, allowed)
             if allowed is None:
                 scores, ids = self._search_index().search(vector, k)
             else:
@@ -140,11 +151,22 @@ class VectorIndex:
             return faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)  # type: ignore[call-arg]
         return faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
 
+    def _device_search(self) -> DeviceExactSearch | None:
+        """The exact copy on the GPU, when searches should run there and FAISS cannot run them."""
+        if not self.use_gpu or not torch.cuda.is_available():
+            return None
+        if faiss.get_num_gpus() > 0 and self._search_index() is not self._index:
+            return None  # faiss-gpu's replica serves
+        if self._device_copy is None:
+            ids, vectors = self._contents()
+            self._device_copy = DeviceExactSearch(ids, vectors, SEARCH_DEVICE)
+        return self._device_copy
+
     def _search_index(self) -> Any:
         """The GPU replica when FAISS has a GPU (made again after each write), else the CPU index.
         Filtered searches always use the CPU index: FAISS GPU indexes take no IDSelector."""
         global _gpu_resources
-        if not self.use_gpu or faiss.get_num_gpus() == 0:
+        if not self.use_gpu or not self._faiss_gpu or faiss.get_num_gpus() == 0:
             return self._index
         if self._gpu_index is None:
             try:
@@ -152,8 +174,8 @@ class VectorIndex:
                     _gpu_resources = faiss.StandardGpuResources()
                 self._gpu_index = faiss.index_cpu_to_gpu(_gpu_resources, 0, self._index)
             except RuntimeError as error:  # e.g. an index type this faiss-gpu build cannot clone
-                log.warning("vector index stays on the CPU: %s", error)
-                self.use_gpu = False
+                log.warning("FAISS cannot put this vector index on the GPU: %s", error)
+                self._faiss_gpu = False
                 return self._index
         return self._gpu_index
 
@@ -167,7 +189,7 @@ class VectorIndex:
             raise ValueError(f"vectors have dimension {vectors.shape[1]}, index expects {self.dimension}")
         with self.lock:
             self._index.add_with_ids(vectors, np.ascontiguousarray(ids, dtype=np.int64))
-            self._gpu_index = None
+            self._gpu_index = self._device_copy = None
             self._fit_type()
 
     def remove(self, ids: Iterable[int]) -> int:
@@ -178,7 +200,7 @@ class VectorIndex:
             # IVF's id hashtable can only remove through an explicit id array.
             selector = faiss.IDSelectorArray if self._is_ivf else faiss.IDSelectorBatch
             removed = int(self._index.remove_ids(selector(id_array)))
-            self._gpu_index = None
+            self._gpu_index = self._device_copy = None
             self._fit_type()
         return removed
 

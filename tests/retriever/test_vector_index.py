@@ -7,7 +7,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pytest
+import torch
 
+from retriever.device_search import DeviceExactSearch
 from retriever.vector_index import VectorIndex, ivf_lists
 
 DIMENSION = 16
@@ -123,4 +125,68 @@ def test_gpu_clone_failure_falls_back_to_the_cpu_index(monkeypatch: pytest.Monke
     index = VectorIndex(DIMENSION)
     index.add(np.arange(50, dtype=np.int64), unit_vectors(50, seed=6))
     assert index.search(unit_vectors(50, seed=6)[3], 1)[0][0] == 3
-    assert index.use_gpu is False and index._gpu_index is None
+    assert index._faiss_gpu is False and index._gpu_index is None
+
+
+def test_device_exact_search_matches_the_flat_index() -> None:
+    vectors, ids = unit_vectors(1000, seed=7), np.arange(1000, dtype=np.int64) * 5 + 2
+    flat = VectorIndex(DIMENSION, use_gpu=False)
+    flat.add(ids, vectors)
+    device = DeviceExactSearch(ids, vectors, "cpu")
+    allowed = ids[::37]
+    for query in unit_vectors(10, seed=8):
+        theirs, ours = flat.search(query, 10), device.search(query, 10)
+        assert [i for i, _ in ours] == [i for i, _ in theirs]
+        assert np.allclose([s for _, s in ours], [s for _, s in theirs], atol=1e-3)  # flat scans float16
+        assert [i for i, _ in device.search(query, 5, allowed)] == exact(vectors[::37], allowed, query, 5)
+    assert device.search(vectors[0], 5, np.array([2, 7], dtype=np.int64))[0][0] == 2
+    assert len(device.search(vectors[0], 5, np.array([2, 7], dtype=np.int64))) == 2  # no filler past them
+    assert DeviceExactSearch(ids[:0], vectors[:0], "cpu").search(vectors[0], 3) == []
+
+
+def use_device_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch sees a GPU: the device copy is searched (on the CPU here, the same code and tensors)."""
+    import retriever.vector_index as module
+
+    monkeypatch.setattr(module.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(module, "SEARCH_DEVICE", "cpu")
+
+
+@pytest.mark.parametrize("threshold", [10**6, 500])
+def test_searches_run_on_the_device_copy_when_faiss_has_no_gpu(
+    monkeypatch: pytest.MonkeyPatch, threshold: int
+) -> None:
+    use_device_copy(monkeypatch)
+    vectors, ids = unit_vectors(1200, seed=9), np.arange(1200, dtype=np.int64)
+    index = VectorIndex(DIMENSION, flat_max_vectors=threshold, nprobe=2)
+    index.add(ids[:1000], vectors[:1000])
+    query = vectors[11]
+    assert [i for i, _ in index.search(query, 5)] == exact(vectors[:1000], ids[:1000], query, 5)
+    assert index._device_copy is not None and index._device_copy.size == 1000
+    index.add(ids[1000:], vectors[1000:])  # a write drops the copy; the next search copies the new contents
+    assert index._device_copy is None
+    assert index.search(vectors[1100], 1)[0][0] == 1100 and index._device_copy.size == 1200
+    allowed = ids[600:620]
+    assert [i for i, _ in index.search(query, 5, allowed)] == exact(vectors[allowed], allowed, query, 5)
+    assert index.remove([1100]) == 1 and index.search(vectors[1100], 1)[0][0] != 1100
+
+
+def test_an_index_faiss_gpu_cannot_clone_is_searched_on_the_device_copy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    FakeGpuFaiss(clone_error="this index type cannot be cloned").install(monkeypatch)
+    use_device_copy(monkeypatch)
+    index = VectorIndex(DIMENSION)
+    index.add(np.arange(50, dtype=np.int64), unit_vectors(50, seed=6))
+    assert index.search(unit_vectors(50, seed=6)[3], 1)[0][0] == 3
+    assert index._faiss_gpu is False and index._device_copy is not None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_device_copy_on_a_real_gpu_returns_what_the_cpu_index_returns() -> None:
+    vectors, ids = unit_vectors(20_000, seed=10), np.arange(20_000, dtype=np.int64)
+    device = DeviceExactSearch(ids, vectors, "cuda")
+    cpu = VectorIndex(DIMENSION, use_gpu=False)
+    cpu.add(ids, vectors)
+    for query in unit_vectors(20, seed=11):
+        assert [i for i, _ in device.search(query, 10)] == [i for i, _ in cpu.search(query, 10)]
