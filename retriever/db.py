@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, MetaData, create_engine, event, inspect, text
+from sqlalchemy import Connection, Engine, MetaData, Table, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -58,6 +58,31 @@ def ensure_schema(engine: Engine, metadata: MetaData) -> None:
             for index in table.indexes:
                 if index.name not in indexed:
                     index.create(connection)
+            if table.kwargs.get("sqlite_autoincrement") and _lacks_autoincrement(connection, table):
+                _rebuild_with_autoincrement(connection, table)
+
+
+def _lacks_autoincrement(connection: Connection, table: Table) -> bool:
+    """A SQLite table made before its ids were declared AUTOINCREMENT (never reused)."""
+    if connection.dialect.name != "sqlite":
+        return False
+    created = connection.execute(
+        text("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = :name"), {"name": table.name}
+    ).scalar()
+    return created is not None and "AUTOINCREMENT" not in str(created).upper()
+
+
+def _rebuild_with_autoincrement(connection: Connection, table: Table) -> None:
+    """SQLite cannot alter a table's id into AUTOINCREMENT: copy its rows into a new table that has it (the
+    copy's largest id then seeds the counter). Only for tables no other table references."""
+    previous = f"{table.name}_without_autoincrement"
+    connection.execute(text(f"ALTER TABLE {table.name} RENAME TO {previous}"))
+    for index in table.indexes:
+        connection.execute(text(f"DROP INDEX IF EXISTS {index.name}"))
+    table.create(connection)
+    columns = ", ".join(column.name for column in table.columns)
+    connection.execute(text(f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM {previous}"))
+    connection.execute(text(f"DROP TABLE {previous}"))
 
 
 class Database:

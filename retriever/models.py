@@ -90,7 +90,13 @@ class Document(Base):
 
 class Chunk(Base):
     __tablename__ = "chunks"
-    __table_args__ = (Index("ix_chunks_document_ordinal", "document_id", "ordinal"),)
+    # AUTOINCREMENT: SQLite would otherwise give a new chunk the id of the newest one just deleted
+    # (re-ingesting the last file written), and the indexes, which follow SQL by id, would keep the old
+    # chunk's vector and terms under it. PostgreSQL never reuses ids.
+    __table_args__ = (
+        Index("ix_chunks_document_ordinal", "document_id", "ordinal"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     document_id: Mapped[int] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"))

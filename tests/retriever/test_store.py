@@ -9,7 +9,14 @@ import pytest
 
 from retriever.config import RetrieverConfig
 from retriever.embedder import Embedder
-from retriever.store import ChunkDraft, DocumentDraft, InvalidNameError, KnowledgeBase, NotFoundError
+from retriever.store import (
+    ChunkDraft,
+    DocumentDraft,
+    DocumentWrite,
+    InvalidNameError,
+    KnowledgeBase,
+    NotFoundError,
+)
 from retriever.vector_index import IndexMismatchError, VectorIndex
 
 
@@ -119,3 +126,63 @@ def test_reindex_rebuilds_from_sql(store: KnowledgeBase, tmp_path: Path) -> None
     (tmp_path / "index" / "collection-1.faiss").write_bytes(b"garbage")
     assert store.reindex() == 3
     assert len(store.search("two", "c", 5)) == 3
+
+
+def chunk_ids(kb: KnowledgeBase, document_id: int) -> list[int]:
+    return [chunk.id for chunk in kb.get_chunks(document_id)]
+
+
+def write_unindexed(kb: KnowledgeBase, source: str, texts: list[str]) -> int:
+    """Store a document the way a long ingest does: SQL now, the indexes synced afterwards."""
+    draft = DocumentDraft("c", source, source.title(), "txt", 10, f"hash-{source}-{texts[0]}")
+    write = DocumentWrite(draft, drafts(texts), kb.embedder.embed(texts))
+    [(document_id, _)] = kb.write_batch("c", [write], update_indexes=False)
+    kb.sync_indexes("c")
+    return document_id
+
+
+def test_an_edited_newest_document_is_found_by_its_new_text_only(store: KnowledgeBase) -> None:
+    add(store, "older", ["Penguins live in the southern hemisphere."])
+    newest = write_unindexed(store, "newest", ["Volcanoes erupt molten basalt.", "Lava cools into rock."])
+    before = chunk_ids(store, newest)
+    assert write_unindexed(store, "newest", ["Glaciers carve fjords.", "Icebergs calve."]) == newest
+    after = chunk_ids(store, newest)
+    assert min(after) > max(before)  # the ids of the deleted chunks are never handed out again
+    lexical = store.search("fjords", "c", 3, mode="lexical")
+    assert lexical and lexical[0].text == "Glaciers carve fjords."
+    assert store.search("basalt", "c", 3, mode="lexical") == []
+    dense = store.search("Glaciers carve fjords.", "c", 1, mode="dense")[0]
+    assert dense.text == "Glaciers carve fjords." and dense.similarity is not None and dense.similarity > 0.99
+
+
+def test_a_sqlite_database_made_before_autoincrement_is_rebuilt_with_it(
+    tmp_path: Path, embedder: Embedder
+) -> None:
+    from sqlalchemy import text
+
+    config = RetrieverConfig(database_url=f"sqlite:///{tmp_path / 'old.db'}", index_dir=tmp_path / "index")
+    kb = KnowledgeBase(config, embedder)
+    document_id = add(kb, "a", ["Alpha text about the sea.", "More about tides."])
+    ids = chunk_ids(kb, document_id)
+    with kb.db.engine.begin() as connection:  # the chunks table as an earlier version created it
+        created = connection.execute(text("SELECT sql FROM sqlite_master WHERE name = 'chunks'")).scalar()
+        connection.execute(text("ALTER TABLE chunks RENAME TO chunks_old"))
+        connection.execute(text("DROP INDEX ix_chunks_document_ordinal"))
+        connection.execute(text(str(created).replace(" AUTOINCREMENT", "")))
+        connection.execute(text("INSERT INTO chunks SELECT * FROM chunks_old"))
+        connection.execute(text("DROP TABLE chunks_old"))
+    kb.close()
+
+    reopened = KnowledgeBase(config, embedder)
+    try:
+        with reopened.db.engine.connect() as connection:
+            rebuilt = connection.execute(text("SELECT sql FROM sqlite_master WHERE name = 'chunks'")).scalar()
+            indexes = connection.execute(text("PRAGMA index_list('chunks')")).all()
+        assert "AUTOINCREMENT" in str(rebuilt) and "ix_chunks_document_ordinal" in {row[1] for row in indexes}
+        assert chunk_ids(reopened, document_id) == ids and reopened.search("tides", "c", 1)[0].text == (
+            "More about tides."
+        )
+        add(reopened, "a", ["Beta text about mountains."])
+        assert min(chunk_ids(reopened, document_id)) > max(ids)
+    finally:
+        reopened.close()
