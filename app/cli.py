@@ -96,37 +96,94 @@ def _print_report(report: IngestReport) -> None:
             console.print(f"  {source}", highlight=False)
 
 
+@contextmanager
+def _ingest_progress() -> Iterator[tuple[Callable[[FileResult], None], Callable[[IngestProgress], None]]]:
+    """A progress bar (files/s, chunks/s, the file being read) and the two callbacks that move it."""
+    with Progress(
+        TextColumn("[bold]ingesting"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rates]}"),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("", total=None, rates="")
+        started = time.perf_counter()
+
+        def update(state: IngestProgress) -> None:
+            elapsed = max(time.perf_counter() - started, 1e-9)
+            rates = f"{state.files_done / elapsed:.1f} files/s, {state.chunks_written / elapsed:.1f} chunks/s"
+            progress.update(task, total=state.files_total, completed=state.files_done, rates=rates)
+
+        def show(result: FileResult) -> None:
+            progress.update(task, description=result.path)
+
+        yield show, update
+
+
 def run_ingest(settings: Settings, paths: list[Path], collection: str, prune: bool = False) -> IngestReport:
     from app.services import load_knowledge_base
 
     kb = load_knowledge_base(settings, open_indexes=False)
     try:
         ingestor = Ingestor(kb, settings.chunker_config(), settings.ingest_config())
-        with Progress(
-            TextColumn("[bold]ingesting"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rates]}"),
-            TimeElapsedColumn(),
-            TextColumn("{task.description}"),
-            console=console,
-            transient=True,
-        ) as progress:
-            task = progress.add_task("", total=None, rates="")
-            started = time.perf_counter()
-
-            def update(state: IngestProgress) -> None:
-                elapsed = max(time.perf_counter() - started, 1e-9)
-                rates = (
-                    f"{state.files_done / elapsed:.1f} files/s, {state.chunks_written / elapsed:.1f} chunks/s"
-                )
-                progress.update(task, total=state.files_total, completed=state.files_done, rates=rates)
-
-            def show(result: FileResult) -> None:
-                progress.update(task, description=result.path)
-
+        with _ingest_progress() as (show, update):
             return ingestor.ingest_paths(paths, collection, on_result=show, prune=prune, on_progress=update)
     finally:
+        kb.close()
+
+
+def _print_watch_line(text: str) -> None:
+    console.print(f"{time.strftime('%H:%M:%S')} {text}", markup=False, highlight=False, soft_wrap=True)
+    console.file.flush()  # shown at once even when stdout is a file or a pipe
+
+
+def _print_changes(report: IngestReport) -> None:
+    """What one run of `ingest --watch` did: a line per document removed because its file is gone, then per
+    file that did not stay unchanged (with the reason of a failure or of a copy left out)."""
+    for source in report.pruned:
+        _print_watch_line(f"removed: {source}")
+    for result in report.results:
+        if result.status != "unchanged":
+            _print_watch_line(
+                f"{result.status}: {result.path}" + (f" — {result.reason}" if result.reason else "")
+            )
+
+
+def _watch_folders(settings: Settings, folders: list[Path], collection: str) -> None:
+    """`ingest --watch`: sync the folders in full, then apply their changes as they happen, until Ctrl-C or
+    SIGTERM (exit status 0)."""
+    from app.services import load_knowledge_base
+    from ingest.watch import FolderWatcher
+
+    files = [str(path) for path in folders if not path.is_dir()]
+    if files:
+        console.print(
+            f"[red]error:[/red] --watch takes folders, not files: {', '.join(files)}", highlight=False
+        )
+        raise typer.Exit(2)
+    signal.signal(signal.SIGTERM, _interrupt)  # a process supervisor's stop ends the watch like Ctrl-C
+    kb = load_knowledge_base(settings, open_indexes=False)
+    ingestor = Ingestor(kb, settings.chunker_config(), settings.ingest_config())
+    watcher = FolderWatcher(ingestor, folders, collection, _print_changes, _print_watch_line)
+    try:
+        watcher.start()
+    except OSError as error:
+        kb.close()
+        console.print(f"[red]error:[/red] cannot watch the folders: {error}", highlight=False)
+        raise typer.Exit(1) from error
+    try:
+        with _ingest_progress() as (show, update):
+            report = watcher.sync(show, update)
+        _print_report(report)
+        _print_watch_line(f"watching {', '.join(map(str, folders))} for changes; press Ctrl-C to stop")
+        watcher.run()
+    except KeyboardInterrupt:
+        console.print("stopped")
+    finally:
+        watcher.close()
         kb.close()
 
 
@@ -137,10 +194,21 @@ def ingest(
     prune: Annotated[
         bool, typer.Option("--prune", help="Remove documents whose files under PATHS are gone")
     ] = False,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            help="Then keep the collection in step with the folders PATHS (new, changed, renamed and deleted "
+            "files) until Ctrl-C; implies --prune",
+        ),
+    ] = False,
 ) -> None:
     """Ingest files and folders (txt, md, html, pdf, docx, xlsx, csv, pptx, json, jsonl, SQuAD json) into a
     collection: new files are added, changed ones replaced, unchanged ones skipped, duplicates left out."""
     settings = _settings()
+    if watch:
+        _watch_folders(settings, paths, collection or settings.default_collection)
+        return
     report = run_ingest(settings, paths, collection or settings.default_collection, prune)
     _print_report(report)
     if report.counts.get("failed"):
@@ -265,7 +333,7 @@ def ask(
     except (
         NotFoundError, CorruptModelError, ContextWindowError, GenerationFailedError, UnknownAdapterError,
     ) as error:  # fmt: skip
-        console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {error}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from error
     finally:
         kb.close()
@@ -317,7 +385,7 @@ def generate(
                 console.print()  # the message goes on a line of its own, after the text streamed so far
             raise GenerationFailedError(generator.name)
     except (CorruptModelError, ContextOverflowError, GenerationFailedError, UnknownAdapterError) as error:
-        console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {error}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from error
     seconds = time.perf_counter() - started
     console.print(
@@ -590,7 +658,7 @@ def keys_create(
             console.print(f"[red]error:[/red] {error}")
             raise typer.Exit(2) from error
     _print_keys([info])
-    console.print(f"key: {secret}", highlight=False, soft_wrap=True)
+    console.print(f"key: {secret}", markup=False, highlight=False, soft_wrap=True)
     console.print("Keep it now: it cannot be shown again.")
 
 
