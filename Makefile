@@ -32,15 +32,17 @@ run: install
 	$(BIN)/archivist run
 
 # Debian tools the tests drive, which a new machine lacks: Chromium for the browser test, docker-compose to
-# check the compose file. Installed with apt where we are root.
-TEST_PACKAGES := chromium chromium-driver fonts-noto-cjk docker-compose
+# check the compose file, Tesseract (English, Chinese) for OCR. Installed with apt where we are root.
+TEST_PACKAGES := chromium chromium-driver fonts-noto-cjk docker-compose \
+	tesseract-ocr tesseract-ocr-eng tesseract-ocr-chi-sim
 test-tools:
 	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null \
-		&& command -v docker-compose >/dev/null; then exit 0; fi; \
+		&& command -v docker-compose >/dev/null && command -v tesseract >/dev/null \
+		&& tesseract --list-langs 2>/dev/null | grep -qx chi_sim; then exit 0; fi; \
 	if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 			$(TEST_PACKAGES); \
-	else echo "apt-get unavailable (or not root): the browser and compose tests will skip"; fi
+	else echo "apt-get unavailable (or not root): the browser, compose and OCR tests will skip"; fi
 
 lint: install-dev
 	$(BIN)/ruff check .

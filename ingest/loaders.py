@@ -3,8 +3,10 @@ can act on.
 
 Text formats are decoded as UTF-8 when they are, otherwise their encoding is detected. HTML keeps the main
 content and DOCX its headings and tables, both rendered as Markdown so the chunker sees their structure.
-PDF keeps one text part per page, so chunks know their page. JSON / JSON Lines give a document per record
-(a configurable text field) and SQuAD-format JSON a document per paragraph (or article), titled by article.
+PDF keeps one text part per page, so chunks know their page; pages without a text layer (scans) are OCR'd,
+and images are documents of their OCR'd text (both by `ingest.ocr`). JSON / JSON Lines give a document per
+record (a configurable text field) and SQuAD-format JSON a document per paragraph (or article), titled by
+article.
 Spreadsheets (XLSX, CSV) and slides (PPTX) are read by `ingest.office`.
 """
 
@@ -280,10 +282,34 @@ def load_pdf(path: Path, raw: bytes, config: IngestConfig) -> LoadedFile:
         raise LoadError(f"damaged PDF ({type(error).__name__}: {error})") from error
     if not pages:
         raise LoadError("PDF without pages")
+    pages, note = _ocr_scanned(reader, pages, config)
     if not any(page.strip() for page in pages):
-        raise LoadError(f"PDF without a text layer ({len(pages)} page(s) of images?): run OCR on it first")
+        raise LoadError(f"PDF without a text layer ({len(pages)} page(s)), and no text in its images")
     title = str(metadata_title).strip() if metadata_title else ""
-    return LoadedFile([LoadedDocument(title or file_stem(path), "pdf", pages, paged=True)])
+    return LoadedFile([LoadedDocument(title or file_stem(path), "pdf", pages, paged=True)], note)
+
+
+def _ocr_scanned(reader: Any, pages: tuple[str, ...], config: IngestConfig) -> tuple[tuple[str, ...], str]:
+    """`pages` with those that have no text layer OCR'd from their images. When OCR cannot run (no
+    Tesseract, a damaged or oversized image) a PDF with text on other pages keeps those, with a note."""
+    from ingest.ocr import pdf_page_text, tesseract
+
+    scanned = [number for number, text in enumerate(pages) if not text.strip()]
+    if not scanned:
+        return pages, ""
+    texts = list(pages)
+    try:
+        tesseract()
+        for number in scanned:
+            try:
+                texts[number] = pdf_page_text(reader.pages[number], config)
+            except LoadError as error:
+                raise LoadError(f"page {number + 1}: {error}") from error
+    except LoadError as error:
+        if len(scanned) < len(pages):
+            return pages, f"{len(scanned)} page(s) without a text layer left out: {error}"
+        raise LoadError(f"PDF without a text layer ({len(pages)} page(s) of images?): {error}") from error
+    return tuple(texts), ""
 
 
 def _open_pdf(raw: bytes) -> Any:
@@ -473,6 +499,13 @@ def load_office(path: Path, raw: bytes, config: IngestConfig) -> LoadedFile:
     return load_office_file(path, raw, config)
 
 
+def load_image(path: Path, raw: bytes, config: IngestConfig) -> LoadedFile:
+    # Imported on first use, like ingest.office: ingest.ocr builds on this module.
+    from ingest.ocr import load_image_file
+
+    return load_image_file(path, raw, config)
+
+
 LOADERS: dict[str, Loader] = {
     ".txt": load_text,
     ".text": load_text,
@@ -491,6 +524,7 @@ LOADERS: dict[str, Loader] = {
     ".json": load_json,
     ".jsonl": load_jsonl,
     ".ndjson": load_jsonl,
+    **dict.fromkeys((".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"), load_image),
 }
 
 

@@ -1,10 +1,14 @@
 """Builders of test documents, made by the tests themselves: PDFs (written object by object), DOCX files
-(python-docx), a DOCX zip bomb."""
+(python-docx), a DOCX zip bomb, scanned pages (text drawn with Pillow) and scanned or mixed PDFs of them."""
 
 from __future__ import annotations
 
 import io
+import struct
 import zipfile
+import zlib
+from pathlib import Path
+from typing import Any
 
 
 def make_pdf(pages: list[list[str]], image_only: bool = False) -> bytes:
@@ -94,3 +98,53 @@ def make_zip_bomb(unpacked_mib: int) -> bytes:
             for _ in range(unpacked_mib):
                 member.write(block)
     return out.getvalue()
+
+
+NOTO_CJK = Path("/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc")  # Debian fonts-noto-cjk
+
+
+def scanned_page(lines: list[str], font_px: int = 30) -> Any:
+    """A white 1700x2200 page (A4-ish at 200 dpi) with `lines` drawn in Noto Sans CJK, which covers Latin
+    and Chinese, as a scanner would give it: one grayscale image."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.truetype(str(NOTO_CJK), font_px)
+    page = Image.new("L", (1700, 2200), 255)
+    draw = ImageDraw.Draw(page)
+    for number, line in enumerate(lines):
+        draw.text((150, 150 + number * 2 * font_px), line, font=font, fill=0)
+    return page
+
+
+def images_pdf(images: list[Any]) -> bytes:
+    """A PDF of one page per image and nothing else (no text layer), as a scanner writes it."""
+    out = io.BytesIO()
+    images[0].save(out, "PDF", save_all=True, append_images=images[1:], resolution=200)
+    return out.getvalue()
+
+
+def join_pdfs(*pdfs: bytes) -> bytes:
+    from pypdf import PdfReader, PdfWriter
+
+    writer = PdfWriter()
+    for pdf in pdfs:
+        writer.append(PdfReader(io.BytesIO(pdf)))
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that claims `width` x `height` 1-bit pixels and holds none: what a decompression bomb's
+    header looks like, at no cost to make."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )

@@ -49,7 +49,10 @@ def test_bad_files_fail_alone_and_the_rest_is_ingested(kb: KnowledgeBase, tmp_pa
     write(docs, "image.png", b"\x89PNG")
     report = Ingestor(kb, ChunkerConfig()).ingest_paths([docs], "c")
     by_name = {Path(r.path).name: r for r in report.results}
-    assert set(by_name) == {"good.md", "also-good.txt", "garbage.txt", "latin1.txt", "empty.md", "blank.txt"}
+    assert set(by_name) == {
+        "good.md", "also-good.txt", "garbage.txt", "latin1.txt", "empty.md", "blank.txt", "image.png",
+    }  # fmt: skip
+    assert by_name["image.png"].status == "failed" and "image" in by_name["image.png"].reason
     assert {by_name[n].status for n in ("good.md", "also-good.txt", "latin1.txt")} == {"added"}
     assert by_name["garbage.txt"].status == "failed" and "binary" in by_name["garbage.txt"].reason
     assert by_name["empty.md"].status == "skipped" and by_name["blank.txt"].status == "skipped"

@@ -177,11 +177,11 @@ def test_a_burst_of_writes_is_one_ingest_and_hidden_or_unsupported_files_are_ign
                 draft.flush()
                 time.sleep(0.01)
         write(folder / ".draft.md.swp", "an editor's swap file")
-        write(folder / "photo.png", "not text")
+        write(folder / "photo.heic", "not text")
         wait_for(in_step(kb, folder, {"draft.md"}, present=("glacier",)))
         time.sleep(1.5)  # longer than the settling time: a second run would have happened by now
         assert watch.results("draft.md") == ["added"]
-        assert not watch.results(".draft.md.swp") and not watch.results("photo.png")
+        assert not watch.results(".draft.md.swp") and not watch.results("photo.heic")
 
 
 def test_a_copy_keeps_its_text_when_the_original_goes(kb: KnowledgeBase, tmp_path: Path) -> None:
