@@ -44,6 +44,8 @@ def load_office_file(path: Path, raw: bytes, config: IngestConfig) -> LoadedFile
     _check_container(raw, config, kind)
     try:
         return load_pptx(path, raw) if kind == "PPTX" else load_xlsx(path, raw)
+    except LoadError:  # a ValueError too, but already the reason to give
+        raise
     except DAMAGED as error:
         raise LoadError(f"not a valid {kind} file ({type(error).__name__}: {error})") from error
 
