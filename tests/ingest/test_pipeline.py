@@ -241,3 +241,18 @@ def test_llm_notes_1_loses_a_chunk_of_its_repeated_section_and_nothing_else(
             assert not text[covered : chunk.char_start].strip(), "a chunk before the second copy was dropped"
         covered = max(covered, chunk.char_end)
     assert len(chunks) + sum(d.chunks for d in result.duplicates) > len(chunks)
+
+
+@pytest.mark.parametrize("prune", [False, True])
+def test_a_new_version_that_fails_to_load_keeps_the_previous_one(
+    kb: KnowledgeBase, tmp_path: Path, prune: bool
+) -> None:
+    path = write(tmp_path, "report.pdf", make_pdf([["The harbour handled timber and grain."]]))
+    ingestor = Ingestor(kb, ChunkerConfig())
+    first = ingestor.ingest_paths([tmp_path], "c", prune=prune).results[0]
+    path.write_bytes(b"%PDF-1.4 truncated in the middle of a save")
+    failed = ingestor.ingest_paths([tmp_path], "c", prune=prune).results[0]
+    assert failed.status == "failed" and "PDF" in failed.reason
+    [kept] = kb.list_documents("c")
+    assert kept.id == first.document_id
+    assert [hit.text for hit in kb.search("timber", "c", 3)] == ["The harbour handled timber and grain."]
