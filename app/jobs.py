@@ -25,6 +25,7 @@ from app.uploads import (
     UploadTooLargeError,
     keep,
     numbered,
+    remove_abandoned_staging,
     source_key,
     stage,
     staging_folder,
@@ -73,7 +74,7 @@ class JobManager:
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._lock = threading.Lock()
         self._queue: queue.Queue[Job | None] = queue.Queue()
-        shutil.rmtree(upload_dir / ".incoming", ignore_errors=True)  # staged by a process that died
+        remove_abandoned_staging(upload_dir)  # staged by a process that died, not by a live replica
         self._worker = threading.Thread(target=self._work, name="ingest-jobs", daemon=True)
         self._worker.start()
 

@@ -10,9 +10,12 @@ its documents. Empty, absolute and `..` names are refused.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import socket
 import tempfile
+import time
 import unicodedata
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
@@ -115,10 +118,48 @@ def keep(staged: Path, name: str, upload_dir: Path, collection: str) -> None:
     shutil.move(str(staged), final)
 
 
+# A staging folder is named `<host>+<pid>+<random>`: a starting process removes those that its host's dead
+# processes left, and other hosts' (API replicas sharing the upload volume) only once they are this old.
+ABANDONED_AFTER_SECONDS = 24 * 3600
+
+
 def staging_folder(upload_dir: Path) -> Path:
     root = upload_dir / ".incoming"
     root.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=root))
+    return Path(tempfile.mkdtemp(prefix=f"{socket.gethostname()}+{os.getpid()}+", dir=root))
+
+
+def remove_abandoned_staging(upload_dir: Path, now: float | None = None) -> list[Path]:
+    """Remove the staging folders of processes that died mid-upload, never one another live process (on
+    this host or another sharing the volume) is still ingesting from; returns those removed."""
+    root = upload_dir / ".incoming"
+    if not root.is_dir():
+        return []
+    now = time.time() if now is None else now
+    host = socket.gethostname()
+    removed = []
+    for folder in root.iterdir():
+        owner, _, rest = folder.name.partition("+")
+        pid, _, _ = rest.partition("+")
+        dead_here = owner == host and pid.isdigit() and not _alive(int(pid))
+        try:
+            stale = now - folder.stat().st_mtime > ABANDONED_AFTER_SECONDS
+        except FileNotFoundError:
+            continue  # its owner finished meanwhile
+        if dead_here or stale:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def store_and_ingest(

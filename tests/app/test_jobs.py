@@ -86,3 +86,30 @@ def test_a_single_duplicate_upload_names_the_original(client: TestClient) -> Non
     assert copy.status_code == 200 and copy.json()["status"] == "duplicate"
     assert copy.json()["document"] is None
     assert copy.json()["duplicates"][0]["of_source"] == "upload://d/one.txt"
+
+
+def test_a_starting_process_removes_only_abandoned_staging_folders(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from app.uploads import ABANDONED_AFTER_SECONDS, remove_abandoned_staging, staging_folder
+
+    mine = staging_folder(tmp_path)  # this live process's upload in progress
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    dead_pid = int(finished.stdout)  # a process of this host that has exited
+    root = tmp_path / ".incoming"
+    host = socket.gethostname()
+    dead_here = root / f"{host}+{dead_pid}+abc123"
+    other_host_fresh = root / f"replica-2.example.com+{os.getpid()}+def456"
+    other_host_old = root / "replica-3.example.com+17+ghi789"
+    for folder in (dead_here, other_host_fresh, other_host_old):
+        (folder / "0").mkdir(parents=True)
+        (folder / "0" / "upload.txt").write_text("staged")
+    old = time.time() - ABANDONED_AFTER_SECONDS - 60
+    os.utime(other_host_old, (old, old))
+
+    removed = remove_abandoned_staging(tmp_path)
+    assert sorted(removed) == sorted([dead_here, other_host_old])
+    assert mine.is_dir() and other_host_fresh.is_dir() and not dead_here.exists()
