@@ -21,7 +21,11 @@ from retriever.store import InvalidNameError, NotFoundError
 
 
 class NotReadyError(RuntimeError):
-    """A model or index is still loading, or failed to load."""
+    """A model or index is still loading (with `retry_after` seconds to wait), or failed to load."""
+
+    def __init__(self, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(retry_after)} if retry_after else None
 
 
 class InvalidRequestError(ValueError):

@@ -134,6 +134,12 @@ def load_rag_generator(settings: Settings) -> Generator:
     return generator
 
 
+# While the models load, a request waits this long for them, then gets a 503 with Retry-After instead of
+# holding one of the server's worker threads for minutes.
+REQUEST_WAIT_SECONDS = 1.0
+LOADING_RETRY_AFTER = 5
+
+
 class _Loading:
     """A value produced by a background thread, or the error that stopped it."""
 
@@ -153,7 +159,7 @@ class _Loading:
 
     def wait(self, timeout: float) -> object:
         if not self.done.wait(timeout):
-            raise NotReadyError(f"the {self.name} is still loading; try again shortly")
+            raise NotReadyError(f"the {self.name} is still loading; try again shortly", LOADING_RETRY_AFTER)
         if self.error is not None:
             raise NotReadyError(f"the {self.name} failed to load: {self.error}")
         return self.value
@@ -207,12 +213,12 @@ class Services:
                 log.exception("%s failed to load", loading.name)
                 loading.fail(error)
 
-    def kb(self, timeout: float = 300.0) -> KnowledgeBase:
+    def kb(self, timeout: float = REQUEST_WAIT_SECONDS) -> KnowledgeBase:
         value = self._kb.wait(timeout)
         assert isinstance(value, KnowledgeBase)
         return value
 
-    def generator(self, timeout: float = 300.0) -> Generator:
+    def generator(self, timeout: float = REQUEST_WAIT_SECONDS) -> Generator:
         value = self._generator.wait(timeout)
         assert isinstance(value, Generator)
         return value

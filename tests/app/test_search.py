@@ -195,6 +195,23 @@ def test_search_answers_while_the_model_is_still_loading(tmp_path: Path, kb: Kno
         services.db.dispose()
 
 
+@pytest.mark.timeout(60)
+def test_while_the_model_loads_a_question_gets_503_with_retry_after_at_once(
+    tmp_path: Path, kb: KnowledgeBase
+) -> None:
+    services = Services(no_model_settings(tmp_path), kb=kb)
+    client = TestClient(create_app(services))  # no lifespan: the model never finishes loading
+    try:
+        upload_corpus(client)
+        started = time.monotonic()
+        refused = client.post("/v1/query", json={"question": KEEPER})
+        assert time.monotonic() - started < 10  # not the minutes a load can take
+        assert refused.status_code == 503 and "still loading" in refused.json()["detail"]
+        assert refused.headers["retry-after"] == "5"
+    finally:
+        services.db.dispose()
+
+
 @pytest.fixture
 def guarded(tmp_path: Path, kb: KnowledgeBase) -> Iterator[Corpus]:
     """Auth required, three requests a minute per key; collections alpha and beta."""
