@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -334,7 +335,7 @@ def ask(
     except (
         NotFoundError, CorruptModelError, ContextWindowError, GenerationFailedError, UnknownAdapterError,
     ) as error:  # fmt: skip
-        console.print(f"[red]error:[/red] {error}", markup=False, highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from error
     finally:
         kb.close()
@@ -386,7 +387,7 @@ def generate(
                 console.print()  # the message goes on a line of its own, after the text streamed so far
             raise GenerationFailedError(generator.name)
     except (CorruptModelError, ContextOverflowError, GenerationFailedError, UnknownAdapterError) as error:
-        console.print(f"[red]error:[/red] {error}", markup=False, highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from error
     seconds = time.perf_counter() - started
     console.print(

@@ -104,6 +104,8 @@ def cross_collection_requests(w: World) -> dict[tuple[str, str], list[tuple[str,
         ("GET", "/v1/documents"): [("/v1/documents", {"params": {"collection": "beta"}}, 403)],
         ("GET", "/v1/documents/{document_id}"): [(f"/v1/documents/{w.beta_doc}", {}, 404)],
         ("DELETE", "/v1/documents/{document_id}"): [(f"/v1/documents/{w.beta_doc}", {}, 404)],
+        ("GET", "/v1/documents/{document_id}/text"): [(f"/v1/documents/{w.beta_doc}/text", {}, 404)],
+        ("GET", "/v1/documents/{document_id}/file"): [(f"/v1/documents/{w.beta_doc}/file", {}, 404)],
         ("POST", "/v1/documents"): [
             ("/v1/documents", beta_file, 403),
             (
