@@ -12,6 +12,7 @@ from app.api import create_app
 from app.services import Services
 from app.settings import Settings, get_settings
 from retriever.store import KnowledgeBase
+from tests.app.corpus import Corpus, no_model_settings, upload_corpus, wait_for_llm
 
 
 @pytest.fixture
@@ -32,3 +33,12 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     get_settings.cache_clear()
     yield tmp_path / "data"
     get_settings.cache_clear()
+
+
+@pytest.fixture
+def corpus(tmp_path: Path, kb: KnowledgeBase) -> Iterator[Corpus]:
+    """The API, started, over three documents; its language model failed to load."""
+    services = Services(no_model_settings(tmp_path), kb=kb)
+    with TestClient(create_app(services)) as client:
+        wait_for_llm(services)
+        yield Corpus(client, services, upload_corpus(client))

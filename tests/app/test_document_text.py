@@ -3,7 +3,6 @@ page and headings, the original file while it is kept and unchanged; the rights 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from email.message import Message
 from pathlib import Path
 
@@ -18,28 +17,8 @@ from app.services import Services
 from app.views import source_public
 from retriever.models import Document
 from retriever.store import KnowledgeBase, SearchHit
-from tests.app.test_search import (
-    ADMIN,
-    ANIMALS,
-    GLACIER,
-    GUIDE,
-    KEEPER,
-    REPORT,
-    Corpus,
-    no_model_settings,
-    search,
-    upload,
-    upload_corpus,
-    wait_for_llm,
-)
-
-
-@pytest.fixture
-def corpus(tmp_path: Path, kb: KnowledgeBase) -> Iterator[Corpus]:
-    services = Services(no_model_settings(tmp_path), kb=kb)
-    with TestClient(create_app(services)) as client:
-        wait_for_llm(services)
-        yield Corpus(client, services, upload_corpus(client))
+from tests.app.corpus import ADMIN, ANIMALS, GLACIER, GUIDE, KEEPER, REPORT, Corpus, no_model_settings, upload
+from tests.app.test_search import search
 
 
 def document_text(client: TestClient, document_id: int, **kwargs: object) -> dict:  # type: ignore[type-arg]
