@@ -4,6 +4,7 @@ offsets point into) and download its original file."""
 from __future__ import annotations
 
 import mimetypes
+from pathlib import PurePosixPath
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile
@@ -93,7 +94,7 @@ def download_document_file(
     """The original file the document was ingested from, while it is kept and unchanged (404 otherwise)."""
     info = visible_document(services, principal, document_id)
     path = original_file(info, services.settings.upload_dir)
-    name = path.name.rsplit("%2F", 1)[-1]  # a kept upload's name holds its folders (`app.uploads.kept_name`)
+    name = PurePosixPath(info.source_file).name  # the upload's or file's own name, not the kept file's
     media_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
     return FileResponse(path, media_type=media_type, filename=name)
 
