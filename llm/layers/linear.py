@@ -9,7 +9,9 @@
   activations. Those kernels are GEMVs at heart and their cost grows linearly with the rows of `x`; from
   `PACKED_CPU_MAX_ROWS` rows on (prefill chunks) expanding the weight once and running a dense bfloat16 GEMM
   is faster (2-3x at 1,000 rows on AVX512-BF16), which is exactly the dispatch reference, so prefill goes
-  through `kernels.dispatch` with the `kernels.layout` weight kept beside the packed one.
+  through `kernels.dispatch` with the `kernels.layout` weight kept beside the packed one. On CPUs without
+  native bfloat16 matmuls (`llm.cpu.native_bf16`) those prefill GEMMs run in float32 and the result is
+  rounded back: torch emulates bfloat16 GEMMs there, 7x slower at 1,000 rows on AVX2.
 * CPU, dequantized: every weight dense in the compute dtype, bit-identical to the checkpoint's float values
   (what the parity tests compare against transformers).
 * CPU, kernels: quantized weights laid out exactly as on CUDA and multiplied through `kernels.dispatch`, so
@@ -28,6 +30,7 @@ from torch import nn
 
 from kernels import dispatch
 from kernels.layout import Int4Weight, Int8Weight, dequantize, quantize_int4, quantize_int8, unpack_int4
+from llm.cpu import native_bf16
 from llm.layers.context import get_context
 from llm.layers.lora import LoraDelta
 
@@ -129,21 +132,32 @@ class Linear(nn.Module):
         return y if mask is None else y + self.lora(x, mask)
 
     def _base(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            x.shape[0] >= PACKED_CPU_MAX_ROWS
+            and x.device.type == "cpu"
+            and x.dtype != torch.float32
+            and not native_bf16()
+        ):
+            bias = None if self.bias is None else self.bias.float()
+            return self._matmul(x.float(), bias).to(x.dtype)
+        return self._matmul(x, self.bias)
+
+    def _matmul(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         kind = self.kind
         if kind == "dense":
-            return F.linear(x, self.weight, self.bias)
+            return F.linear(x, self.weight.to(x.dtype), bias)
         if kind.startswith("cpu_") and x.shape[0] < PACKED_CPU_MAX_ROWS:
             aten = torch.ops.aten
             if kind == "cpu_int4":
                 y = aten._weight_int4pack_mm_for_cpu(x, self.weight, self.group_size, self.cpu_scales)
             else:
                 y = aten._weight_int8pack_mm(x, self.weight, self.cpu_scales)
-            return y if self.bias is None else y + self.bias
+            return y if bias is None else y + bias
         w = self.quantized
         if isinstance(w, Int4Weight):
-            return dispatch.linear_w4a16(x, w, self.bias)
+            return dispatch.linear_w4a16(x, w, bias)
         if isinstance(w, Int8Weight):
-            return dispatch.linear_w8a16(x, w, self.bias)
+            return dispatch.linear_w8a16(x, w, bias)
         raise RuntimeError("linear layer used before its weight was loaded")
 
 

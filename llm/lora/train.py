@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llm.cpu import native_bf16
 from llm.lora.adapter import PROJECTIONS
 
 Pair = tuple[torch.Tensor, torch.Tensor]
@@ -103,12 +104,7 @@ def compute_dtype(device: torch.device) -> torch.dtype:
     float32."""
     if device.type == "cuda":
         return torch.bfloat16
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
-            flags = cpuinfo.read()
-    except OSError:
-        return torch.float32
-    return torch.bfloat16 if "avx512_bf16" in flags or "amx_bf16" in flags else torch.float32
+    return torch.bfloat16 if native_bf16() else torch.float32
 
 
 def shared_prefix(prompts: Sequence[list[int]]) -> int:

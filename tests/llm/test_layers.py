@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from kernels import dispatch
 from kernels.layout import dequantize, quantize_int4, quantize_int8
 from llm.layers.linear import PACKED_CPU_MAX_ROWS, Embedding, Linear, WeightPolicy
 
@@ -20,7 +21,9 @@ QUANTIZERS = {
 @pytest.mark.parametrize(("dtype", "atol"), [(torch.float32, 1e-4), (torch.bfloat16, 0.15)])
 @pytest.mark.parametrize("packed", [True, False])
 @pytest.mark.parametrize("rows", [5, PACKED_CPU_MAX_ROWS])  # decode-sized (packed kernels) and prefill-sized
-def test_linear_matches_dequantized_weight(scheme, dtype, atol, packed, rows):
+@pytest.mark.parametrize("native", [True, False])  # whether the CPU has native bfloat16 matmuls
+def test_linear_matches_dequantized_weight(scheme, dtype, atol, packed, rows, native, monkeypatch):
+    monkeypatch.setattr("llm.layers.linear.native_bf16", lambda: native)
     torch.manual_seed(0)
     w = torch.randn(96, 256) * 0.1
     q = QUANTIZERS[scheme](w)
@@ -35,6 +38,28 @@ def test_linear_matches_dequantized_weight(scheme, dtype, atol, packed, rows):
         expected = x @ dequantize(quantize_int8(dequantize(q))).t() + bias
     assert layer.kind == ("dense" if not packed else f"cpu_{scheme[:4]}")
     torch.testing.assert_close(layer(x.to(dtype)).float(), expected, atol=atol, rtol=0.02)
+
+
+@pytest.mark.parametrize(("native", "computed_in"), [(True, torch.bfloat16), (False, torch.float32)])
+def test_prefill_matmuls_run_in_float32_on_cpus_without_native_bfloat16(native, computed_in, monkeypatch):
+    """torch emulates bfloat16 GEMMs on AVX2 (7x slower than float32 at 1,000 rows); the result is still
+    returned in the activations' dtype."""
+    monkeypatch.setattr("llm.layers.linear.native_bf16", lambda: native)
+    seen = []
+    real = dispatch.linear_w4a16
+
+    def recording(x, w, bias=None):
+        seen.append((x.dtype, None if bias is None else bias.dtype))
+        return real(x, w, bias)
+
+    monkeypatch.setattr(dispatch, "linear_w4a16", recording)
+    layer = Linear(256, 96, bias=True)
+    policy = WeightPolicy(torch.device("cpu"), torch.bfloat16, cpu_weights="packed")
+    layer.set_weight(quantize_int4(torch.randn(96, 256) * 0.1, 32), policy)
+    layer.set_bias(torch.randn(96), policy)
+    assert layer(torch.randn(PACKED_CPU_MAX_ROWS, 256, dtype=torch.bfloat16)).dtype == torch.bfloat16
+    layer(torch.randn(5, 256, dtype=torch.bfloat16))  # decode-sized: the packed kernel, not dispatch
+    assert seen == [(computed_in, computed_in)]
 
 
 def test_linear_rejects_a_weight_of_the_wrong_shape():
