@@ -20,11 +20,11 @@ from app.cache import CacheKey, normalize_question
 from app.errors import InvalidRequestError
 from app.generation import Delta, Done, GenerationRun, Outcome
 from app.limits import TooBusyError
-from app.rag import Answer, RagPipeline, Source, build_messages
+from app.rag import Answer, AnswerStyle, RagPipeline, Source, build_messages
 from app.rewrite import standalone_question
 from app.schemas import QueryCreate
 from app.views import answer_public
-from llm.base import NO_ADAPTER, GenerationResult, Generator, SamplingParams, served_adapters
+from llm.base import NO_ADAPTER, GenerationResult, Generator, served_adapters
 
 if TYPE_CHECKING:
     from app.services import Services
@@ -61,11 +61,8 @@ class Answering:
         collection = prepared.collection
         kb, generator = services.kb(), services.generator()
         max_new_tokens = min(body.max_tokens or settings.max_new_tokens, settings.max_new_tokens)
-        params = SamplingParams(
-            max_new_tokens=max_new_tokens,
-            temperature=body.temperature or 0.0,
-            presence_penalty=settings.answer_presence_penalty,
-            adapter=self._adapter(body.adapter, generator),
+        params = AnswerStyle.of(settings).params(
+            max_new_tokens, self._adapter(body.adapter, generator), body.temperature or 0.0
         )
         top_k = body.top_k or settings.top_k
         version = kb.collection_version(collection)

@@ -312,7 +312,7 @@ def ask(
 ) -> None:
     """Answer a question from a collection and list the numbered sources."""
     from app.generation import GenerationFailedError
-    from app.rag import RagPipeline
+    from app.rag import AnswerStyle, RagPipeline
     from app.services import ContextWindowError, load_knowledge_base, load_rag_generator
     from llm.base import UnknownAdapterError
     from llm.engine.sanity import CorruptModelError
@@ -326,9 +326,8 @@ def ask(
     try:
         generator = load_rag_generator(settings)
         pipeline = RagPipeline(
-            kb, generator, settings.max_new_tokens, settings.min_relevance, adapter,
-            settings.answer_presence_penalty,
-        )  # fmt: skip
+            kb, generator, settings.max_new_tokens, settings.min_relevance, adapter, AnswerStyle.of(settings)
+        )
         answer = pipeline.answer(
             question, collection or settings.default_collection, top_k or settings.top_k, mode
         )

@@ -32,7 +32,7 @@ from typing import Any, Literal, cast
 import numpy as np
 from sqlalchemy import select
 
-from app.rag import RagPipeline
+from app.rag import AnswerStyle, RagPipeline
 from app.settings import Settings
 from ingest.cleaning import clean_text
 from ingest.pipeline import Ingestor
@@ -356,7 +356,7 @@ def run_evaluation(
             for adapter in ((NO_ADAPTER,) if base else ()) + served_adapters(generator):
                 pipeline = RagPipeline(
                     kb, generator, eval_settings.max_new_tokens, eval_settings.min_relevance, adapter,
-                    eval_settings.answer_presence_penalty,
+                    AnswerStyle.of(eval_settings),
                 )  # fmt: skip
                 label = "base model" if adapter == NO_ADAPTER else f"+ {adapter}"
                 generation[label] = evaluate_answers(
@@ -381,6 +381,7 @@ def run_evaluation(
             "split": split,
             "min_relevance": eval_settings.min_relevance,
             "presence_penalty": eval_settings.answer_presence_penalty,
+            "refusal_penalty": eval_settings.answer_refusal_penalty,
         }
     return Report(
         dataset=squad.name,

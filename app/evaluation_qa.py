@@ -42,7 +42,7 @@ from app.evaluation import (
     throwaway_knowledge_base,
 )
 from app.grounding import NO_ANSWER
-from app.rag import RagPipeline
+from app.rag import AnswerStyle, RagPipeline
 from app.settings import Settings
 from ingest.cleaning import clean_text
 from ingest.pipeline import Ingestor
@@ -268,7 +268,10 @@ def run_qa_evaluation(
         if generate:
             generator = load_generator(eval_settings)
             llm = generator.name
-            pipeline = RagPipeline(kb, generator, eval_settings.max_new_tokens, eval_settings.min_relevance)
+            pipeline = RagPipeline(
+                kb, generator, eval_settings.max_new_tokens, eval_settings.min_relevance,
+                style=AnswerStyle.of(eval_settings),
+            )  # fmt: skip
             answers, generation = answer_questions(
                 pipeline, questions, eval_settings.top_k, step("generation")
             )

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from app.generation import GenerationFailedError
 from app.grounding import NO_ANSWER, PassageText, best_relevance, ground
+from app.settings import Settings
 from llm.base import ChatMessage, GenerationResult, Generator, SamplingParams, collect
 from retriever.config import SearchMode
 from retriever.context import assemble_context
@@ -45,6 +46,29 @@ class Answer:
     cached: bool = False
 
 
+@dataclass(frozen=True)
+class AnswerStyle:
+    """How RAG answers are sampled beyond a request's own settings: the repetition control, and the margin
+    by which the no-answer reply must beat the best answer to be chosen (a cut of its first token's logit at
+    the reply's first position, `SamplingParams.opening_bias`)."""
+
+    presence_penalty: float = 0.0
+    refusal_penalty: float = 0.0
+
+    @classmethod
+    def of(cls, settings: Settings) -> AnswerStyle:
+        return cls(settings.answer_presence_penalty, settings.answer_refusal_penalty)
+
+    def params(self, max_new_tokens: int, adapter: str | None, temperature: float = 0.0) -> SamplingParams:
+        return SamplingParams(
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            presence_penalty=self.presence_penalty,
+            opening_bias=((NO_ANSWER, -self.refusal_penalty),) if self.refusal_penalty else (),
+            adapter=adapter,
+        )
+
+
 def format_passages(sources: Sequence[Source]) -> str:
     return "\n\n".join(f"[{s.n}] (from {s.hit.title})\n{s.hit.text}" for s in sources)
 
@@ -80,12 +104,12 @@ class RagPipeline:
         max_new_tokens: int,
         min_relevance: float = -1.0,
         adapter: str | None = None,
-        presence_penalty: float = 0.0,
+        style: AnswerStyle = AnswerStyle(),
     ) -> None:
         self.kb = kb
         self.generator = generator
         self.adapter = adapter  # the LoRA adapter to answer with (None: the generator's default)
-        self.presence_penalty = presence_penalty
+        self.style = style
         self.max_new_tokens = max_new_tokens
         self.min_relevance = min_relevance
 
@@ -168,9 +192,7 @@ class RagPipeline:
         timings: dict[str, float] | None = None,
     ) -> Answer:
         """Generate and ground an answer from given passages (retrieved, or chosen by an evaluation)."""
-        params = SamplingParams(
-            max_new_tokens=self.max_new_tokens, presence_penalty=self.presence_penalty, adapter=self.adapter
-        )
+        params = self.style.params(self.max_new_tokens, self.adapter)
         result = collect(self.generator.stream(build_messages(question, sources), params))
         result.text = result.text.strip()
         return self.conclude(question, sources, relevance, result, {**(timings or {}), **result.timings})

@@ -80,6 +80,14 @@ class Settings(BaseSettings):
         description="Repetition control of RAG answers: a flat logit cut for every token the answer already "
         "used (the passages are not penalized, so quoting them stays free); tuned on the validation articles",
     )
+    answer_refusal_penalty: float = Field(
+        1.0,
+        ge=0.0,
+        le=10.0,
+        description="How much the no-answer reply must beat the best answer by (in logits, at the reply's "
+        "first token) to be chosen; 0: plain greedy. Small models refuse answerable questions at near ties; "
+        "tuned on training articles (docs/finetuning.md)",
+    )
     llm_adapters: list[Path] = Field(
         [], description="More LoRA adapter folders, chosen per request by folder name (JSON list)"
     )

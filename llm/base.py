@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -39,6 +39,9 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     adapter: str | None = None
+    # (text, bias): the bias is added to the logit of the text's first token at the reply's first position
+    # only; a negative one makes a reply that opens with the text win only by that margin.
+    opening_bias: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         problems = []
@@ -56,12 +59,23 @@ class SamplingParams:
             problems.append("repetition_penalty must be > 0")
         if not math.isfinite(self.presence_penalty):
             problems.append("presence_penalty must be finite")
+        if any(not text or not math.isfinite(bias) for text, bias in self.opening_bias):
+            problems.append("opening_bias needs non-empty texts and finite biases")
         if problems:
             raise ValueError("invalid sampling parameters: " + "; ".join(problems))
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+
+def opening_bias_by_token(params: SamplingParams, encode: Callable[[str], list[int]]) -> dict[int, float]:
+    """`params.opening_bias` keyed by the first token of each text (biases of a shared token add up)."""
+    bias: dict[int, float] = {}
+    for text, value in params.opening_bias:
+        first = encode(text)[0]
+        bias[first] = bias.get(first, 0.0) + value
+    return bias
 
 
 @dataclass

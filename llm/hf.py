@@ -20,6 +20,7 @@ from llm.base import (
     GenerationEvent,
     SamplingParams,
     UnknownAdapterError,
+    opening_bias_by_token,
 )
 from llm.locate import ModelNotFoundError
 
@@ -32,6 +33,23 @@ class _Cancelled:
 
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
         return self.event.is_set()
+
+
+class _OpeningBias:
+    """A logits processor adding `SamplingParams.opening_bias` (by first token id) at the first generated
+    position only."""
+
+    def __init__(self, prompt_length: int, bias: dict[int, float]) -> None:
+        self.prompt_length = prompt_length
+        self.bias = bias
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        if input_ids.shape[1] != self.prompt_length:
+            return scores
+        scores = scores.clone()
+        for token, value in self.bias.items():
+            scores[:, token] += value
+        return scores
 
 
 class HFGenerator:
@@ -65,7 +83,7 @@ class HFGenerator:
 
     def stream(self, messages: Sequence[ChatMessage], params: SamplingParams) -> Iterator[GenerationEvent]:
         import torch
-        from transformers import StoppingCriteriaList, TextIteratorStreamer
+        from transformers import LogitsProcessorList, StoppingCriteriaList, TextIteratorStreamer
 
         if params.adapter not in (None, NO_ADAPTER):
             raise UnknownAdapterError(f"the transformers backend serves no adapters, not {params.adapter!r}")
@@ -85,6 +103,11 @@ class HFGenerator:
             "pad_token_id": self.tokenizer.eos_token_id,
             "repetition_penalty": params.repetition_penalty,
         }
+        if params.opening_bias:
+            bias = opening_bias_by_token(
+                params, lambda text: self.tokenizer.encode(text, add_special_tokens=False)
+            )
+            generate_kwargs["logits_processor"] = LogitsProcessorList([_OpeningBias(len(prompt_ids), bias)])
         if params.greedy:
             generate_kwargs["do_sample"] = False
         else:

@@ -105,7 +105,7 @@ def create_engine(config: EngineConfig | None = None) -> tuple[LLMEngine, Tokeni
     )
     block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
     scheduler = Scheduler(block_manager, config.max_num_seqs, config.max_num_batched_tokens, max_model_len)
-    engine = LLMEngine(runner, tokenizer.decode, tokenizer.stop_token_ids, scheduler, names)
+    engine = LLMEngine(runner, tokenizer.decode, tokenizer.stop_token_ids, scheduler, names, tokenizer.encode)
     name = f"archivist-engine:{path.stem if path.is_file() else path.name}"
     log.info(
         "loaded %s on %s (%s), %d KV blocks, max_model_len %d, LoRA adapters: %s",

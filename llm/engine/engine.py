@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from llm.base import ContextOverflowError, FinishReason, SamplingParams
+from llm.base import ContextOverflowError, FinishReason, SamplingParams, opening_bias_by_token
 from llm.engine.block_manager import BlockManager
 from llm.engine.detokenizer import IncrementalDetokenizer
 from llm.engine.scheduler import ScheduledBatch, Scheduler
@@ -43,6 +43,7 @@ class Request:
     finish_time: float | None = None
     finish_reason: FinishReason | None = None
     token_logprobs: list[Sample] = field(default_factory=list)
+    opening_bias: dict[int, float] = field(default_factory=dict)  # params.opening_bias by token id
     sampler_state: Any = None  # owned by the model runner's sampler (e.g. a seeded torch.Generator)
 
     @property
@@ -94,8 +95,10 @@ class LLMEngine:
         stop_token_ids: Iterable[int],
         scheduler: Scheduler,
         adapters: Iterable[str] = (),
+        encode: Callable[[str], list[int]] | None = None,
     ) -> None:
         self.runner = runner
+        self.encode = encode  # text -> token ids, for `SamplingParams.opening_bias`
         # LoRA adapters loaded with the model, by name -> slot (slot 0 is the base model).
         self.adapter_slots = {name: slot for slot, name in enumerate(adapters, start=1)}
         self.decode = decode
@@ -147,11 +150,19 @@ class LLMEngine:
             detokenizer=IncrementalDetokenizer(self.decode, prompt_ids, params.stop),
             stop_token_ids=frozenset() if ignore_eos else self.stop_token_ids,
             logprobs=logprobs,
+            opening_bias=self._opening_bias(params),
         )
         self.scheduler.add(seq)
         self.requests[request.request_id] = request
         self._by_seq[seq.seq_id] = request
         return request
+
+    def _opening_bias(self, params: SamplingParams) -> dict[int, float]:
+        if not params.opening_bias:
+            return {}
+        if self.encode is None:
+            raise ValueError("opening_bias needs an engine built with a tokenizer's encode")
+        return opening_bias_by_token(params, self.encode)
 
     def abort(self, request_id: int) -> Request | None:
         """Cancel a request and free its blocks at once; None if it already finished."""

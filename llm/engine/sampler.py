@@ -45,6 +45,11 @@ class Sampler:
         raw = logits
         if any(p.repetition_penalty != 1.0 or p.presence_penalty != 0.0 for p in params):
             logits = self._penalize(logits, requests)
+        openings = [
+            (i, r.opening_bias) for i, r in enumerate(requests) if r.opening_bias and not r.completion_tokens
+        ]
+        if openings:
+            logits = self._bias(logits, openings)
         if all(p.greedy for p in params):
             tokens = logits.argmax(dim=-1)
         else:
@@ -83,6 +88,19 @@ class Sampler:
         logits = torch.where(seen, penalized, logits)
         # Presence (OpenAI): a flat cut for every token the answer already used.
         return logits - presence * generated
+
+    def _bias(self, logits: torch.Tensor, openings: list[tuple[int, dict[int, float]]]) -> torch.Tensor:
+        """Add each row's opening bias (first generated token only) to a copy of the logits."""
+        rows = [row for row, bias in openings for _ in bias]
+        columns = [token for _, bias in openings for token in bias]
+        values = [value for _, bias in openings for value in bias.values()]
+        biased = logits.clone()
+        biased.index_put_(
+            (self._tensor(rows, torch.int64), self._tensor(columns, torch.int64)),
+            self._tensor(values, logits.dtype),
+            accumulate=True,
+        )
+        return biased
 
     def _sample(self, logits: torch.Tensor, requests: list[Request]) -> torch.Tensor:
         params: list[SamplingParams] = [r.params for r in requests]

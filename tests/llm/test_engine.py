@@ -71,6 +71,25 @@ def test_penalties_change_greedy_output(packed_engine):
     assert len(set(present.seq.completion_token_ids)) > len(set(plain.seq.completion_token_ids))
 
 
+def test_opening_bias_is_a_margin_on_the_first_token_only(packed_engine):
+    engine, tokenizer = packed_engine
+    prompt = tokenizer.apply_chat_template(QUESTION)
+    plain = engine.generate([prompt], SamplingParams(max_new_tokens=16), logprobs=2)[0]
+    first = plain.token_logprobs[0]
+    margin = first.logprob - max(lp for token, lp in first.top_logprobs if token != first.token_id)
+
+    def opening_with(bias):
+        params = SamplingParams(max_new_tokens=16, opening_bias=((plain.text, bias),))
+        return engine.generate([prompt], params)[0].seq.completion_token_ids
+
+    assert tokenizer.encode(plain.text)[0] == first.token_id
+    assert opening_with(-margin / 2) == plain.seq.completion_token_ids  # not enough to change the opening
+    cut = opening_with(-margin - 1.0)
+    assert cut[0] != first.token_id
+    # Only the first position is biased: a big bonus for the reply's own first token does not repeat it.
+    assert opening_with(50.0)[:2] == plain.seq.completion_token_ids[:2]
+
+
 def test_stop_string_cuts_the_answer(packed_engine):
     engine, tokenizer = packed_engine
     prompt = ids_of(tokenizer, "Explain in detail how a steam engine works.")
@@ -122,6 +141,8 @@ def test_prompt_longer_than_context_is_rejected(packed_engine):
         {"min_p": 1.5},
         {"max_new_tokens": 0},
         {"repetition_penalty": 0},
+        {"opening_bias": (("", -1.0),)},
+        {"opening_bias": (("The", float("nan")),)},
     ],
 )
 def test_invalid_sampling_is_a_value_error(bad):
