@@ -604,12 +604,13 @@ cli.add_typer(keys_cli, name="keys")
 @contextmanager
 def _key_store() -> Iterator[KeyStore]:
     from app.auth import KeyStore
-    from app.models import AppBase
-    from retriever.db import Database, ensure_schema
+    from app.schema import SERVICE_CHAIN
+    from retriever.db import Database
+    from retriever.schema import check_schema
 
     db = Database(_settings().resolved_database_url)
     try:
-        ensure_schema(db.engine, AppBase.metadata)
+        check_schema(db.engine, SERVICE_CHAIN)
         yield KeyStore(db)
     finally:
         db.dispose()
@@ -734,9 +735,56 @@ def run() -> None:
     console.print("stopped")
 
 
+db_cli = typer.Typer(help="The database's schema: its revision, and upgrading it.", no_args_is_help=True)
+cli.add_typer(db_cli, name="db")
+
+
+@db_cli.command("upgrade")
+def db_upgrade() -> None:
+    """Bring the database's tables to this version's schema (back the database up first)."""
+    from app.schema import SERVICE_CHAIN
+    from retriever.db import make_engine
+    from retriever.schema import RETRIEVER_CHAIN, upgrade_schema
+
+    engine = make_engine(_settings().resolved_database_url)
+    try:
+        for chain in (RETRIEVER_CHAIN, SERVICE_CHAIN):
+            before, after = upgrade_schema(engine, chain)
+            change = f"already at revision {after}" if before == after else f"{before or 'none'} -> {after}"
+            console.print(f"{chain.component} tables: {change}")
+    finally:
+        engine.dispose()
+
+
+@db_cli.command("status")
+def db_status() -> None:
+    """The schema revision of the database's tables, and this version's; exit 1 when an upgrade is due."""
+    from app.schema import SERVICE_CHAIN
+    from retriever.db import make_engine
+    from retriever.schema import RETRIEVER_CHAIN, current_revision
+
+    engine = make_engine(_settings().resolved_database_url)
+    try:
+        due = False
+        for chain in (RETRIEVER_CHAIN, SERVICE_CHAIN):
+            current, head = current_revision(engine, chain), chain.head()
+            due |= current != head
+            console.print(f"{chain.component} tables: revision {current or 'none'}, this version's {head}")
+    finally:
+        engine.dispose()
+    if due:
+        raise typer.Exit(1)
+
+
 def main() -> None:
+    from retriever.schema import SchemaError
+
     logging.basicConfig(level=os.environ.get("ARCHIVIST_LOG_LEVEL", "WARNING"))
-    cli()
+    try:
+        cli()
+    except SchemaError as error:  # from any command that opens the database
+        console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

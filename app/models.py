@@ -1,7 +1,6 @@
 """SQL tables the service owns: API keys with their collection grants, and conversations with their
-messages. They live in the knowledge base's database but in their own metadata, created (and given the
-columns a later version added) at startup by `retriever.db.ensure_schema`, so the retriever never needs to
-know about them."""
+messages. They live in the knowledge base's database but in their own metadata and their own migration chain
+(`app.schema`, `app/migrations`), so the retriever never needs to know about them."""
 
 from __future__ import annotations
 

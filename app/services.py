@@ -20,14 +20,15 @@ from app.errors import NotReadyError
 from app.jobs import JobManager
 from app.limits import GenerationGate, RateLimiter
 from app.metrics import Metrics
-from app.models import AppBase
 from app.rag import fit_sources
+from app.schema import SERVICE_CHAIN
 from app.settings import Settings
 from ingest.pipeline import Ingestor
 from llm.base import Generator
 from llm.locate import default_llm_path
-from retriever.db import Database, ensure_schema
+from retriever.db import Database
 from retriever.embedder import load_embedder
+from retriever.schema import check_schema
 from retriever.store import KnowledgeBase, SearchHit
 
 log = logging.getLogger(__name__)
@@ -184,7 +185,7 @@ class Services:
         self._gate_lock = threading.Lock()
         # Keys and conversations need no model, so they get their own connection pool and work at once.
         self.db = Database(settings.resolved_database_url)
-        ensure_schema(self.db.engine, AppBase.metadata)
+        check_schema(self.db.engine, SERVICE_CHAIN)
         admin_key = settings.admin_key.get_secret_value() if settings.admin_key else None
         self.keys = KeyStore(self.db, admin_key)
         self.conversations = ConversationStore(self.db)

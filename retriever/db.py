@@ -7,11 +7,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, MetaData, Table, create_engine, event, inspect, text
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from retriever.models import Base
+from retriever.schema import RETRIEVER_CHAIN, check_schema
 
 
 def make_engine(database_url: str) -> Engine:
@@ -32,64 +32,21 @@ def make_engine(database_url: str) -> Engine:
 
     else:
         engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
-    ensure_schema(engine, Base.metadata)
     return engine
 
 
-def ensure_schema(engine: Engine, metadata: MetaData) -> None:
-    """Create the missing tables of `metadata`; and, since `create_all` never alters an existing table, add
-    the columns and indexes a later version introduced (each column nullable or with a server default), so
-    a data dir made by an earlier version keeps working without a migration tool. The service's own tables
-    come through here too, with their own metadata."""
-    metadata.create_all(engine)
-    inspector = inspect(engine)
-    with engine.begin() as connection:
-        for table in metadata.sorted_tables:
-            present = {column["name"] for column in inspector.get_columns(table.name)}
-            for column in table.columns:
-                if column.name in present:
-                    continue
-                kind = column.type.compile(engine.dialect)
-                ddl = f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"
-                if column.server_default is not None:
-                    ddl += f" DEFAULT '{column.server_default.arg}'"  # type: ignore[attr-defined]
-                connection.execute(text(ddl))
-            indexed = {index["name"] for index in inspector.get_indexes(table.name)}
-            for index in table.indexes:
-                if index.name not in indexed:
-                    index.create(connection)
-            if table.kwargs.get("sqlite_autoincrement") and _lacks_autoincrement(connection, table):
-                _rebuild_with_autoincrement(connection, table)
-
-
-def _lacks_autoincrement(connection: Connection, table: Table) -> bool:
-    """A SQLite table made before its ids were declared AUTOINCREMENT (never reused)."""
-    if connection.dialect.name != "sqlite":
-        return False
-    created = connection.execute(
-        text("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = :name"), {"name": table.name}
-    ).scalar()
-    return created is not None and "AUTOINCREMENT" not in str(created).upper()
-
-
-def _rebuild_with_autoincrement(connection: Connection, table: Table) -> None:
-    """SQLite cannot alter a table's id into AUTOINCREMENT: copy its rows into a new table that has it (the
-    copy's largest id then seeds the counter). Only for tables no other table references."""
-    previous = f"{table.name}_without_autoincrement"
-    connection.execute(text(f"ALTER TABLE {table.name} RENAME TO {previous}"))
-    for index in table.indexes:
-        connection.execute(text(f"DROP INDEX IF EXISTS {index.name}"))
-    table.create(connection)
-    columns = ", ".join(column.name for column in table.columns)
-    connection.execute(text(f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM {previous}"))
-    connection.execute(text(f"DROP TABLE {previous}"))
-
-
 class Database:
-    """Owns the engine and hands out sessions that commit on success and roll back on error."""
+    """Owns the engine and hands out sessions that commit on success and roll back on error. The retriever's
+    tables must be at this code's schema revision (`retriever.schema.check_schema`; a new database gets
+    them at once)."""
 
     def __init__(self, database_url: str) -> None:
         self.engine = make_engine(database_url)
+        try:
+            check_schema(self.engine, RETRIEVER_CHAIN)
+        except BaseException:
+            self.engine.dispose()
+            raise
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager

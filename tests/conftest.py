@@ -13,7 +13,6 @@ from sqlalchemy.exc import OperationalError
 
 from app.settings import Settings
 from retriever.embedder import Embedder
-from retriever.models import Base
 from retriever.store import KnowledgeBase
 
 # Without a GPU the Triton kernels run under the interpreter. Triton reads the variable when it is first
@@ -65,8 +64,11 @@ def _postgres_available() -> str | None:
 
 
 def _reset_postgres() -> None:
+    """Every table of the test database, the service's and the migrations' version tables included."""
     engine = create_engine(POSTGRES_URL)
-    Base.metadata.drop_all(engine)
+    with engine.begin() as connection:
+        connection.execute(text("DROP SCHEMA public CASCADE"))
+        connection.execute(text("CREATE SCHEMA public"))
     engine.dispose()
 
 

@@ -13,8 +13,10 @@ from sqlalchemy import func, inspect, select, text
 from app.auth import LOCAL_ADMIN, AuthError, KeyStore, Principal, hash_key
 from app.conversations import ConversationStore
 from app.models import ApiKey, AppBase, Message
+from app.schema import SERVICE_CHAIN
 from app.services import Services
 from retriever.db import Database
+from retriever.schema import SchemaError, upgrade_schema
 from retriever.store import InvalidNameError, NotFoundError
 from tests.conftest import make_settings
 
@@ -103,11 +105,12 @@ def test_conversations_belong_to_the_key_that_started_them(db: Database) -> None
     assert {c.id for c in store.list_conversations(principal=LOCAL_ADMIN)} == {mine.id, admins.id}
 
 
-def test_start_up_adds_the_owner_column_to_an_earlier_conversations_table(
+def test_upgrade_adds_the_owner_column_to_an_earlier_conversations_table(
     database_url: str, tmp_path: Path
 ) -> None:
-    """A conversations table from before conversations had owners: the service adds the column at start,
-    and the conversations already there stay the admin's."""
+    """A conversations table from before conversations had owners (and migrations): the service refuses to
+    start until `archivist db upgrade` adds the column, and the conversations already there stay the
+    admin's."""
     earlier = Database(database_url)
     AppBase.metadata.drop_all(earlier.engine)
     with earlier.engine.begin() as connection:
@@ -119,9 +122,13 @@ def test_start_up_adds_the_owner_column_to_an_earlier_conversations_table(
             "INSERT INTO conversations VALUES ('old', 'alpha', 'Before owners', CURRENT_TIMESTAMP, "
             "CURRENT_TIMESTAMP)"
         ))  # fmt: skip
+    settings = make_settings(tmp_path / "data", database_url=database_url)
+    with pytest.raises(SchemaError, match="archivist db upgrade"):
+        Services(settings)
+    upgrade_schema(earlier.engine, SERVICE_CHAIN)
     earlier.dispose()
 
-    services = Services(make_settings(tmp_path / "data", database_url=database_url))
+    services = Services(settings)
     try:
         columns = {c["name"] for c in inspect(services.db.engine).get_columns("conversations")}
         indexes = {i["name"] for i in inspect(services.db.engine).get_indexes("conversations")}

@@ -158,7 +158,11 @@ def test_an_edited_newest_document_is_found_by_its_new_text_only(store: Knowledg
 def test_a_sqlite_database_made_before_autoincrement_is_rebuilt_with_it(
     tmp_path: Path, embedder: Embedder
 ) -> None:
+    """By `archivist db upgrade`, which adopts a database made before migrations."""
     from sqlalchemy import text
+
+    from retriever.db import make_engine
+    from retriever.schema import RETRIEVER_CHAIN, SchemaError, upgrade_schema
 
     config = RetrieverConfig(database_url=f"sqlite:///{tmp_path / 'old.db'}", index_dir=tmp_path / "index")
     kb = KnowledgeBase(config, embedder)
@@ -171,7 +175,13 @@ def test_a_sqlite_database_made_before_autoincrement_is_rebuilt_with_it(
         connection.execute(text(str(created).replace(" AUTOINCREMENT", "")))
         connection.execute(text("INSERT INTO chunks SELECT * FROM chunks_old"))
         connection.execute(text("DROP TABLE chunks_old"))
+        connection.execute(text(f"DROP TABLE {RETRIEVER_CHAIN.version_table}"))
     kb.close()
+    with pytest.raises(SchemaError, match="archivist db upgrade"):
+        KnowledgeBase(config, embedder)
+    engine = make_engine(config.database_url)
+    assert upgrade_schema(engine, RETRIEVER_CHAIN) == (None, RETRIEVER_CHAIN.head())
+    engine.dispose()
 
     reopened = KnowledgeBase(config, embedder)
     try:

@@ -1,0 +1,178 @@
+"""Schema versions of the database, kept by Alembic.
+
+Each component that owns tables has its own migration chain and its own version table: the retriever's
+(collections, documents, chunks) in `retriever/migrations`, the service's (keys, conversations) in
+`app/migrations`, so neither needs to know the other's tables. At start-up a component checks its chain
+(`check_schema`):
+
+* a database without any of the chain's tables is new: it is brought to the newest revision at once;
+* a database at the newest revision is used as it is;
+* an older one (or one made before migrations existed) is refused with the command that upgrades it,
+  `archivist db upgrade`: a deployment upgrades on purpose, once, and not from every replica at start-up;
+* one at a revision this code does not know is refused: it was made by a newer version.
+
+Upgrades on PostgreSQL hold an advisory lock for the chain, so replicas starting together on a new database
+create its tables once. The first revision of each chain also adopts a database made before migrations
+existed (`adopt_existing`): it creates the missing tables and adds the columns, indexes and SQLite
+AUTOINCREMENT a later version introduced, then records the revision.
+"""
+
+from __future__ import annotations
+
+import threading
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, MetaData, Table, inspect, text
+
+
+class SchemaError(RuntimeError):
+    """The database's schema is not the one this code works with; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class MigrationChain:
+    component: str
+    script_location: Path  # the folder holding env.py and versions/
+    version_table: str
+    tables: tuple[str, ...]  # the tables the chain owns: none present means a new database
+
+    def config(self) -> Config:
+        config = Config()
+        config.set_main_option("script_location", str(self.script_location))
+        config.attributes["version_table"] = self.version_table
+        return config
+
+    def head(self) -> str:
+        head = ScriptDirectory.from_config(self.config()).get_current_head()
+        assert head is not None, f"the {self.component} migration chain has no revision"
+        return head
+
+
+RETRIEVER_CHAIN = MigrationChain(
+    "retriever",
+    Path(__file__).parent / "migrations",
+    "alembic_version_retriever",
+    ("collections", "documents", "chunks"),
+)
+
+UPGRADE_HINT = "run `archivist db upgrade` (back the database up first)"
+
+
+def current_revision(engine: Engine, chain: MigrationChain) -> str | None:
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"version_table": chain.version_table})
+        return context.get_current_revision()
+
+
+def check_schema(engine: Engine, chain: MigrationChain) -> None:
+    """Use the database as it is, create a new one's tables, or raise `SchemaError` saying what to do."""
+    current, head = current_revision(engine, chain), chain.head()
+    if current == head:
+        return
+    where = engine.url.render_as_string(hide_password=True)
+    if current is None:
+        present = set(inspect(engine).get_table_names())
+        if not present & set(chain.tables):
+            upgrade_schema(engine, chain)
+            return
+        raise SchemaError(
+            f"the {chain.component} tables of {where} predate schema migrations: {UPGRADE_HINT}"
+        )
+    known = {script.revision for script in ScriptDirectory.from_config(chain.config()).walk_revisions()}
+    if current not in known:
+        raise SchemaError(
+            f"the {chain.component} tables of {where} are at revision {current}, which this version of "
+            f"Archivist does not know (its newest is {head}): they were made by a newer version; upgrade "
+            "Archivist"
+        )
+    raise SchemaError(
+        f"the {chain.component} tables of {where} are at revision {current}, not {head}: {UPGRADE_HINT}"
+    )
+
+
+# Alembic keeps the running migration's context in module globals: one upgrade at a time per process.
+_UPGRADING = threading.Lock()
+
+
+def upgrade_schema(engine: Engine, chain: MigrationChain) -> tuple[str | None, str]:
+    """Bring the chain's tables to the newest revision, in one transaction; (revision before, after)."""
+    config = chain.config()
+    with _UPGRADING, engine.begin() as connection:
+        if connection.dialect.name == "postgresql":  # one replica migrates, the others then find it done
+            key = zlib.crc32(chain.version_table.encode())
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+        before = MigrationContext.configure(
+            connection, opts={"version_table": chain.version_table}
+        ).get_current_revision()
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+    return before, chain.head()
+
+
+def run_migrations(context: Any) -> None:
+    """The body of every chain's env.py: migrate over the connection `upgrade_schema` holds."""
+    config = context.config
+    context.configure(
+        connection=config.attributes["connection"],
+        version_table=config.attributes["version_table"],
+        transactional_ddl=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+# -- adopting a database made before migrations ------------------------------------------------------
+
+
+def adopt_existing(connection: Connection, metadata: MetaData) -> None:
+    """Create the missing tables of `metadata` (a revision's frozen copy of the schema) and, in tables an
+    earlier version made, add the columns and indexes a later one introduced (each column nullable or with a
+    server default) and rebuild SQLite tables that lack their AUTOINCREMENT."""
+    metadata.create_all(connection)
+    inspector = inspect(connection)
+    for table in metadata.sorted_tables:
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            kind = column.type.compile(connection.dialect)
+            ddl = f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"
+            if column.server_default is not None:
+                ddl += f" DEFAULT '{column.server_default.arg}'"  # type: ignore[attr-defined]
+            connection.execute(text(ddl))
+        indexed = {index["name"] for index in inspector.get_indexes(table.name)}
+        for index in table.indexes:
+            if index.name not in indexed:
+                index.create(connection)
+        if table.kwargs.get("sqlite_autoincrement") and _lacks_autoincrement(connection, table):
+            _rebuild_with_autoincrement(connection, table)
+
+
+def _lacks_autoincrement(connection: Connection, table: Table) -> bool:
+    """A SQLite table made before its ids were declared AUTOINCREMENT (never reused)."""
+    if connection.dialect.name != "sqlite":
+        return False
+    created = connection.execute(
+        text("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = :name"), {"name": table.name}
+    ).scalar()
+    return created is not None and "AUTOINCREMENT" not in str(created).upper()
+
+
+def _rebuild_with_autoincrement(connection: Connection, table: Table) -> None:
+    """SQLite cannot alter a table's id into AUTOINCREMENT: copy its rows into a new table that has it (the
+    copy's largest id then seeds the counter). Only for tables no other table references."""
+    previous = f"{table.name}_without_autoincrement"
+    connection.execute(text(f"ALTER TABLE {table.name} RENAME TO {previous}"))
+    for index in table.indexes:
+        connection.execute(text(f"DROP INDEX IF EXISTS {index.name}"))
+    table.create(connection)
+    columns = ", ".join(column.name for column in table.columns)
+    connection.execute(text(f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM {previous}"))
+    connection.execute(text(f"DROP TABLE {previous}"))

@@ -1,0 +1,153 @@
+"""Schema migrations (`retriever.schema`, `archivist db`): a new database gets the newest tables, which match
+the models; an older one, or one made before migrations, is refused with the command that upgrades it and
+keeps its rows through the upgrade; one made by a newer version is refused. On SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import MetaData, text
+from typer.testing import CliRunner
+
+from app.cli import cli
+from app.models import AppBase
+from app.schema import SERVICE_CHAIN
+from app.settings import get_settings
+from retriever.db import Database, make_engine
+from retriever.models import Base
+from retriever.schema import RETRIEVER_CHAIN, MigrationChain, SchemaError, check_schema, current_revision
+
+CHAINS: list[tuple[MigrationChain, MetaData]] = [
+    (RETRIEVER_CHAIN, Base.metadata),
+    (SERVICE_CHAIN, AppBase.metadata),
+]
+
+
+@pytest.fixture
+def cli_database(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("ARCHIVIST_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("ARCHIVIST_DATABASE_URL", database_url)
+    get_settings.cache_clear()
+    yield database_url
+    get_settings.cache_clear()
+
+
+def open_both(database_url: str) -> Database:
+    db = Database(database_url)
+    check_schema(db.engine, SERVICE_CHAIN)
+    return db
+
+
+def test_a_new_database_gets_the_newest_tables_and_they_match_the_models(database_url: str) -> None:
+    db = open_both(database_url)
+    try:
+        with db.engine.connect() as connection:
+            for chain, metadata in CHAINS:
+                context = MigrationContext.configure(
+                    connection,
+                    opts={
+                        "version_table": chain.version_table,
+                        "include_name": lambda name, kind, _parent, tables=metadata.tables: (
+                            kind != "table" or name in tables
+                        ),
+                    },
+                )
+                assert context.get_current_revision() == chain.head()
+                assert compare_metadata(context, metadata) == []
+    finally:
+        db.dispose()
+
+
+def _made_before_migrations(database_url: str) -> None:
+    """The tables as an earlier version made them (no version tables, a column added later missing), with a
+    collection and a document in them."""
+    engine = make_engine(database_url)
+    Base.metadata.create_all(engine)
+    AppBase.metadata.create_all(engine)
+    with engine.begin() as connection:
+        connection.execute(text("ALTER TABLE documents DROP COLUMN clean_text"))
+        connection.execute(
+            text("INSERT INTO collections (id, name, version, language, embedder, created_at) "
+                 "VALUES (1, 'notes', 3, '', '', CURRENT_TIMESTAMP)")
+        )  # fmt: skip
+        connection.execute(
+            text("INSERT INTO documents (id, collection_id, title, source_path, content_hash, file_type, "
+                 "size_bytes, state, chunk_count, source_file, text_hash, created_at, updated_at) VALUES "
+                 "(7, 1, 'Tides', 'tides.md', 'h', 'md', 10, 'ready', 0, 'tides.md', '', CURRENT_TIMESTAMP, "
+                 "CURRENT_TIMESTAMP)")
+        )  # fmt: skip
+    engine.dispose()
+
+
+def test_a_database_made_before_migrations_is_refused_until_upgraded(cli_database: str) -> None:
+    _made_before_migrations(cli_database)
+    with pytest.raises(SchemaError, match="predate schema migrations: run `archivist db upgrade`"):
+        Database(cli_database)
+    runner = CliRunner()
+    status = runner.invoke(cli, ["db", "status"])
+    assert status.exit_code == 1 and "retriever tables: revision none" in status.output
+    upgrade = runner.invoke(cli, ["db", "upgrade"])
+    assert upgrade.exit_code == 0, upgrade.output
+    assert (
+        "retriever tables: none -> 0001" in upgrade.output
+        and "service tables: none -> 0001" in upgrade.output
+    )
+    assert runner.invoke(cli, ["db", "upgrade"]).output.count("already at revision 0001") == 2
+    assert runner.invoke(cli, ["db", "status"]).exit_code == 0
+    db = open_both(cli_database)
+    try:
+        with db.engine.connect() as connection:
+            row = connection.execute(text("SELECT title, clean_text FROM documents WHERE id = 7")).one()
+        assert tuple(row) == ("Tides", "")  # the row survived, with the column a later version added
+    finally:
+        db.dispose()
+
+
+def test_a_database_of_a_newer_version_is_refused(database_url: str) -> None:
+    open_both(database_url).dispose()
+    engine = make_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(text(f"UPDATE {RETRIEVER_CHAIN.version_table} SET version_num = '9999'"))
+    engine.dispose()
+    with pytest.raises(SchemaError, match="revision 9999, which this version of Archivist does not know"):
+        Database(database_url)
+
+
+def test_replicas_starting_together_on_a_new_database_create_it_once(database_url: str) -> None:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("replicas share a PostgreSQL server; an embedded SQLite file has one process")
+    start = (
+        "import sys; from app.schema import SERVICE_CHAIN; from retriever.db import Database; "
+        "from retriever.schema import check_schema; db = Database(sys.argv[1]); "
+        "check_schema(db.engine, SERVICE_CHAIN); db.dispose()"
+    )
+    replicas = [
+        subprocess.Popen([sys.executable, "-c", start, database_url], stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    errors = [replica.communicate(timeout=120)[1] for replica in replicas]
+    assert [replica.returncode for replica in replicas] == [0, 0, 0], errors
+    engine = make_engine(database_url)
+    assert [current_revision(engine, chain) for chain, _ in CHAINS] == ["0001", "0001"]
+    engine.dispose()
+
+
+def test_the_cli_refuses_an_old_database_in_one_line(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    _made_before_migrations(url)
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "documents", "list"],
+        env={"ARCHIVIST_DATABASE_URL": url, "ARCHIVIST_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "predate schema migrations: run `archivist db upgrade`" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
