@@ -50,7 +50,7 @@ def runner() -> FailingRunner:
 def broken(generator, runner: FailingRunner) -> Iterator[EngineGenerator]:  # type: ignore[no-untyped-def]
     tokenizer = generator.tokenizer
     scheduler = Scheduler(BlockManager(256, 16), 4, 512, 4096)
-    engine = LLMEngine(runner, tokenizer.decode, tokenizer.stop_token_ids, scheduler)
+    engine = LLMEngine(runner, tokenizer.decode, tokenizer.stop_token_ids, scheduler, encode=tokenizer.encode)
     broken = EngineGenerator(engine, tokenizer, "broken-model")
     yield broken
     broken.shutdown()
@@ -130,7 +130,7 @@ def test_chat_stream_ends_with_finish_reason_error(client: TestClient) -> None:
 @pytest.fixture
 def cli_env(data_dir: Path, monkeypatch: pytest.MonkeyPatch, broken: EngineGenerator) -> Path:
     monkeypatch.setenv("ARCHIVIST_MAX_NEW_TOKENS", "8")
-    monkeypatch.setattr("app.services.load_generator", lambda settings: broken)
+    monkeypatch.setattr("app.services.load_generator", lambda settings, compile_in_background=False: broken)
     return data_dir
 
 

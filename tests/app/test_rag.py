@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from app.grounding import parse_citations
-from app.rag import Source, build_messages
+from app.grounding import NO_ANSWER, parse_citations
+from app.rag import AnswerStyle, Source, build_messages
+from app.settings import Settings
 from retriever.store import SearchHit
 
 
@@ -24,3 +25,13 @@ def test_prompt_numbers_every_passage() -> None:
     assert "[1] (from Doc 1)\nAlpha." in messages[1].content
     assert "[2] (from Doc 2)\nBeta." in messages[1].content
     assert messages[1].content.index("Question: Where?") > messages[1].content.index("Beta.")
+
+
+def test_answers_refuse_only_by_the_configured_margin() -> None:
+    style = AnswerStyle.of(Settings(answer_presence_penalty=0.5, answer_refusal_penalty=1.5))
+    params = style.params(16, "smollm2-rag", temperature=0.3)
+    assert params.opening_bias == ((NO_ANSWER, -1.5),)
+    assert (params.presence_penalty, params.max_new_tokens, params.adapter, params.temperature) == (
+        0.5, 16, "smollm2-rag", 0.3,
+    )  # fmt: skip
+    assert AnswerStyle.of(Settings(answer_refusal_penalty=0.0)).params(16, None).opening_bias == ()
