@@ -10,6 +10,7 @@ import logging
 import math
 import threading
 from collections import Counter
+from functools import partial
 from itertools import cycle, islice
 
 from app.answering import Answering
@@ -59,9 +60,10 @@ def load_knowledge_base(settings: Settings, open_indexes: bool = True) -> Knowle
     return kb
 
 
-def load_generator(settings: Settings) -> Generator:
+def load_generator(settings: Settings, compile_in_background: bool = False) -> Generator:
     """The configured backend: our engine by default (refused with `CorruptModelError` when a test prompt
-    gets non-finite logits), the transformers reference when asked for."""
+    gets non-finite logits), the transformers reference when asked for. `compile_in_background`: the engine
+    answers with eager decode steps until its compiled CPU step is ready."""
     if settings.llm_backend == "hf":
         from llm.hf import HFGenerator
 
@@ -74,7 +76,7 @@ def load_generator(settings: Settings) -> Generator:
     from llm.engine import load_engine
     from llm.engine.sanity import check_logits
 
-    generator = load_engine(settings.engine_config())
+    generator = load_engine(settings.engine_config(compile_in_background))
     try:
         check_logits(generator.engine.runner, generator.tokenizer, generator.name)
     except BaseException:
@@ -124,9 +126,9 @@ def _shut_down(generator: object) -> None:
         shutdown()
 
 
-def load_rag_generator(settings: Settings) -> Generator:
+def load_rag_generator(settings: Settings, compile_in_background: bool = False) -> Generator:
     """`load_generator`, refused with `ContextWindowError` when it cannot answer from even one passage."""
-    generator = load_generator(settings)
+    generator = load_generator(settings, compile_in_background)
     try:
         check_context_window(settings, generator)
     except BaseException:
@@ -204,7 +206,9 @@ class Services:
         threading.Thread(target=self._load, name="archivist-loader", daemon=True).start()
 
     def _load(self) -> None:
-        for loading, loader in ((self._kb, load_knowledge_base), (self._generator, load_rag_generator)):
+        # The server answers as soon as the model is loaded: its CPU decode step compiles in the background.
+        serving_generator = partial(load_rag_generator, compile_in_background=True)
+        for loading, loader in ((self._kb, load_knowledge_base), (self._generator, serving_generator)):
             if loading.done.is_set():
                 continue
             try:

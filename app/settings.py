@@ -255,7 +255,9 @@ class Settings(BaseSettings):
             rerank_depth=self.rerank_depth,
         )
 
-    def engine_config(self) -> EngineConfig:
+    def engine_config(self, compile_in_background: bool = False) -> EngineConfig:
+        """The engine these settings describe; `compile_in_background`: serve eager decode steps at once
+        while the compiled CPU step is being built (the server)."""
         default = self.default_adapter()
         return EngineConfig(
             model_path=self.llm_path,
@@ -266,6 +268,7 @@ class Settings(BaseSettings):
             kv_cache_memory=self.llm_kv_cache_memory,
             num_threads=self.llm_threads,
             enforce_eager=self.llm_enforce_eager,
+            compile_in_background=compile_in_background,
             adapters=tuple(filter(None, (default, *self.llm_adapters))),
             default_adapter=default.name if default else None,
             merge_default_adapter=self.llm_merge_default_adapter,

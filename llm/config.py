@@ -32,8 +32,10 @@ class EngineConfig:
     it decode at the base model's speed (quantized linears it adapts become dense in the compute dtype, up to
     `llm.layers.lora.MERGE_DENSE_MAX_BYTES`); the base model and other adapters then carry the difference.
     `enforce_eager`: run decode steps op by op; otherwise they replay CUDA graphs on a GPU and run a
-    `torch.compile`d step on the CPU (both prepared at load: about 2 minutes of compiling on the first start
-    of a 2-core machine, seconds once inductor's cache holds the code).
+    `torch.compile`d step on the CPU (both prepared at load: under a minute of compiling on the first start
+    of a 2-core machine, seconds once inductor's cache holds the code). `compile_in_background`: on the CPU,
+    compile that step in a background thread instead; decode steps run eager until it is ready (a server
+    answers at once instead of waiting for the compiler).
     """
 
     model_path: str | Path | None = None
@@ -51,6 +53,7 @@ class EngineConfig:
     max_model_len: int | None = 4096
     enable_prefix_caching: bool = True
     enforce_eager: bool = False
+    compile_in_background: bool = False
     cuda_graph_max_batch: int = 64
     seed: int = 0
     adapters: tuple[str | Path, ...] = ()

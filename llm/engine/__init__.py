@@ -100,6 +100,7 @@ def create_engine(config: EngineConfig | None = None) -> tuple[LLMEngine, Tokeni
         cuda_graph_max_batch=min(config.cuda_graph_max_batch, config.max_num_seqs),
         seed=config.seed,
         compile_cpu_decode=not config.enforce_eager,
+        compile_in_background=config.compile_in_background,
         max_batch=config.max_num_seqs,
         lora=lora,
     )

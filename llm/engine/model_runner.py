@@ -14,6 +14,7 @@ compile the CPU decode graphs, so compiling never writes where a sequence's keys
 from __future__ import annotations
 
 import logging
+import threading
 
 import torch
 
@@ -48,6 +49,7 @@ class TorchModelRunner:
         cuda_graph_max_batch: int,
         seed: int,
         compile_cpu_decode: bool = False,
+        compile_in_background: bool = False,
         max_batch: int = 1,
         lora: LoraLayout = NO_LORA,
     ) -> None:
@@ -68,18 +70,34 @@ class TorchModelRunner:
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         if use_cuda_graphs and device.type == "cuda":
             self._capture_graphs(graph_batch_sizes(cuda_graph_max_batch))
+        # Set once the compiled CPU decode step is ready; each step reads it once, so a step that starts eager
+        # stays eager (its block table is not padded for the compiled graph).
         self.compiled_decode: CompiledDecode | None = None
+        self._compiling: threading.Thread | None = None
         if compile_cpu_decode and device.type == "cpu":
-            self._compile_decode(max_batch)
+            if compile_in_background:
+                self._compiling = threading.Thread(
+                    target=self._compile_decode, args=(max_batch,), name="compile-decode", daemon=True
+                )
+                self._compiling.start()
+            else:
+                self._compile_decode(max_batch)
+
+    def wait_for_compile(self, timeout: float | None = None) -> bool:
+        """Wait for a background compile of the decode step; True once none is running."""
+        if self._compiling is not None:
+            self._compiling.join(timeout)
+        return self._compiling is None or not self._compiling.is_alive()
 
     # --- one step --------------------------------------------------------------------------------------
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch, requests: list[Request]) -> list[Sample | None]:
         flags = batch.sample_flags
-        input_ids, positions, ctx, logits_rows = self._prepare(batch, flags)
+        compiled = self.compiled_decode
+        input_ids, positions, ctx, logits_rows = self._prepare(batch, flags, compiled)
         set_context(ctx)
         try:
-            hidden = self._run_model(input_ids, positions, ctx, len(batch.seqs))  # (tokens, hidden)
+            hidden = self._run_model(input_ids, positions, ctx, len(batch.seqs), compiled)  # (tokens, hidden)
         finally:
             set_context(None)
         if not logits_rows:
@@ -124,7 +142,7 @@ class TorchModelRunner:
         return t.to(self.device, non_blocking=True)
 
     def _prepare(
-        self, batch: ScheduledBatch, flags: list[bool]
+        self, batch: ScheduledBatch, flags: list[bool], compiled: CompiledDecode | None
     ) -> tuple[torch.Tensor, torch.Tensor, StepContext, list[int]]:
         bs = self.block_size
         ids: list[int] = []
@@ -150,7 +168,7 @@ class TorchModelRunner:
             if sample:
                 logits_rows.append(cu_q[-1] - 1)
         width = max(len(s.block_table) for s in batch.seqs)
-        if batch.is_decode and self.compiled_decode is not None:
+        if batch.is_decode and compiled is not None:
             width = max(width, MIN_TABLE_WIDTH)  # padded columns point at block 0, masked by context_lens
         tables = [s.block_table + [0] * (width - len(s.block_table)) for s in batch.seqs]
         is_decode = batch.is_decode
@@ -176,9 +194,13 @@ class TorchModelRunner:
         return self.lora.mask(self._to_device(adapters, torch.int64), self._lora_columns, self.dtype)
 
     def _run_model(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: StepContext, batch_size: int
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        ctx: StepContext,
+        batch_size: int,
+        compiled: CompiledDecode | None,
     ) -> torch.Tensor:
-        compiled = self.compiled_decode
         if ctx.is_decode and compiled is not None and compiled.serves(ctx, batch_size):
             return compiled(input_ids, positions)
         graph_size = (
@@ -214,6 +236,7 @@ class TorchModelRunner:
             log.warning("compiling the decode step failed (%s): it stays eager", error)
             return
         self.compiled_decode = compiled
+        log.info("decode steps now run compiled")
 
     # --- CUDA graphs -----------------------------------------------------------------------------------
     def _capture_graphs(self, sizes: list[int]) -> None:

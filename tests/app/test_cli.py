@@ -17,7 +17,9 @@ runner = CliRunner()
 def data_dir(data_dir: Path, monkeypatch: pytest.MonkeyPatch, generator) -> Path:  # type: ignore[no-untyped-def]
     """The app-wide fresh data dir, with short answers from the session's already-loaded model."""
     monkeypatch.setenv("ARCHIVIST_MAX_NEW_TOKENS", "8")
-    monkeypatch.setattr("app.services.load_generator", lambda settings: generator)
+    monkeypatch.setattr(
+        "app.services.load_generator", lambda settings, compile_in_background=False: generator
+    )
     get_settings.cache_clear()
     return data_dir
 

@@ -40,29 +40,36 @@ def adapter_folder(tmp_path_factory):
     return write_random_adapter(tmp_path_factory.mktemp("lora") / "random")
 
 
-def _engine(gguf_path, adapter_folder, eager: bool):
+def _engine(gguf_path, adapter_folder, eager: bool, background: bool = False):
     from llm.config import EngineConfig
     from llm.engine import create_engine
 
     config = EngineConfig(
         model_path=gguf_path, num_kv_blocks=256, max_model_len=1024, max_num_seqs=4, enforce_eager=eager,
-        adapters=(adapter_folder,),
+        adapters=(adapter_folder,), compile_in_background=background,
     )  # fmt: skip
     engine, tokenizer, _ = create_engine(config)
     return engine, tokenizer
 
 
 GRAPHS_COMPILED: list[int] = []  # how many graphs building the compiled engine took
+# A reply generated as soon as the engine was built, and whether the compile was still running after it.
+EARLY_REPLY: list[tuple[Request, bool]] = []
 
 
 @pytest.fixture(scope="module")
 def compiled_engine(gguf_path, adapter_folder):
+    """Built as the server builds it: the decode step compiles in the background while eager steps answer."""
     from torch._dynamo.utils import counters
 
     before = counters["stats"]["unique_graphs"]
-    engine = _engine(gguf_path, adapter_folder, eager=False)
+    engine, tokenizer = _engine(gguf_path, adapter_folder, eager=False, background=True)
+    prompt = tokenizer.apply_chat_template([ChatMessage("user", PROMPTS[0])])
+    early = engine.generate([prompt], SamplingParams(max_new_tokens=4), ignore_eos=True)[0]
+    EARLY_REPLY.append((early, not engine.runner.wait_for_compile(timeout=0)))
+    assert engine.runner.wait_for_compile(timeout=600)
     GRAPHS_COMPILED.append(counters["stats"]["unique_graphs"] - before)
-    return engine
+    return engine, tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +93,12 @@ def test_the_engine_compiled_its_decode_step(compiled_engine):
     assert engine.runner.compiled_decode is not None
     # Batch 1 and batch >= 2: one graph each, shared by every region of layers (not one per region).
     assert GRAPHS_COMPILED == [2]
+
+
+def test_the_engine_answers_before_its_decode_step_is_compiled(compiled_engine):
+    ((early, still_compiling),) = EARLY_REPLY
+    assert early.completion_tokens == 4
+    assert still_compiling  # the reply did not wait for the compiler
 
 
 def test_compiled_matches_eager_decode(compiled_engine, eager_engine, prompt_ids):
