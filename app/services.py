@@ -74,6 +74,7 @@ def load_generator(settings: Settings, compile_in_background: bool = False) -> G
             device = "cuda" if torch.cuda.is_available() else "cpu"
         return HFGenerator(settings.llm_path or default_llm_path(), device=device)
     from llm.engine import load_engine
+    from llm.engine.model_runner import TorchModelRunner
     from llm.engine.sanity import check_logits
 
     generator = load_engine(settings.engine_config(compile_in_background))
@@ -82,6 +83,8 @@ def load_generator(settings: Settings, compile_in_background: bool = False) -> G
     except BaseException:
         generator.shutdown()
         raise
+    if isinstance(generator.engine.runner, TorchModelRunner):
+        generator.engine.runner.start_compiling()  # after the check: the two must not overlap
     return generator
 
 

@@ -75,17 +75,23 @@ class TorchModelRunner:
         self.compiled_decode: CompiledDecode | None = None
         self._compiling: threading.Thread | None = None
         if compile_cpu_decode and device.type == "cpu":
-            if compile_in_background:
+            if compile_in_background:  # started by `start_compiling`, once the caller's checks are done
                 self._compiling = threading.Thread(
                     target=self._compile_decode, args=(max_batch,), name="compile-decode", daemon=True
                 )
-                self._compiling.start()
             else:
                 self._compile_decode(max_batch)
 
+    def start_compiling(self) -> None:
+        """Start compiling the decode step in the background (with `compile_in_background`). `score` must not
+        run while it compiles: dynamo's `is_compiling` flag is process-wide, and the reference kernels then
+        take their compiled-step branches, which assume every cache slot is valid."""
+        if self._compiling is not None and self._compiling.ident is None:
+            self._compiling.start()
+
     def wait_for_compile(self, timeout: float | None = None) -> bool:
         """Wait for a background compile of the decode step; True once none is running."""
-        if self._compiling is not None:
+        if self._compiling is not None and self._compiling.ident is not None:
             self._compiling.join(timeout)
         return self._compiling is None or not self._compiling.is_alive()
 

@@ -64,6 +64,7 @@ def compiled_engine(gguf_path, adapter_folder):
 
     before = counters["stats"]["unique_graphs"]
     engine, tokenizer = _engine(gguf_path, adapter_folder, eager=False, background=True)
+    engine.runner.start_compiling()
     prompt = tokenizer.apply_chat_template([ChatMessage("user", PROMPTS[0])])
     early = engine.generate([prompt], SamplingParams(max_new_tokens=4), ignore_eos=True)[0]
     EARLY_REPLY.append((early, not engine.runner.wait_for_compile(timeout=0)))
