@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import threading
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,20 @@ def run_migrations(context: Any) -> None:
 
 
 # -- adopting a database made before migrations ------------------------------------------------------
+
+
+def baseline_revision(tables: Callable[[], MetaData]) -> tuple[Callable[[], None], Callable[[], None]]:
+    """`upgrade` and `downgrade` of a chain's first revision, whose frozen schema `tables` builds: create
+    it, or adopt a database made before migrations (`adopt_existing`); drop it."""
+    from alembic import op
+
+    def upgrade() -> None:
+        adopt_existing(op.get_bind(), tables())
+
+    def downgrade() -> None:
+        tables().drop_all(op.get_bind())
+
+    return upgrade, downgrade
 
 
 def adopt_existing(connection: Connection, metadata: MetaData) -> None:

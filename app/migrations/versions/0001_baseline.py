@@ -1,13 +1,11 @@
-"""The service's tables as they were when migrations began: API keys, their grants, conversations, messages.
+"""Revision 0001 of the service chain: api_keys, api_key_grants, conversations and messages as they stood.
 
-A frozen copy (later revisions change the tables with `op`, never by editing this). On a database made before
-migrations existed it also adds what earlier versions lacked (`retriever.schema.adopt_existing`).
+Frozen here: later revisions alter these tables with `op`. Adopts a database from before migrations too.
 """
 
 import sqlalchemy as sa
-from alembic import op
 
-from retriever.schema import adopt_existing
+from retriever.schema import baseline_revision
 
 revision = "0001"
 down_revision = None
@@ -70,9 +68,4 @@ def tables() -> sa.MetaData:
     return metadata
 
 
-def upgrade() -> None:
-    adopt_existing(op.get_bind(), tables())
-
-
-def downgrade() -> None:
-    tables().drop_all(op.get_bind())
+upgrade, downgrade = baseline_revision(tables)

@@ -5,9 +5,8 @@ migrations existed it also adds what earlier versions lacked (`retriever.schema.
 """
 
 import sqlalchemy as sa
-from alembic import op
 
-from retriever.schema import adopt_existing
+from retriever.schema import baseline_revision
 
 revision = "0001"
 down_revision = None
@@ -78,9 +77,4 @@ def tables() -> sa.MetaData:
     return metadata
 
 
-def upgrade() -> None:
-    adopt_existing(op.get_bind(), tables())
-
-
-def downgrade() -> None:
-    tables().drop_all(op.get_bind())
+upgrade, downgrade = baseline_revision(tables)
