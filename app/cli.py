@@ -24,7 +24,10 @@ from ingest.pipeline import FileResult, Ingestor, IngestReport
 from ingest.pipeline import Progress as IngestProgress
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
     from app.auth import KeyInfo, KeyStore
+    from retriever.schema import MigrationChain
     from retriever.store import KnowledgeBase
 
 cli = typer.Typer(help="Archivist: answers about your own documents, with citations.", no_args_is_help=True)
@@ -739,39 +742,43 @@ db_cli = typer.Typer(help="The database's schema: its revision, and upgrading it
 cli.add_typer(db_cli, name="db")
 
 
-@db_cli.command("upgrade")
-def db_upgrade() -> None:
-    """Bring the database's tables to this version's schema (back the database up first)."""
+@contextmanager
+def _migration_chains() -> Iterator[tuple[Engine, tuple[MigrationChain, ...]]]:
+    """An engine on the configured database, without the start-up schema check, and every migration chain."""
     from app.schema import SERVICE_CHAIN
     from retriever.db import make_engine
-    from retriever.schema import RETRIEVER_CHAIN, upgrade_schema
+    from retriever.schema import RETRIEVER_CHAIN
 
     engine = make_engine(_settings().resolved_database_url)
     try:
-        for chain in (RETRIEVER_CHAIN, SERVICE_CHAIN):
+        yield engine, (RETRIEVER_CHAIN, SERVICE_CHAIN)
+    finally:
+        engine.dispose()
+
+
+@db_cli.command("upgrade")
+def db_upgrade() -> None:
+    """Bring the database's tables to this version's schema (back the database up first)."""
+    from retriever.schema import upgrade_schema
+
+    with _migration_chains() as (engine, chains):
+        for chain in chains:
             before, after = upgrade_schema(engine, chain)
             change = f"already at revision {after}" if before == after else f"{before or 'none'} -> {after}"
             console.print(f"{chain.component} tables: {change}")
-    finally:
-        engine.dispose()
 
 
 @db_cli.command("status")
 def db_status() -> None:
     """The schema revision of the database's tables, and this version's; exit 1 when an upgrade is due."""
-    from app.schema import SERVICE_CHAIN
-    from retriever.db import make_engine
-    from retriever.schema import RETRIEVER_CHAIN, current_revision
+    from retriever.schema import current_revision
 
-    engine = make_engine(_settings().resolved_database_url)
-    try:
-        due = False
-        for chain in (RETRIEVER_CHAIN, SERVICE_CHAIN):
+    due = False
+    with _migration_chains() as (engine, chains):
+        for chain in chains:
             current, head = current_revision(engine, chain), chain.head()
             due |= current != head
             console.print(f"{chain.component} tables: revision {current or 'none'}, this version's {head}")
-    finally:
-        engine.dispose()
     if due:
         raise typer.Exit(1)
 
