@@ -784,14 +784,24 @@ def db_status() -> None:
 
 
 def main() -> None:
+    from sqlalchemy.exc import ArgumentError, OperationalError
+
     from retriever.schema import SchemaError
 
     logging.basicConfig(level=os.environ.get("ARCHIVIST_LOG_LEVEL", "WARNING"))
+    # What any command that opens the database can meet: one line and exit 2 instead of a traceback.
     try:
         cli()
-    except SchemaError as error:  # from any command that opens the database
-        console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
-        raise SystemExit(2) from None
+    except SchemaError as error:
+        problem = str(error)
+    except ArgumentError as error:
+        problem = f"ARCHIVIST_DATABASE_URL is not a database URL: {error}"
+    except OperationalError as error:
+        problem = f"cannot open the database: {str(error.orig or error).splitlines()[0]}"
+    else:
+        return
+    console.print(f"[red]error:[/red] {escape(problem)}", highlight=False, soft_wrap=True)
+    raise SystemExit(2)
 
 
 if __name__ == "__main__":

@@ -137,17 +137,42 @@ def test_replicas_starting_together_on_a_new_database_create_it_once(database_ur
     engine.dispose()
 
 
-def test_the_cli_refuses_an_old_database_in_one_line(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    _made_before_migrations(url)
-    result = subprocess.run(
-        [sys.executable, "-m", "app.cli", "documents", "list"],
-        env={"ARCHIVIST_DATABASE_URL": url, "ARCHIVIST_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"},
+def archivist(database_url: str, data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        env={
+            "ARCHIVIST_DATABASE_URL": database_url,
+            "ARCHIVIST_DATA_DIR": str(data_dir),
+            "PATH": "/usr/bin:/bin",
+        },
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
+
+
+def test_the_cli_refuses_an_old_database_in_one_line(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    _made_before_migrations(url)
+    result = archivist(url, tmp_path, "documents", "list")
     assert result.returncode == 2
     assert "predate schema migrations: run `archivist db upgrade`" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("not a url", "ARCHIVIST_DATABASE_URL is not a database URL"),
+        ("postgresql+psycopg://postgres@127.0.0.1:1/absent", "cannot open the database: connection"),
+    ],
+)
+def test_db_commands_name_a_bad_or_unreachable_database_in_one_line(
+    tmp_path: Path, url: str, message: str
+) -> None:
+    for command in (("db", "status"), ("db", "upgrade")):
+        result = archivist(url, tmp_path, *command)
+        assert result.returncode == 2
+        assert message in result.stdout
+        assert "Traceback" not in result.stdout + result.stderr
