@@ -33,18 +33,27 @@ class CacheKey:
     settings: str  # everything else that shapes the answer, serialized
 
 
-class AnswerCache:
-    def __init__(self, max_entries: int) -> None:
-        self.max_entries = max_entries
+class CacheCounters:
+    """This process's hits and misses, for the metrics (each replica reports its own)."""
+
+    def __init__(self) -> None:
         self.hits = 0
         self.misses = 0
-        self._entries: OrderedDict[CacheKey, Answer] = OrderedDict()
-        self._lock = threading.Lock()
 
     @property
     def hit_rate(self) -> float:
         total = self.hits + self.misses
         return self.hits / total if total else 0.0
+
+
+class AnswerCache(CacheCounters):
+    """The embedded default: this process's memory, the least recently used answer evicted first."""
+
+    def __init__(self, max_entries: int) -> None:
+        super().__init__()
+        self.max_entries = max_entries
+        self._entries: OrderedDict[CacheKey, Answer] = OrderedDict()
+        self._lock = threading.Lock()
 
     def get(self, key: CacheKey) -> Answer | None:
         with self._lock:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
@@ -10,6 +11,9 @@ from app.auth import LOCAL_ADMIN, AuthError, Principal
 from app.limits import TooBusyError
 from app.services import Services
 from app.settings import Settings
+from app.shared_state import SharedStateError
+
+log = logging.getLogger(__name__)
 
 
 def get_services(request: Request) -> Services:
@@ -45,7 +49,7 @@ def get_principal(request: Request, services: ServicesDep) -> Principal:
         return LOCAL_ADMIN
     address = f"address:{request.client.host if request.client else 'unknown'}"
     try:
-        services.auth_failures.peek(address)
+        _peek_failures(services, address)
         try:
             principal = services.keys.authenticate(api_key(request))
         except AuthError:
@@ -62,6 +66,15 @@ def get_principal(request: Request, services: ServicesDep) -> Principal:
             services.metrics.rejected.labels("rate_limit").inc()
             raise
     return principal
+
+
+def _peek_failures(services: Services, address: str) -> None:
+    """`TooBusyError` when `address` has used up its failed authentications. Where they cannot be counted
+    (the shared Redis is down) a right key still gets in; a wrong one gets 503 when its failure is counted."""
+    try:
+        services.auth_failures.peek(address)
+    except SharedStateError as error:
+        log.warning("failed authentications cannot be checked: %s", error)
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

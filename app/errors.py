@@ -15,6 +15,7 @@ from app.auth import AuthError, ForbiddenError
 from app.generation import GenerationFailedError, GenerationTimeoutError
 from app.limits import TooBusyError
 from app.schemas import ErrorPublic
+from app.shared_state import SharedStateError
 from app.uploads import UploadNameError, UploadTooLargeError
 from llm.base import ContextOverflowError
 from retriever.store import InvalidNameError, NotFoundError
@@ -45,6 +46,7 @@ ERROR_STATUS: dict[type[Exception], int] = {
     NotReadyError: 503,
     GenerationTimeoutError: 503,
     GenerationFailedError: 503,
+    SharedStateError: 503,
 }
 
 
@@ -62,7 +64,7 @@ API_ERRORS: dict[int | str, dict[str, Any]] = {
         (
             503,
             "Models still loading or failed to load, no generation slot before the deadline (see "
-            "Retry-After), or the model failed while generating",
+            "Retry-After), the model failed while generating, or the shared Redis is unreachable",
         ),
     )
 }

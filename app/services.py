@@ -15,15 +15,15 @@ from itertools import cycle, islice
 
 from app.answering import Answering
 from app.auth import KeyStore
-from app.cache import AnswerCache
 from app.conversations import ConversationStore
 from app.errors import NotReadyError
 from app.jobs import JobManager
-from app.limits import GenerationGate, RateLimiter
+from app.limits import GenerationGate
 from app.metrics import Metrics
 from app.rag import fit_sources
 from app.schema import SERVICE_CHAIN
 from app.settings import Settings
+from app.shared_state import limits_and_cache
 from ingest.pipeline import Ingestor
 from llm.base import Generator
 from llm.locate import default_llm_path
@@ -194,9 +194,8 @@ class Services:
         admin_key = settings.admin_key.get_secret_value() if settings.admin_key else None
         self.keys = KeyStore(self.db, admin_key)
         self.conversations = ConversationStore(self.db)
-        self.cache = AnswerCache(settings.answer_cache_size)
-        self.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
-        self.auth_failures = RateLimiter(settings.auth_failures_per_minute, what="failed authentications")
+        # In Redis for all replicas when ARCHIVIST_REDIS_URL is set, else in this process.
+        self.rate_limiter, self.auth_failures, self.cache = limits_and_cache(settings)
         self.answering = Answering(self)
         self.metrics = Metrics()
         self.metrics.add_source("generation", self._generation_stats)

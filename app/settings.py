@@ -182,7 +182,20 @@ class Settings(BaseSettings):
         32, ge=0, description="Generation requests that may wait for a slot; beyond that, 429 + Retry-After"
     )
     generation_timeout_s: float = Field(300.0, gt=0, description="Longest wait for a slot plus generation")
-    answer_cache_size: int = Field(1024, ge=0, description="Answers kept in the answer cache; 0: no cache")
+    answer_cache_size: int = Field(
+        1024, ge=0, description="Answers kept in the answer cache (per collection with Redis); 0: no cache"
+    )
+    answer_cache_ttl_s: int = Field(
+        86400, ge=1, description="With Redis: seconds an unused collection's cached answers are kept"
+    )
+    redis_url: SecretStr | None = Field(
+        None,
+        description="Redis shared by the API replicas for rate limits and the answer cache "
+        "(redis://host:6379/0); default: each process keeps them in memory",
+    )
+    redis_prefix: str = Field(
+        "archivist", min_length=1, description="Prefix of every Redis key, so deployments can share one Redis"
+    )
     min_relevance: float = Field(
         0.35,
         ge=-1.0,
