@@ -431,6 +431,36 @@ def serve(
     )
 
 
+@cli.command()
+def worker() -> None:
+    """Run ingest jobs from the broker (ARCHIVIST_BROKER_URL) until stopped; start as many as needed."""
+    from app.jobs import JobStore
+    from app.logs import configure_logging
+    from app.schema import SERVICE_CHAIN
+    from app.services import load_knowledge_base
+    from app.worker import Dispatcher, run_worker
+    from retriever.db import Database
+    from retriever.schema import check_schema
+
+    settings = _settings()
+    if settings.broker_url is None:
+        console.print(
+            "[red]error:[/red] ARCHIVIST_BROKER_URL is not set: without a broker the API runs ingest jobs"
+        )
+        raise typer.Exit(2)
+    configure_logging(os.environ.get("ARCHIVIST_LOG_LEVEL", "INFO"), settings.log_format)
+    Dispatcher(settings.broker_url.get_secret_value(), settings.broker_queue)  # the broker answers
+    db = Database(settings.resolved_database_url)
+    check_schema(db.engine, SERVICE_CHAIN)
+    kb = load_knowledge_base(settings, open_indexes=False)
+    try:
+        ingestor = Ingestor(kb, settings.chunker_config(), settings.ingest_config())
+        run_worker(settings, ingestor, JobStore(db))
+    finally:
+        kb.close()
+        db.dispose()
+
+
 def _ui_command(settings: Settings) -> list[str]:
     return [
         sys.executable, "-m", "streamlit", "run", str(REPO_ROOT / "ui" / "app.py"),

@@ -1,13 +1,13 @@
-"""SQL tables the service owns: API keys with their collection grants, and conversations with their
-messages. They live in the knowledge base's database but in their own metadata and their own migration chain
-(`app.schema`, `app/migrations`), so the retriever never needs to know about them."""
+"""SQL tables the service owns: API keys with their collection grants, conversations with their messages,
+and ingest jobs with their files. They live in the knowledge base's database but in their own metadata and
+their own migration chain (`app.schema`, `app/migrations`), so the retriever never needs to know of them."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from retriever.models import utcnow
@@ -84,3 +84,46 @@ class Message(AppBase):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     conversation: Mapped[Conversation] = relationship(back_populates="messages")
+
+
+class IngestJob(AppBase):
+    """A multi-file upload being ingested: any replica reads its progress, and a restart keeps it."""
+
+    __tablename__ = "ingest_jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    collection: Mapped[str] = mapped_column(String(128), index=True)
+    state: Mapped[str] = mapped_column(String(16))  # queued, running, done, failed
+    # Who runs it: "broker" (whichever `archivist worker` the broker hands it to), or "<host>+<pid>" of the
+    # API process that runs it in a thread of its own.
+    runner: Mapped[str] = mapped_column(String(300))
+    files_total: Mapped[int] = mapped_column(Integer)
+    files_done: Mapped[int] = mapped_column(Integer, default=0)
+    chunks_written: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    files: Mapped[list[IngestJobFile]] = relationship(
+        back_populates="job",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        order_by="IngestJobFile.position",
+    )
+
+
+class IngestJobFile(AppBase):
+    """One file of a job: its name in the upload, and its result once ingested (a `FileResult` as JSON)."""
+
+    __tablename__ = "ingest_job_files"
+    __table_args__ = (UniqueConstraint("job_id", "position", name="uq_ingest_job_file_position"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("ingest_jobs.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(Text)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+    job: Mapped[IngestJob] = relationship(back_populates="files")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections import Counter
+from collections.abc import Callable
 from functools import partial
 from itertools import cycle, islice
 
@@ -17,7 +17,7 @@ from app.answering import Answering
 from app.auth import KeyStore
 from app.conversations import ConversationStore
 from app.errors import NotReadyError
-from app.jobs import JobManager
+from app.jobs import JobManager, JobStore
 from app.limits import GenerationGate
 from app.metrics import Metrics
 from app.rag import fit_sources
@@ -146,6 +146,16 @@ REQUEST_WAIT_SECONDS = 1.0
 LOADING_RETRY_AFTER = 5
 
 
+def job_dispatcher(settings: Settings) -> Callable[[str], None] | None:
+    """What hands ingest jobs to `archivist worker` processes: the broker's dispatcher, checked reachable
+    here, when the settings name one; None runs them in this process."""
+    if settings.broker_url is None:
+        return None
+    from app.worker import Dispatcher  # Celery is imported only where a broker is used
+
+    return Dispatcher(settings.broker_url.get_secret_value(), settings.broker_queue)
+
+
 class _Loading:
     """A value produced by a background thread, or the error that stopped it."""
 
@@ -196,6 +206,7 @@ class Services:
         self.conversations = ConversationStore(self.db)
         # In Redis for all replicas when ARCHIVIST_REDIS_URL is set, else in this process.
         self.rate_limiter, self.auth_failures, self.cache = limits_and_cache(settings)
+        self._dispatch = job_dispatcher(settings)
         self.answering = Answering(self)
         self.metrics = Metrics()
         self.metrics.add_source("generation", self._generation_stats)
@@ -258,7 +269,7 @@ class Services:
     def _jobs_stats(self) -> dict[str, float] | None:
         if self._jobs is None:
             return None
-        states = Counter(job.state for job in self._jobs.list())
+        states = self._jobs.store.counts()
         return {state: states.get(state, 0) for state in ("queued", "running", "done", "failed")}
 
     def ingestor(self) -> Ingestor:
@@ -269,13 +280,16 @@ class Services:
         return self._ingestor
 
     def jobs(self) -> JobManager:
-        """The background ingest jobs, started on first use (it waits for the knowledge base itself)."""
+        """The background ingest jobs, started on first use: on the broker's workers when there is one, else
+        in a thread of this process (which waits for the knowledge base itself)."""
         with self._jobs_lock:
             if self._jobs is None:
                 self._jobs = JobManager(
+                    JobStore(self.db),
                     self.ingestor,
                     self.settings.upload_dir,
                     on_result=lambda result: self.metrics.ingested.labels(result.status).inc(),
+                    dispatch=self._dispatch,
                 )
             return self._jobs
 

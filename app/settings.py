@@ -193,6 +193,12 @@ class Settings(BaseSettings):
         description="Redis shared by the API replicas for rate limits and the answer cache "
         "(redis://host:6379/0); default: each process keeps them in memory",
     )
+    broker_url: SecretStr | None = Field(
+        None,
+        description="Celery broker (amqp://... or redis://...) through which `archivist worker` processes "
+        "run ingest jobs; default: each API process runs its own jobs in a thread",
+    )
+    broker_queue: str = Field("archivist-ingest", min_length=1, description="The broker queue of ingest jobs")
     redis_prefix: str = Field(
         "archivist", min_length=1, description="Prefix of every Redis key, so deployments can share one Redis"
     )

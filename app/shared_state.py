@@ -36,7 +36,8 @@ RETRY_AFTER_S = 5
 
 
 class SharedStateError(RuntimeError):
-    """Redis cannot be reached: exit 2 at start, 503 with Retry-After on a route that needs it later."""
+    """A service the replicas share (Redis, the job broker) cannot be reached: exit 2 at start, 503 with
+    Retry-After on a route that needs it later."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

@@ -112,10 +112,13 @@ def kept_name(name: str) -> str:
 
 
 def keep(staged: Path, name: str, upload_dir: Path, collection: str) -> None:
-    """Move an ingested upload to its permanent place, replacing an earlier upload of the same name."""
+    """Copy an ingested upload to its permanent place, replacing an earlier upload of the same name. The
+    staged copy stays until its folder is removed, for a job that a killed worker left to be run again."""
     final = upload_dir / collection / kept_name(name)
     final.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(str(staged), final)
+    partial = final.with_name(f".{final.name}.{os.getpid()}.partial")
+    shutil.copyfile(staged, partial)
+    os.replace(partial, final)
 
 
 # A staging folder is named `<host>+<pid>+<random>`: a starting process removes those that its host's dead
@@ -141,7 +144,7 @@ def remove_abandoned_staging(upload_dir: Path, now: float | None = None) -> list
     for folder in root.iterdir():
         owner, _, rest = folder.name.partition("+")
         pid, _, _ = rest.partition("+")
-        dead_here = owner == host and pid.isdigit() and not _alive(int(pid))
+        dead_here = owner == host and pid.isdigit() and not process_alive(int(pid))
         try:
             stale = now - folder.stat().st_mtime > ABANDONED_AFTER_SECONDS
         except FileNotFoundError:
@@ -152,7 +155,8 @@ def remove_abandoned_staging(upload_dir: Path, now: float | None = None) -> list
     return removed
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` of this host is running."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -39,7 +39,7 @@ def job_public(job: Job) -> JobPublic:
 def list_jobs(services: ServicesDep, principal: PrincipalDep) -> JobList:
     """Recent jobs (newest first) of the collections the caller may read."""
     return JobList(
-        jobs=[job_public(job) for job in services.jobs().list() if principal.can_read(job.collection)]
+        jobs=[job_public(job) for job in services.jobs().recent() if principal.can_read(job.collection)]
     )
 
 

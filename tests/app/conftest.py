@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from fastapi.testclient import TestClient
 
 from app.api import create_app
@@ -13,6 +17,7 @@ from app.services import Services
 from app.settings import Settings, get_settings
 from retriever.store import KnowledgeBase
 from tests.app.corpus import Corpus, no_model_settings, upload_corpus, wait_for_llm
+from tests.app.live import free_port
 
 
 @pytest.fixture
@@ -42,3 +47,25 @@ def corpus(tmp_path: Path, kb: KnowledgeBase) -> Iterator[Corpus]:
     with TestClient(create_app(services)) as client:
         wait_for_llm(services)
         yield Corpus(client, services, upload_corpus(client))
+
+
+@pytest.fixture
+def private_redis() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A `redis-server` of this test's own on a free port, which the test may kill."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed; skipping the test of a Redis that goes away")
+    port = free_port()
+    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                               "--appendonly", "no"], stdout=subprocess.DEVNULL)  # fmt: skip
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            redis.Redis.from_url(url).ping()
+            break
+        except redis.ConnectionError:
+            assert time.monotonic() < deadline, "the private redis-server did not start"
+            time.sleep(0.05)
+    yield url, server
+    server.kill()
+    server.wait()

@@ -63,7 +63,7 @@ def test_several_files_are_ingested_in_the_background(
     upload_dir = services.settings.upload_dir.resolve()
     kept = sorted(p.name for p in (upload_dir / "jobs").iterdir())
     assert kept == ["anchors.md", "harbour%2Fmoor-2.txt", "harbour%2Fmoor.txt"]
-    assert not any((upload_dir / ".incoming").iterdir())  # staging is cleaned up
+    assert not any((upload_dir / ".jobs").iterdir())  # the job removed its folder
     assert [j["id"] for j in client.get("/v1/jobs").json()["jobs"]] == [job["id"]]
 
 

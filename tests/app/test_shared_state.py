@@ -8,17 +8,14 @@ Redis that goes away starts and kills a private `redis-server`."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-import redis
 from fastapi.testclient import TestClient
 
 from app.api import create_app
@@ -158,28 +155,6 @@ def test_redis_down_at_start_is_one_line_and_exit_2(tmp_path: Path) -> None:
         and "ARCHIVIST_REDIS_URL" in output
     )
     assert "hunter2" not in output and "Traceback" not in output
-
-
-@pytest.fixture
-def private_redis() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A `redis-server` of this test's own on a free port, which the test may kill."""
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed; skipping the test of a Redis that goes away")
-    port = free_port()
-    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                               "--appendonly", "no"], stdout=subprocess.DEVNULL)  # fmt: skip
-    url = f"redis://127.0.0.1:{port}/0"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            redis.Redis.from_url(url).ping()
-            break
-        except redis.ConnectionError:
-            assert time.monotonic() < deadline, "the private redis-server did not start"
-            time.sleep(0.05)
-    yield url, server
-    server.kill()
-    server.wait()
 
 
 def test_redis_down_later_is_503_for_limited_routes_and_the_rest_keeps_working(

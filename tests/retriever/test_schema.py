@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import MetaData, text
+from sqlalchemy import MetaData, inspect, text
 from typer.testing import CliRunner
 
 from app.cli import cli
@@ -20,7 +20,14 @@ from app.schema import SERVICE_CHAIN
 from app.settings import get_settings
 from retriever.db import Database, make_engine
 from retriever.models import Base
-from retriever.schema import RETRIEVER_CHAIN, MigrationChain, SchemaError, check_schema, current_revision
+from retriever.schema import (
+    RETRIEVER_CHAIN,
+    MigrationChain,
+    SchemaError,
+    check_schema,
+    current_revision,
+    upgrade_schema,
+)
 
 CHAINS: list[tuple[MigrationChain, MetaData]] = [
     (RETRIEVER_CHAIN, Base.metadata),
@@ -68,7 +75,10 @@ def _made_before_migrations(database_url: str) -> None:
     collection and a document in them."""
     engine = make_engine(database_url)
     Base.metadata.create_all(engine)
-    AppBase.metadata.create_all(engine)
+    later = ("ingest_jobs", "ingest_job_files")  # tables of revisions after the first
+    AppBase.metadata.create_all(
+        engine, tables=[t for t in AppBase.metadata.sorted_tables if t.name not in later]
+    )
     with engine.begin() as connection:
         connection.execute(text("ALTER TABLE documents DROP COLUMN clean_text"))
         connection.execute(
@@ -95,9 +105,10 @@ def test_a_database_made_before_migrations_is_refused_until_upgraded(cli_databas
     assert upgrade.exit_code == 0, upgrade.output
     assert (
         "retriever tables: none -> 0001" in upgrade.output
-        and "service tables: none -> 0001" in upgrade.output
+        and "service tables: none -> 0002" in upgrade.output
     )
-    assert runner.invoke(cli, ["db", "upgrade"]).output.count("already at revision 0001") == 2
+    again = runner.invoke(cli, ["db", "upgrade"]).output
+    assert "already at revision 0001" in again and "already at revision 0002" in again
     assert runner.invoke(cli, ["db", "status"]).exit_code == 0
     db = open_both(cli_database)
     try:
@@ -133,7 +144,7 @@ def test_replicas_starting_together_on_a_new_database_create_it_once(database_ur
     errors = [replica.communicate(timeout=120)[1] for replica in replicas]
     assert [replica.returncode for replica in replicas] == [0, 0, 0], errors
     engine = make_engine(database_url)
-    assert [current_revision(engine, chain) for chain, _ in CHAINS] == ["0001", "0001"]
+    assert [current_revision(engine, chain) for chain, _ in CHAINS] == [chain.head() for chain, _ in CHAINS]
     engine.dispose()
 
 
@@ -176,3 +187,29 @@ def test_db_commands_name_a_bad_or_unreachable_database_in_one_line(
         assert result.returncode == 2
         assert message in result.stdout
         assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_service_tables_one_revision_behind_are_refused_then_upgraded_with_their_rows(
+    database_url: str,
+) -> None:
+    """A database of the release before ingest jobs moved to SQL (service revision 0001) with a key in it."""
+    from alembic import command
+
+    open_both(database_url).dispose()
+    engine = make_engine(database_url)
+    config = SERVICE_CHAIN.config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0001")
+        connection.execute(
+            text("INSERT INTO api_keys (id, name, prefix, key_hash, created_at) "
+                 "VALUES (5, 'reader', 'ak_abc', 'h5', CURRENT_TIMESTAMP)")
+        )  # fmt: skip
+    with pytest.raises(SchemaError, match="revision 0001, not 0002: run `archivist db upgrade`"):
+        check_schema(engine, SERVICE_CHAIN)
+    assert upgrade_schema(engine, SERVICE_CHAIN) == ("0001", "0002")
+    check_schema(engine, SERVICE_CHAIN)
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT name FROM api_keys WHERE id = 5")).scalar() == "reader"
+        assert {"ingest_jobs", "ingest_job_files"} <= set(inspect(connection).get_table_names())
+    engine.dispose()
