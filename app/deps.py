@@ -16,12 +16,13 @@ from app.shared_state import SharedStateError
 log = logging.getLogger(__name__)
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    """A coroutine, as every dependency that does no I/O: a sync one would take a worker thread."""
     services: Services = request.app.state.services
     return services
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.services.settings
     return settings
 

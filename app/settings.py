@@ -181,6 +181,12 @@ class Settings(BaseSettings):
     max_queued_generations: int = Field(
         32, ge=0, description="Generation requests that may wait for a slot; beyond that, 429 + Retry-After"
     )
+    api_threads: int = Field(
+        128,
+        ge=1,
+        description="Threads the API's routes run on; a request waiting for or running a generation holds "
+        "one",
+    )
     generation_timeout_s: float = Field(300.0, gt=0, description="Longest wait for a slot plus generation")
     answer_cache_size: int = Field(
         1024, ge=0, description="Answers kept in the answer cache (per collection with Redis); 0: no cache"

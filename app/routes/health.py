@@ -10,13 +10,17 @@ from app.deps import ServicesDep
 router = APIRouter(tags=["health"])
 
 
+# Both probes are coroutines on the event loop, with async dependencies: a server whose worker threads are all
+# held by generations still answers them.
+
+
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
+async def healthz() -> dict[str, str]:
     return {"status": "alive"}
 
 
 @router.get("/readyz")
-def readyz(services: ServicesDep) -> JSONResponse:
+async def readyz(services: ServicesDep) -> JSONResponse:
     """200 once every part is loaded; otherwise 503 with each part's state and, for a part that failed to
     load (a corrupt model, a context window too small to answer from), `errors` with the reason."""
     parts = services.readiness()

@@ -198,3 +198,35 @@ def test_a_generation_past_its_deadline_stops_with_finish_reason_timeout(
         assert reply.json()["finish_reason"] == "timeout"
         assert reply.json()["usage"]["completion_tokens"] < 400
         assert time.monotonic() - started < 30
+
+
+def test_the_probes_answer_while_every_worker_thread_is_held(
+    tmp_path: Path, kb: KnowledgeBase, generator
+) -> None:  # type: ignore[no-untyped-def]
+    """One worker thread, held by a query waiting for the generation slot the test holds: /healthz and
+    /readyz still answer at once, while a sync route waits for the thread."""
+    settings = make_settings(tmp_path / "data", max_new_tokens=4, api_threads=1, generation_slots=1)
+    services = Services(settings, kb=kb, generator=generator)
+    with serve(create_app(services)) as url:
+        assert httpx.post(f"{url}/v1/documents", files={"file": ("owls.md", OWLS)}).status_code == 201
+        holder = services.gate().admit()
+        replies: list[httpx.Response] = []
+        query = threading.Thread(
+            target=lambda: replies.append(
+                httpx.post(f"{url}/v1/query", json={"question": QUESTION}, timeout=120)
+            )
+        )
+        query.start()
+        deadline = time.monotonic() + 30
+        while services.gate().waiting == 0:
+            assert time.monotonic() < deadline, "the query never reached the generation queue"
+            time.sleep(0.02)
+        started = time.monotonic()
+        assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+        assert httpx.get(f"{url}/readyz", timeout=5).status_code == 200
+        assert time.monotonic() - started < 2
+        with pytest.raises(httpx.ReadTimeout):  # the only thread is the waiting query's
+            httpx.get(f"{url}/v1/collections", timeout=1)
+        holder.release()
+        query.join(timeout=120)
+        assert replies and replies[0].status_code == 200, replies
