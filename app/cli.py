@@ -461,6 +461,46 @@ def worker() -> None:
         db.dispose()
 
 
+engine_cli = typer.Typer(help="The inference engine as a service of its own.", no_args_is_help=True)
+cli.add_typer(engine_cli, name="engine")
+
+
+@engine_cli.command("serve")
+def engine_serve(
+    host: Annotated[str | None, typer.Option(help="Bind address")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default ARCHIVIST_ENGINE_PORT, 8001)")] = None,
+) -> None:
+    """Serve the model alone behind an OpenAI-compatible API (/v1/chat/completions, /v1/models), for API
+    replicas (ARCHIVIST_LLM_BACKEND=openai, ARCHIVIST_LLM_URL) or any OpenAI client."""
+    import uvicorn
+
+    from app.logs import configure_logging
+    from app.services import load_generator, shut_down
+    from llm.server import create_engine_app
+
+    settings = _settings()
+    if settings.llm_backend == "openai":
+        console.print(
+            "[red]error:[/red] the engine serves a model of its own: set ARCHIVIST_LLM_BACKEND to engine"
+        )
+        raise typer.Exit(2)
+    configure_logging(os.environ.get("ARCHIVIST_LOG_LEVEL", "INFO"), settings.log_format)
+    api_key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
+    bind = host or settings.host
+    if api_key is None and bind not in ("127.0.0.1", "localhost", "::1"):
+        console.print(f"[yellow]warning:[/yellow] the engine listens on {bind} with no ARCHIVIST_LLM_API_KEY")
+    try:
+        generator = load_generator(settings, compile_in_background=True)
+    except Exception as error:  # a missing, corrupt or unsupported model: say which, in one line
+        console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from error
+    try:
+        app = create_engine_app(generator, api_key, settings.max_new_tokens)
+        uvicorn.run(app, host=bind, port=port or settings.engine_port, log_config=None, access_log=False)
+    finally:
+        shut_down(generator)
+
+
 def _ui_command(settings: Settings) -> list[str]:
     return [
         sys.executable, "-m", "streamlit", "run", str(REPO_ROOT / "ui" / "app.py"),

@@ -18,6 +18,7 @@ from app.schemas import ErrorPublic
 from app.shared_state import SharedStateError
 from app.uploads import UploadNameError, UploadTooLargeError
 from llm.base import ContextOverflowError
+from llm.remote import BackendUnavailableError
 from retriever.store import InvalidNameError, NotFoundError
 
 
@@ -47,6 +48,7 @@ ERROR_STATUS: dict[type[Exception], int] = {
     GenerationTimeoutError: 503,
     GenerationFailedError: 503,
     SharedStateError: 503,
+    BackendUnavailableError: 503,
 }
 
 
@@ -64,7 +66,8 @@ API_ERRORS: dict[int | str, dict[str, Any]] = {
         (
             503,
             "Models still loading or failed to load, no generation slot before the deadline (see "
-            "Retry-After), the model failed while generating, or the shared Redis is unreachable",
+            "Retry-After), the model failed while generating, or a shared service (Redis, the broker, the "
+            "LLM servers) is unreachable",
         ),
     )
 }

@@ -64,6 +64,18 @@ def load_generator(settings: Settings, compile_in_background: bool = False) -> G
     """The configured backend: our engine by default (refused with `CorruptModelError` when a test prompt
     gets non-finite logits), the transformers reference when asked for. `compile_in_background`: the engine
     answers with eager decode steps until its compiled CPU step is ready."""
+    if settings.llm_backend == "openai":
+        from llm.remote import RemoteGenerator
+
+        return RemoteGenerator(
+            settings.llm_urls,
+            model=settings.llm_model,
+            api_key=settings.llm_api_key.get_secret_value() if settings.llm_api_key else None,
+            context_window=settings.llm_max_model_len,
+            max_concurrency=settings.llm_max_num_seqs,
+            tokenizer=settings.llm_tokenizer,
+            timeout_s=settings.generation_timeout_s,
+        )
     if settings.llm_backend == "hf":
         from llm.hf import HFGenerator
 
@@ -123,7 +135,7 @@ def check_context_window(settings: Settings, generator: Generator) -> None:
     )
 
 
-def _shut_down(generator: object) -> None:
+def shut_down(generator: object) -> None:
     shutdown = getattr(generator, "shutdown", None)
     if callable(shutdown):
         shutdown()
@@ -135,7 +147,7 @@ def load_rag_generator(settings: Settings, compile_in_background: bool = False) 
     try:
         check_context_window(settings, generator)
     except BaseException:
-        _shut_down(generator)
+        shut_down(generator)
         raise
     return generator
 
@@ -302,12 +314,24 @@ class Services:
                 return "loading"
             return "failed" if loading.error is not None else "ready"
 
-        return {part: state(loading) for part, loading in self._parts().items()}
+        states = {part: state(loading) for part, loading in self._parts().items()}
+        if states["llm"] == "ready" and self._llm_unavailable():
+            states["llm"] = "unavailable"
+        return states
 
     def failures(self) -> dict[str, str]:
-        """Why each part that failed to load failed."""
+        """Why each part that failed to load failed, or cannot be used now (a backend server down)."""
         parts = self._parts().items()
-        return {part: str(loading.error) for part, loading in parts if loading.error is not None}
+        found = {part: str(loading.error) for part, loading in parts if loading.error is not None}
+        if reason := self._llm_unavailable():
+            found["llm"] = reason
+        return found
+
+    def _llm_unavailable(self) -> str | None:
+        """Why a loaded backend cannot generate now (one with servers elsewhere tells), else None."""
+        generator = self._generator.value if self._generator.done.is_set() else None
+        unavailable = getattr(generator, "unavailable", None)
+        return unavailable() if callable(unavailable) else None
 
     def close(self) -> None:
         if self._jobs is not None:
@@ -315,5 +339,5 @@ class Services:
         if self._kb.done.is_set() and isinstance(self._kb.value, KnowledgeBase):
             self._kb.value.close()
         if self._owns_generator:
-            _shut_down(self._generator.value)
+            shut_down(self._generator.value)
         self.db.dispose()

@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ingest.config import ChunkerConfig, IngestConfig
@@ -51,9 +51,28 @@ class Settings(BaseSettings):
         _retriever("embedder_dtype"),
         description="Embedding precision; auto: bfloat16 where native, else fp32",
     )
-    llm_backend: Literal["engine", "hf"] = Field(
-        "engine", description="Generation backend: our engine, or the transformers reference (hf)"
+    llm_backend: Literal["engine", "hf", "openai"] = Field(
+        "engine",
+        description="Generation backend: our engine in this process, the transformers reference (hf), or "
+        "OpenAI-compatible servers at ARCHIVIST_LLM_URL (openai)",
     )
+    llm_url: str | None = Field(
+        None,
+        description="The openai backend's servers, comma-separated (http://engine-1:8001,http://engine-2:8001):"
+        " `archivist engine serve`, vLLM, SGLang, llama.cpp's server or Ollama; requests go round-robin",
+    )
+    llm_model: str | None = Field(
+        None, description="The openai backend's model id; default: the server's first"
+    )
+    llm_api_key: SecretStr | None = Field(
+        None, description="Bearer key the openai backend sends, and that `archivist engine serve` asks for"
+    )
+    llm_tokenizer: Path | None = Field(
+        None,
+        description="The openai backend's tokenizer (a GGUF file or model folder) for exact token counts; "
+        "default: an estimate of one token per 3 bytes",
+    )
+    engine_port: int = Field(8001, description="Port of `archivist engine serve`")
     llm_path: Path | None = Field(None, description="Local GGUF file or safetensors folder; default SmolLM2")
     llm_device: str = Field("auto", description="Device for the LLM: auto (CUDA when present), cpu, cuda")
     llm_quantize: Literal["int8", "int4"] | None = Field(
@@ -217,6 +236,16 @@ class Settings(BaseSettings):
         "embedder: tests/app/test_grounding.py)",
     )
     log_format: Literal["json", "text"] = Field("json", description="Log lines as JSON or plain text")
+
+    @model_validator(mode="after")
+    def openai_backend_has_servers(self) -> Settings:
+        if self.llm_backend == "openai" and not self.llm_urls:
+            raise ValueError("ARCHIVIST_LLM_BACKEND=openai needs ARCHIVIST_LLM_URL: the servers' base URLs")
+        return self
+
+    @property
+    def llm_urls(self) -> list[str]:
+        return [url.strip() for url in (self.llm_url or "").split(",") if url.strip()]
 
     @field_validator("admin_key")
     @classmethod

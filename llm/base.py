@@ -118,8 +118,11 @@ class Generator(Protocol):
     carries the finish reason and token counts. Closing the iterator early cancels the generation.
     """
 
-    name: str
-    context_window: int
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def context_window(self) -> int: ...
 
     def count_tokens(self, text: str) -> int: ...
 

@@ -1,4 +1,4 @@
-"""The deployment files: the compose file is valid."""
+"""The deployment files: the compose file is valid, and its `scale` profile runs the parts apart."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -16,10 +17,19 @@ def test_compose_file_is_valid() -> None:
     if compose is None:
         pytest.skip("docker-compose is not installed (Debian package docker-compose); cannot check the file")
     result = subprocess.run(
-        [compose, "-f", str(ROOT / "docker-compose.yml"), "config", "--services"],
+        [compose, "-f", str(ROOT / "docker-compose.yml"), "config"],
         capture_output=True,
         text=True,
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert set(result.stdout.split()) == {"api", "ui", "postgres"}
+    services = yaml.safe_load(result.stdout)["services"]
+    default = {name for name, service in services.items() if not service.get("profiles")}
+    assert default == {"api", "ui", "postgres"}  # `docker compose up`: one API with its model in process
+    scale = {name for name, service in services.items() if service.get("profiles") == ["scale"]}
+    assert scale == {"redis", "rabbitmq", "engine", "api-1", "api-2", "worker-1", "worker-2", "ui-scale"}
+    for replica in ("api-1", "api-2"):
+        environment = services[replica]["environment"]
+        assert environment["ARCHIVIST_LLM_BACKEND"] == "openai" and environment["ARCHIVIST_REDIS_URL"]
+        assert environment["ARCHIVIST_BROKER_URL"].startswith("amqp://")
+    assert services["worker-1"]["command"] == ["archivist", "worker"]

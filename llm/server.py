@@ -1,0 +1,242 @@
+"""The engine as a service: an OpenAI-compatible HTTP API over one `Generator` (`archivist engine serve`), so
+that API replicas share engine processes (`ARCHIVIST_LLM_BACKEND=openai`, `llm.remote`) and any OpenAI client
+can use the model.
+
+- `GET /v1/models`: the model, and `<model>+<adapter>` for each LoRA adapter it serves (`<model>+none`: the
+  base model), each with `max_model_len` as vLLM reports it.
+- `POST /v1/chat/completions`: streamed (server-sent events, `stream_options.include_usage`) or not, with
+  `max_tokens`, `temperature`, `top_p`, `top_k`, `min_p`, `presence_penalty`, `repetition_penalty`, `seed`,
+  `stop`, and `opening_bias` (the RAG service's refusal margin, `SamplingParams.opening_bias`). Closing the
+  stream cancels the generation. `logprobs`, `n > 1` and `frequency_penalty` are refused, not ignored.
+- `GET /healthz`, and `GET /metrics`: the engine's counters as Prometheus gauges.
+
+With an API key set, every route but `/healthz` wants it as `Authorization: Bearer <key>`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any, Literal
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from llm.base import (
+    NO_ADAPTER,
+    ChatMessage,
+    ContextOverflowError,
+    GenerationEvent,
+    Generator,
+    SamplingParams,
+    UnknownAdapterError,
+    served_adapters,
+)
+
+
+class ApiError(Exception):
+    """An OpenAI-style error: `{"error": {"message", "type", "code"}}` with an HTTP status."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status, self.kind = status, kind
+
+
+class MessageIn(BaseModel):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # other OpenAI fields (user, metadata, ...) change nothing
+
+    model: str
+    messages: list[MessageIn] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)
+    min_p: float = Field(0.0, ge=0, lt=1)
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    repetition_penalty: float = Field(1.0, gt=0)
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: int = 1
+    logprobs: bool = False
+    opening_bias: list[tuple[str, float]] = Field(default_factory=list)
+
+
+def _adapter(model: str, name: str, adapters: tuple[str, ...]) -> str | None:
+    """The adapter a model id asks for: `<model>` the default one, `<model>+<adapter>` that one."""
+    base, plus, adapter = model.partition("+")
+    if base != name or (plus and adapter != NO_ADAPTER and adapter not in adapters):
+        known = ", ".join([name, *(f"{name}+{a}" for a in (*adapters, NO_ADAPTER))])
+        raise ApiError(404, f"model {model!r} does not exist; this server has: {known}", "model_not_found")
+    return adapter if plus else None
+
+
+def sampling_params(request: ChatRequest, adapter: str | None, max_tokens: int) -> SamplingParams:
+    unsupported = [
+        what
+        for what, asked in (
+            ("logprobs", request.logprobs),
+            ("n > 1", request.n != 1),
+            ("frequency_penalty", request.frequency_penalty != 0),
+        )
+        if asked
+    ]
+    if unsupported:
+        raise ApiError(400, f"not supported by this server: {', '.join(unsupported)}")
+    stop = [request.stop] if isinstance(request.stop, str) else (request.stop or [])
+    try:
+        return SamplingParams(
+            max_new_tokens=request.max_completion_tokens or request.max_tokens or max_tokens,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            top_k=request.top_k,
+            min_p=request.min_p,
+            repetition_penalty=request.repetition_penalty,
+            presence_penalty=request.presence_penalty,
+            seed=request.seed,
+            stop=tuple(stop),
+            adapter=adapter,
+            opening_bias=tuple(request.opening_bias),
+        )
+    except ValueError as error:
+        raise ApiError(400, str(error)) from error
+
+
+def create_engine_app(generator: Generator, api_key: str | None = None, max_tokens: int = 256) -> FastAPI:
+    """The server over `generator`; `max_tokens` is the reply length when a request gives none."""
+    name, window = generator.name, generator.context_window
+    adapters = served_adapters(generator)
+
+    def authorized(request: Request) -> None:
+        if api_key is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), api_key.encode()):
+            raise ApiError(
+                401, "a valid API key is needed: Authorization: Bearer <key>", "authentication_error"
+            )
+
+    app = FastAPI(title="Archivist engine", docs_url=None, redoc_url=None, openapi_url=None)
+    keyed = [Depends(authorized)]
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, error: ApiError) -> JSONResponse:
+        return JSONResponse(
+            {"error": {"message": str(error), "type": error.kind, "code": error.status}},
+            status_code=error.status,
+        )
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get("/v1/models", dependencies=keyed)
+    def models() -> dict[str, Any]:
+        ids = [name, *(f"{name}+{adapter}" for adapter in (*adapters, NO_ADAPTER))]
+        cards = [
+            {"id": i, "object": "model", "created": 0, "owned_by": "archivist", "max_model_len": window}
+            for i in ids
+        ]
+        return {"object": "list", "data": cards}
+
+    @app.get("/metrics", dependencies=keyed)
+    def metrics() -> PlainTextResponse:
+        stats = getattr(generator, "stats", None)
+        figures = stats() if callable(stats) else {}
+        lines = [f"archivist_engine_{key} {float(value)}" for key, value in sorted(figures.items())]
+        return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+    @app.post("/v1/chat/completions", dependencies=keyed, response_model=None)
+    def chat_completions(request: ChatRequest) -> JSONResponse | StreamingResponse:
+        params = sampling_params(request, _adapter(request.model, name, adapters), max_tokens)
+        messages = [
+            ChatMessage("system" if m.role == "developer" else m.role, m.content) for m in request.messages
+        ]
+        try:
+            events = generator.stream(messages, params)
+        except ContextOverflowError as error:
+            raise ApiError(400, str(error), "context_length_exceeded") from error
+        except UnknownAdapterError as error:
+            raise ApiError(404, str(error), "model_not_found") from error
+        completion = f"chatcmpl-{uuid.uuid4().hex}"
+        if request.stream:
+            usage = request.stream_options is not None and request.stream_options.include_usage
+            return StreamingResponse(
+                _sse(events, completion, request.model, usage), media_type="text/event-stream"
+            )
+        return _whole(events, completion, request.model)
+
+    return app
+
+
+def _usage(event: GenerationEvent) -> dict[str, int]:
+    total = event.prompt_tokens + event.completion_tokens
+    return {
+        "prompt_tokens": event.prompt_tokens,
+        "completion_tokens": event.completion_tokens,
+        "total_tokens": total,
+    }
+
+
+def _whole(events: Iterator[GenerationEvent], completion: str, model: str) -> JSONResponse:
+    pieces, last = [], GenerationEvent("")
+    for event in events:
+        pieces.append(event.text)
+        last = event
+    if last.finish_reason == "error":
+        raise ApiError(500, "the engine failed while generating; see the engine's log", "server_error")
+    message = {"role": "assistant", "content": "".join(pieces)}
+    choice = {"index": 0, "message": message, "finish_reason": last.finish_reason or "stop"}
+    body = {"id": completion, "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [choice], "usage": _usage(last)}  # fmt: skip
+    return JSONResponse(body)
+
+
+def _sse(events: Iterator[GenerationEvent], completion: str, model: str, usage: bool) -> Iterator[str]:
+    """The events as server-sent chunks. Leaving early (the client went away) closes `events`, which
+    cancels the generation."""
+    created = int(time.time())
+
+    def chunk(delta: dict[str, str], finish: str | None = None, **extra: Any) -> str:
+        choices = [{"index": 0, "delta": delta, "finish_reason": finish}] if delta or finish else []
+        body = {"id": completion, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": choices, **extra}  # fmt: skip
+        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        for event in events:
+            if event.text:
+                yield chunk({"content": event.text})
+            if event.finish_reason == "error":
+                error = {
+                    "message": "the engine failed while generating; see the engine's log",
+                    "type": "server_error",
+                }
+                yield f"data: {json.dumps({'error': error})}\n\n"
+                return
+            if event.finish_reason is not None:
+                yield chunk({}, event.finish_reason)
+                if usage:
+                    yield chunk({}, None, usage=_usage(event))
+        yield "data: [DONE]\n\n"
+    finally:
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()

@@ -1,0 +1,149 @@
+"""The engine as a service of its own (`archivist engine serve`) and the `openai` backend that calls it: a
+real engine server subprocess on loopback, spoken to by the OpenAI client and by the RAG service through
+`RemoteGenerator`; same greedy answers as the engine in process; a dead server is skipped, all of them dead
+is a 503 that names them, never the no-answer reply."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from fastapi.testclient import TestClient
+
+from app.api import create_app
+from app.services import Services
+from llm.base import ChatMessage, SamplingParams, collect
+from llm.remote import BackendUnavailableError, RemoteGenerator
+from retriever.store import KnowledgeBase
+from tests.app.live import free_port
+from tests.app.test_streaming import OWLS
+from tests.conftest import make_settings
+
+KEY = "engine-test-key-5c1d9e"
+QUESTION = {"question": "How far can an owl turn its head?", "max_tokens": 24}
+HELLO = [ChatMessage("user", "Name three colours of the rainbow.")]
+
+
+def start_engine(tmp_path: Path, port: int) -> subprocess.Popen[bytes]:
+    """`archivist engine serve` as the session's in-process engine is built: the default model, no adapter,
+    eager decode, 4096 tokens, 16 sequences; once it answers /healthz."""
+    env = {**os.environ, "ARCHIVIST_DATA_DIR": str(tmp_path / "engine"), "ARCHIVIST_LLM_ADAPTER": "",
+           "ARCHIVIST_LLM_ENFORCE_EAGER": "true", "ARCHIVIST_LLM_MAX_NUM_SEQS": "16",
+           "ARCHIVIST_LLM_MAX_MODEL_LEN": "4096", "ARCHIVIST_LLM_API_KEY": KEY}  # fmt: skip
+    log = (tmp_path / f"engine-{port}.log").open("wb")
+    command = [sys.executable, "-m", "app.cli", "engine", "serve", "--port", str(port)]
+    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 180
+    while True:
+        assert server.poll() is None, (tmp_path / f"engine-{port}.log").read_text()
+        assert time.monotonic() < deadline, "the engine server did not start"
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def engine_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    server = start_engine(tmp_path_factory.mktemp("engine"), port)
+    yield f"http://127.0.0.1:{port}"
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def test_the_engine_server_speaks_openai_and_answers_as_the_engine_in_process(
+    engine_url: str, generator
+) -> None:  # type: ignore[no-untyped-def]
+    client = openai.OpenAI(base_url=f"{engine_url}/v1", api_key=KEY)
+    [model] = [card.id for card in client.models.list().data if "+" not in card.id]
+    assert model == generator.name
+    expected = collect(generator.stream(HELLO, SamplingParams(max_new_tokens=16)))
+    whole = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": HELLO[0].content}], max_tokens=16, temperature=0
+    )
+    assert whole.choices[0].message.content == expected.text
+    assert whole.usage is not None and whole.usage.completion_tokens == expected.completion_tokens
+    streamed = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": HELLO[0].content}], max_tokens=16, temperature=0,
+        stream=True, stream_options={"include_usage": True},
+    )  # fmt: skip
+    chunks = list(streamed)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == expected.text
+    assert chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens == expected.prompt_tokens
+    stopped = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": HELLO[0].content}], max_tokens=16, temperature=0,
+        stop=[expected.text.split()[1]],
+    )  # fmt: skip
+    assert len(stopped.choices[0].message.content or "") < len(expected.text)
+
+
+def test_the_engine_server_refuses_what_it_cannot_do(engine_url: str) -> None:
+    client = openai.OpenAI(base_url=f"{engine_url}/v1", api_key=KEY)
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{engine_url}/v1", api_key="wrong").models.list()
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.BadRequestError, match="logprobs"):
+        client.chat.completions.create(model=client.models.list().data[0].id, logprobs=True,
+                                       messages=[{"role": "user", "content": "hi"}])  # fmt: skip
+    with pytest.raises(openai.BadRequestError, match="context"):
+        client.chat.completions.create(model=client.models.list().data[0].id,
+                                       messages=[{"role": "user", "content": "owl " * 5000}])  # fmt: skip
+
+
+def test_rag_answers_through_the_servers_equal_those_of_the_engine_in_process(
+    tmp_path: Path,
+    kb: KnowledgeBase,
+    generator,  # type: ignore[no-untyped-def]
+    engine_url: str,
+) -> None:
+    """The first URL has nothing listening: it is skipped, and the answers come from the engine server."""
+    local = make_settings(tmp_path / "data", answer_cache_size=0)
+    with TestClient(create_app(Services(local, kb=kb, generator=generator))) as client:
+        assert client.post("/v1/documents", files={"file": ("owls.md", OWLS)}).status_code == 201
+        expected = client.post("/v1/query", json=QUESTION).json()
+    remote = make_settings(tmp_path / "data", llm_backend="openai", llm_api_key=KEY, answer_cache_size=0,
+                           llm_url=f"http://127.0.0.1:{free_port()},{engine_url}")  # fmt: skip
+    services = Services(remote, kb=kb)
+    with TestClient(create_app(services)) as client:
+        deadline = time.monotonic() + 60
+        while (ready := client.get("/readyz")).status_code != 200:
+            assert time.monotonic() < deadline, ready.text
+            time.sleep(0.2)
+        for _ in range(2):  # one of the two goes to the dead URL first, and on to the live one
+            answered = client.post("/v1/query", json={**QUESTION})
+            assert answered.status_code == 200, answered.text
+            assert answered.json()["answer"] == expected["answer"]
+            assert answered.json()["sources"] == expected["sources"]
+        with client.stream("POST", "/v1/query", json={**QUESTION, "stream": True}) as streamed:
+            assert streamed.status_code == 200 and "event: done" in streamed.read().decode()
+
+
+def test_no_server_answering_is_a_503_naming_them_and_readyz_says_why(
+    tmp_path: Path,
+    kb: KnowledgeBase,
+) -> None:
+    dead = [f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"]
+    settings = make_settings(tmp_path / "data", llm_backend="openai", llm_url=",".join(dead))
+    services = Services(settings, kb=kb)
+    with TestClient(create_app(services)) as client:
+        assert client.post("/v1/documents", files={"file": ("owls.md", OWLS)}).status_code == 201
+        started = time.monotonic()
+        refused = client.post("/v1/query", json=QUESTION)
+        assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1, refused.text
+        assert all(url in refused.json()["detail"] for url in dead)
+        assert time.monotonic() - started < 20
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["llm"] == "unavailable"
+        assert "no LLM server answers" in ready.json()["errors"]["llm"]
+    with pytest.raises(BackendUnavailableError):
+        list(RemoteGenerator(dead).stream(HELLO, SamplingParams(max_new_tokens=4)))
