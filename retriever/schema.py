@@ -83,6 +83,12 @@ def check_schema(engine: Engine, chain: MigrationChain) -> None:
         if not present & set(chain.tables):
             upgrade_schema(engine, chain)
             return
+        # Tables and their revision are committed together: tables seen now, whose revision was not seen a
+        # moment ago, may be another process's that has just created them.
+        current = current_revision(engine, chain)
+        if current == head:
+            return
+    if current is None:
         raise SchemaError(
             f"the {chain.component} tables of {where} predate schema migrations: {UPGRADE_HINT}"
         )
