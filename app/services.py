@@ -96,7 +96,7 @@ def load_generator(settings: Settings, compile_in_background: bool = False) -> G
         generator.shutdown()
         raise
     if isinstance(generator.engine.runner, TorchModelRunner):
-        generator.engine.runner.start_compiling()  # after the check: the two must not overlap
+        generator.engine.runner.start_compiling()  # after the check, which it would slow down
     return generator
 
 

@@ -3,7 +3,9 @@ clients, then the same with one client, so the effect of batching shows as a rat
 
 Run from the repository root: `python -m bench.load` starts its own server (a fresh data dir, SQuAD
 paragraphs from ../shared/data ingested through the API, or the docs/ folder when that is absent) on a
-loopback port; `--url` points it at a running server instead (with `--api-key` when it requires one).
+loopback port; `--url` points it at a running server instead (with `--api-key` when it requires one), and
+each `--replica` at another replica of that service: the concurrent phase then runs again, its clients spread
+over all replicas, and the ratio to one replica is printed.
 
 Each client loops until the phase ends, picking an operation by weight: `query` (JSON answer), `stream`
 (SSE; time to first text, and whether the `done` event arrived) or `ingest` (one small new file). A 429 is
@@ -49,6 +51,7 @@ FALLBACK_QUESTIONS = [
 @dataclass
 class Phase:
     clients: int
+    replicas: int = 1
     seconds: float = 0.0
     latency: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     ttft: list[float] = field(default_factory=list)
@@ -217,21 +220,28 @@ class Client:
                 await asyncio.sleep(min(wait, max(0.0, until - time.monotonic())))
 
 
-async def run_phase(url: str, headers: dict[str, str], args: argparse.Namespace, questions: list[str],
+async def run_phase(urls: list[str], headers: dict[str, str], args: argparse.Namespace, questions: list[str],
                     clients: int, seconds: float) -> Phase:  # fmt: skip
-    phase = Phase(clients)
+    """`clients` clients for `seconds`, spread round-robin over `urls` (replicas of one service)."""
+    phase = Phase(clients, replicas=len(urls))
     limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
     timeout = httpx.Timeout(args.request_timeout, connect=30)
-    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=timeout, limits=limits) as http:
+    https = [httpx.AsyncClient(base_url=url, headers=headers, timeout=timeout, limits=limits) for url in urls]
+    try:
         started = time.monotonic()
         until = started + seconds
-        await asyncio.gather(*(Client(http, phase, args, questions).run(until) for _ in range(clients)))
+        await asyncio.gather(
+            *(Client(https[n % len(https)], phase, args, questions).run(until) for n in range(clients))
+        )
         phase.seconds = time.monotonic() - started  # includes finishing the requests in flight at the end
+    finally:
+        for http in https:
+            await http.aclose()
     return phase
 
 
 def report(phase: Phase) -> None:
-    print(f"\n### {phase.clients} client(s), {phase.seconds:.0f} s\n")
+    print(f"\n### {phase.clients} client(s) over {phase.replicas} replica(s), {phase.seconds:.0f} s\n")
     total = sum(phase.statuses.values())
     print(f"requests {total}: " + ", ".join(f"{k} {v}" for k, v in sorted(phase.statuses.items())))
     print(f"failures {len(phase.failures)} (5xx, transport errors, dropped streams), dropped streams "
@@ -250,6 +260,13 @@ def report(phase: Phase) -> None:
         print(f"- {failure}")
 
 
+def print_ratio(label: str, phase: Phase, baseline: Phase) -> None:
+    if phase.answers and baseline.answers:
+        answers = (phase.answers / phase.seconds) / (baseline.answers / baseline.seconds)
+        tokens = (phase.tokens / phase.seconds) / max(baseline.tokens / baseline.seconds, 1e-9)
+        print(f"\n{label}: answers/s ×{answers:.2f}, generated tokens/s ×{tokens:.2f}")
+
+
 def parse_mix(text: str) -> dict[str, float]:
     mix = {name: float(weight) for name, weight in (part.split("=") for part in text.split(","))}
     if not set(mix) <= {"query", "stream", "ingest"} or not any(mix.values()):
@@ -264,6 +281,12 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--url", help="a running server; default: start one on a loopback port")
+    parser.add_argument(
+        "--replica",
+        action="append",
+        default=[],
+        help="another replica of the --url service (repeatable): the concurrent phase again, over all",
+    )
     parser.add_argument("--api-key", default=os.environ.get("ARCHIVIST_API_KEY"))
     parser.add_argument("--collection", default="load")
     parser.add_argument("--clients", type=int, default=32)
@@ -290,15 +313,18 @@ def main() -> None:
             started = time.perf_counter()
             ingest(url, headers, files, args.collection)
             print(f"ingested {len(files)} documents in {time.perf_counter() - started:.1f} s")
-            single = asyncio.run(run_phase(url, headers, args, questions, 1, args.single_seconds))
+            single = asyncio.run(run_phase([url], headers, args, questions, 1, args.single_seconds))
             report(single)
-            many = asyncio.run(run_phase(url, headers, args, questions, args.clients, args.seconds))
+            many = asyncio.run(run_phase([url], headers, args, questions, args.clients, args.seconds))
             report(many)
-            if single.answers and many.answers:
-                answers = (many.answers / many.seconds) / (single.answers / single.seconds)
-                tokens = (many.tokens / many.seconds) / max(single.tokens / single.seconds, 1e-9)
-                ratios = f"answers/s ×{answers:.2f}, generated tokens/s ×{tokens:.2f}"
-                print(f"\n{args.clients} clients vs 1: {ratios}")
+            print_ratio(f"{args.clients} clients vs 1", many, single)
+            phases = [single, many]
+            if args.replica:
+                urls = [url, *(replica.rstrip("/") for replica in args.replica)]
+                spread = asyncio.run(run_phase(urls, headers, args, questions, args.clients, args.seconds))
+                report(spread)
+                print_ratio(f"{args.clients} clients over {len(urls)} replicas vs over 1", spread, many)
+                phases.append(spread)
             metrics = httpx.get(f"{url}/metrics", headers=headers, timeout=30).text
             cache = [
                 line for line in metrics.splitlines() if line.startswith("archivist_answer_cache_hit_rate ")
@@ -308,8 +334,7 @@ def main() -> None:
             if server is not None:
                 server.terminate()
                 server.wait(timeout=60)
-    failed = single.failures or many.failures
-    raise SystemExit(1 if failed else 0)
+    raise SystemExit(1 if any(phase.failures for phase in phases) else 0)
 
 
 if __name__ == "__main__":

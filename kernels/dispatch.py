@@ -145,8 +145,15 @@ def paged_decode_attention(
     softmax_scale: float,
     *,
     sliding_window: int | None = None,
+    traceable: bool = False,
 ) -> torch.Tensor:
-    """See `reference.paged_decode_attention`."""
+    """See `reference.paged_decode_attention`. `traceable` (inside a `torch.compile` graph, which only the CPU
+    decode step has): always the reference's traceable form."""
+    if traceable:
+        return reference.paged_decode_attention(
+            q, k_cache, v_cache, block_tables, context_lens, softmax_scale, sliding_window=sliding_window,
+            traceable=True,
+        )  # fmt: skip
     return _pick("paged_decode_attention", q)(
         q, k_cache, v_cache, block_tables, context_lens, softmax_scale, sliding_window=sliding_window
     )
@@ -158,8 +165,13 @@ def write_kv(
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
+    *,
+    traceable: bool = False,
 ) -> None:
-    """See `reference.write_kv`."""
+    """See `reference.write_kv`; `traceable` as for `paged_decode_attention`."""
+    if traceable:
+        reference.write_kv(k, v, k_cache, v_cache, slot_mapping, traceable=True)
+        return
     _pick("write_kv", k)(k, v, k_cache, v_cache, slot_mapping)
 
 

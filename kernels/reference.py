@@ -116,13 +116,15 @@ def paged_decode_attention(
     softmax_scale: float,
     *,
     sliding_window: int | None = None,
+    traceable: bool = False,
 ) -> torch.Tensor:
     """One query token per sequence over the paged cache → `(batch, n_heads, head_dim)`.
 
     q: `(batch, n_heads, head_dim)`; `context_lens[i]` counts the keys of sequence i including the current
-    token (already written to the cache), so the query sits at position `context_lens[i] - 1`.
+    token (already written to the cache), so the query sits at position `context_lens[i] - 1`. `traceable`:
+    one padded batch that reads nothing back to the host, for a `torch.compile` graph.
     """
-    if torch.compiler.is_compiling():
+    if traceable:
         return _paged_decode_padded(
             q, k_cache, v_cache, block_tables, context_lens, softmax_scale, sliding_window
         )
@@ -186,10 +188,12 @@ def write_kv(
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
+    *,
+    traceable: bool = False,
 ) -> None:
-    """Scatter k/v `(tokens, n_kv_heads, head_dim)` into the paged caches in place; slot -1 skips a token."""
-    # Under torch.compile the host cannot read the slots: there every slot must be valid (decode steps).
-    if not torch.compiler.is_compiling():
+    """Scatter k/v `(tokens, n_kv_heads, head_dim)` into the paged caches in place; slot -1 skips a token.
+    `traceable` (a `torch.compile` graph, where the host cannot read the slots): every slot must be valid."""
+    if not traceable:
         keep = slot_mapping >= 0
         if not bool(keep.all()):  # boolean selection only when some token is skipped (it costs a nonzero)
             slot_mapping, k, v = slot_mapping[keep], k[keep], v[keep]

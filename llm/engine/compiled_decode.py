@@ -15,9 +15,9 @@ specializes a size of 1) and batch >= 2 with dynamic batch size and context widt
 not alike (a linear quantized differently in one layer) gets a graph per kind of region. The compiling steps
 write their dummy keys into a scratch block of the cache that the block manager never hands out. (Compiling
 in a background thread while the eager step serves was tried: the two threads fight for the GIL, and an
-answer took minutes instead of seconds.) Inside the graph, `kernels.reference` takes its padded decode
-attention (no host reads). Inductor caches the generated code on disk, so a later start compiles faster.
-Prefill stays eager: its cost is the dense GEMMs, not dispatch.
+answer took minutes instead of seconds.) Inside the graph (`StepContext.compiled`), `kernels.reference`
+takes its padded decode attention (no host reads). Inductor caches the generated code on disk, so a later
+start compiles faster. Prefill stays eager: its cost is the dense GEMMs, not dispatch.
 """
 
 from __future__ import annotations
@@ -104,6 +104,7 @@ class CompiledDecode:
                     ),
                     context_lens=torch.ones(batch, dtype=torch.int32, device=device),
                     lora_mask=self._lora_mask(batch, device),
+                    compiled=True,
                 )
                 ids = torch.zeros(batch, dtype=torch.int64, device=device)
                 set_context(ctx)

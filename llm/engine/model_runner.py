@@ -83,9 +83,8 @@ class TorchModelRunner:
                 self._compile_decode(max_batch)
 
     def start_compiling(self) -> None:
-        """Start compiling the decode step in the background (with `compile_in_background`). `score` must not
-        run while it compiles: dynamo's `is_compiling` flag is process-wide, and the reference kernels then
-        take their compiled-step branches, which assume every cache slot is valid."""
+        """Start compiling the decode step in the background (with `compile_in_background`). Eager steps may
+        run meanwhile: the kernels take their traceable forms only for steps marked `StepContext.compiled`."""
         if self._compiling is not None and self._compiling.ident is None:
             self._compiling.start()
 
@@ -208,6 +207,7 @@ class TorchModelRunner:
         compiled: CompiledDecode | None,
     ) -> torch.Tensor:
         if ctx.is_decode and compiled is not None and compiled.serves(ctx, batch_size):
+            ctx.compiled = True
             return compiled(input_ids, positions)
         graph_size = (
             next((s for s in sorted(self.graphs) if s >= batch_size), None) if ctx.is_decode else None

@@ -22,7 +22,7 @@ class PagedAttention(nn.Module):
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q (tokens, n_heads, head_dim), k/v (tokens, n_kv_heads, head_dim) -> like q."""
         ctx = get_context()
-        dispatch.write_kv(k, v, self.k_cache, self.v_cache, ctx.slot_mapping)
+        dispatch.write_kv(k, v, self.k_cache, self.v_cache, ctx.slot_mapping, traceable=ctx.compiled)
         if ctx.is_decode:
             return dispatch.paged_decode_attention(
                 q,
@@ -32,6 +32,7 @@ class PagedAttention(nn.Module):
                 ctx.context_lens,
                 self.scale,
                 sliding_window=self.sliding_window,
+                traceable=ctx.compiled,
             )
         assert ctx.cu_seqlens_q is not None and ctx.cu_seqlens_k is not None
         if ctx.cache_hit:  # some keys were computed in earlier steps: read them all from the paged cache

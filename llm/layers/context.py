@@ -27,6 +27,11 @@ class StepContext:
     # (tokens, slots) 0/1 in the compute dtype: the LoRA delta each token's sequence gets (`LoraLayout.slots`;
     # a row of zeros: none). None when no token of the step needs one.
     lora_mask: torch.Tensor | None = None
+    # Run by the compiled CPU decode step (`CompiledDecode`): the kernels take their traceable forms, which
+    # read nothing back to the host and take every slot as valid. Set per step, never inferred from
+    # `torch.compiler.is_compiling()`, which is process-wide: while one thread compiles, another thread's
+    # eager steps would take those forms too.
+    compiled: bool = False
 
 
 _local = threading.local()

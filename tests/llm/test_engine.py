@@ -197,3 +197,18 @@ def test_beam_search_width_one_is_greedy_and_wider_is_ranked(packed_engine):
     assert [b.logprob for b in beams] == sorted((b.logprob for b in beams), reverse=True)
     assert all(0 < len(b.token_ids) <= 8 for b in beams)
     assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
+
+
+def test_eager_steps_ignore_a_compile_running_in_another_thread(packed_engine, monkeypatch):
+    """Dynamo's `is_compiling()` is process-wide: while the server compiles its decode step in a background
+    thread, it says True in the engine's thread too. Eager steps, scoring's skipped slots (-1) included, must
+    not take the compiled step's kernel forms then: only `StepContext.compiled` picks them."""
+    import torch
+
+    engine, tokenizer = packed_engine
+    text = ids_of(tokenizer, "The quick brown fox jumps over the lazy dog.")
+    params = SamplingParams(max_new_tokens=8)
+    alone = engine.runner.score(text), engine.generate([text], params)[0].text
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # as while another thread traces
+    during = engine.runner.score(text), engine.generate([text], params)[0].text
+    assert torch.equal(during[0], alone[0]) and during[1] == alone[1]
