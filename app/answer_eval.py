@@ -3,7 +3,9 @@ once per answering setup (the base model, and each served LoRA adapter), all in 
 
 Three views of the same questions:
 * end to end: hybrid retrieval of the configured top-k, the relevance gate, generation and grounding, as the
-  service answers; the share of these answerable questions that get the no-answer reply is "refused";
+  service answers; the share of these answerable questions that get the no-answer reply is "refused",
+  split by its cause (`app.grounding.Refusal`): the relevance gate, the model's own reply, a degenerate
+  reply, or an answer no passage supports;
 * gold passage + 2 distractors: the passage that holds the answer among two retrieved ones that do not, at
   a random position (`app.rag_examples`), which measures reading apart from retrieval;
 * wrong collection: the same questions, retrieval restricted to the other articles, where the no-answer
@@ -15,17 +17,19 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Sequence
+from typing import get_args
 
 import numpy as np
 
 from app.evaluation import COLLECTION, Question, exact_match, f1_score
-from app.grounding import CITATION
+from app.grounding import CITATION, Refusal
 from app.rag import Answer, RagPipeline
 from app.rag_examples import build_examples
 from retriever.filters import SearchFilters
 from retriever.store import KnowledgeBase
 
 ROWS = ("exact_match", "f1", "refused", "gold_exact_match", "gold_f1", "wrong_refused", "seconds_per_answer")
+CAUSES = get_args(Refusal)
 
 
 def prediction(answer: Answer) -> str:
@@ -43,6 +47,7 @@ def evaluate_answers(
 ) -> dict[str, float]:
     """The scores of one answering setup (`pipeline`, with its adapter) on `questions`."""
     em, f1, refused, seconds = [], [], [], []
+    causes: list[str | None] = []
     for number, question in enumerate(questions, start=1):
         started = time.perf_counter()
         answer = pipeline.answer(question.text, COLLECTION, top_k, mode="hybrid")
@@ -50,6 +55,7 @@ def evaluate_answers(
         em.append(exact_match(prediction(answer), question.answers))
         f1.append(f1_score(prediction(answer), question.answers))
         refused.append(not answer.grounded)
+        causes.append(answer.refusal)
         if progress is not None:
             progress(number)
     gold_em, gold_f1 = [], []
@@ -78,6 +84,7 @@ def evaluate_answers(
         "gold_f1": mean(gold_f1),
         "wrong_refused": mean(wrong),
         "seconds_per_answer": mean(seconds),
+        **{f"refused_{cause}": mean([found == cause for found in causes]) for cause in CAUSES},
     }
 
 
@@ -93,4 +100,9 @@ def answers_table(llm: str, generation: dict[str, dict[str, float]]) -> list[str
             f"{scores[row]:.3f}" if row != "seconds_per_answer" else f"{scores[row]:.1f}" for row in ROWS
         ]
         lines.append(f"| {setup} | {scores['questions']:.0f} | " + " | ".join(cells) + " |")
+    lines += ["", "Refused answerable questions by cause (shares of all questions):", ""]
+    lines += ["| setup | " + " | ".join(CAUSES) + " |", "|---" * (len(CAUSES) + 1) + "|"]
+    for setup, scores in generation.items():
+        shares = [f"{scores.get(f'refused_{cause}', 0.0):.3f}" for cause in CAUSES]
+        lines.append(f"| {setup} | " + " | ".join(shares) + " |")
     return lines

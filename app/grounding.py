@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from app.settings import Settings
 from retriever.language import CJK, CJK_SHARE, cjk_share
@@ -29,6 +30,10 @@ from retriever.lexical import CJK_CHARACTERS, CJK_RUN, TOKEN, cjk_bigrams, cjk_t
 from retriever.store import KnowledgeBase, SearchHit
 
 NO_ANSWER = "The documents do not contain the answer to this question."
+# Why a reply is NO_ANSWER: no passage relevant enough, so the model was not asked (`relevance`); the model
+# said so itself (`model`); a reply that was empty or looped (`degenerate`); an answer no passage supports
+# (`unsupported`).
+Refusal = Literal["relevance", "model", "degenerate", "unsupported"]
 # Share of an answer sentence's new content words that a passage must contain to support it.
 MIN_SUPPORT = 0.5
 SENTENCE_END = re.compile(rf"(?<=[.!?])\s+|(?<=[。！？；])\s*|(?<=[!?;])(?=[{CJK_CHARACTERS}])|\n+")
@@ -77,6 +82,7 @@ class Grounding:
     # n -> (start, end) character span inside that passage's text that best supports the answer.
     highlights: dict[int, tuple[int, int]] = field(default_factory=dict)
     grounded: bool = True
+    refusal: Refusal | None = None
 
 
 def content_words(text: str, cjk: Callable[[str], list[str]] = cjk_bigrams) -> set[str]:
@@ -199,8 +205,10 @@ def ground(question: str, answer: str, passages: Sequence[PassageText]) -> Groun
     when no sentence of the answer is supported, the model itself says the documents lack it, or the
     reply is degenerate."""
     text = answer.strip()
-    if not text or REFUSAL.search(text) or degenerate(text):
-        return Grounding(NO_ANSWER, [], {}, grounded=False)
+    if not text or degenerate(text):
+        return Grounding(NO_ANSWER, [], {}, grounded=False, refusal="degenerate")
+    if REFUSAL.search(text):
+        return Grounding(NO_ANSWER, [], {}, grounded=False, refusal="model")
     asked = content_words(question)
     offered = {p.n: passage_words(p.text) for p in passages}
     by_number = {p.n: p for p in passages}
@@ -226,7 +234,7 @@ def ground(question: str, answer: str, passages: Sequence[PassageText]) -> Groun
                 if span is not None:
                     highlights[n] = span
     if not cited:
-        return Grounding(NO_ANSWER, [], {}, grounded=False)
+        return Grounding(NO_ANSWER, [], {}, grounded=False, refusal="unsupported")
     return Grounding(text, cited, highlights, grounded=True)
 
 

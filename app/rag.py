@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from app.generation import GenerationFailedError
-from app.grounding import NO_ANSWER, PassageText, best_relevance, ground
+from app.grounding import NO_ANSWER, PassageText, Refusal, best_relevance, ground
 from app.settings import Settings
 from llm.base import ChatMessage, GenerationResult, Generator, SamplingParams, collect
 from retriever.config import SearchMode
@@ -44,6 +44,7 @@ class Answer:
     completion_tokens: int = 0
     question: str = ""  # the standalone question that was retrieved and answered
     cached: bool = False
+    refusal: Refusal | None = None  # why the reply is NO_ANSWER (`app.grounding.Refusal`); None: answered
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,7 @@ class RagPipeline:
             grounded=False,
             relevance=relevance,
             question=question,
+            refusal="relevance",
         )
 
     def conclude(
@@ -162,6 +164,7 @@ class RagPipeline:
             finish_reason=result.finish_reason,
             timings=timings,
             grounded=grounding.grounded,
+            refusal=grounding.refusal,
             highlights=grounding.highlights,
             relevance=relevance,
             prompt_tokens=result.prompt_tokens,

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from app.grounding import Refusal
 from retriever.config import SearchMode
 from retriever.filters import SearchFilters
 
@@ -135,6 +136,12 @@ class QueryPublic(BaseModel):
     finish_reason: str = Field(description="stop, length, cancelled, timeout, or no_answer (not generated)")
     timings: Timings
     grounded: bool = Field(True, description="False when the reply is that the documents lack the answer")
+    refusal: Refusal | None = Field(
+        None,
+        description="Why the reply is that the documents lack the answer: relevance (no passage relevant "
+        "enough; the model was not asked), model (the model said so), degenerate (an empty or looping "
+        "reply), unsupported (no passage supports the answer); null when answered",
+    )
     relevance: float = Field(0.0, description="Best question-passage cosine similarity")
     question: str = Field("", description="The standalone question that was retrieved and answered")
     collection: str = ""

@@ -49,6 +49,7 @@ def answer_public(answer: Answer, collection: str = "", conversation_id: str | N
         finish_reason=answer.finish_reason,
         timings=Timings(**answer.timings),
         grounded=answer.grounded,
+        refusal=answer.refusal,
         relevance=answer.relevance,
         question=answer.question,
         collection=collection,

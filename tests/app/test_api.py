@@ -160,3 +160,18 @@ def test_squad_questions_retrieve_their_gold_paragraph(client: TestClient, tmp_p
         titles = {source["title"] for source in reply.json()["sources"]}
         found += name.removesuffix(".txt") in titles
     assert found >= 8, f"gold paragraph retrieved for only {found} of {len(asked)} questions"
+
+
+def test_a_no_answer_reply_says_why(client: TestClient) -> None:
+    """`refusal` names the cause of a no-answer reply: here the relevance gate, which never asks the model."""
+    owls = b"# Owls\n\nOwls hunt at night. An owl can turn its head 270 degrees."
+    assert client.post("/v1/documents", files={"file": ("owls.md", owls)}).status_code == 201
+    gated = client.post("/v1/query", json={"question": "What is the boiling point of mercury in kelvin?"})
+    body = gated.json()
+    assert gated.status_code == 200 and body["grounded"] is False, body
+    assert body["refusal"] == "relevance" and body["finish_reason"] == "no_answer"
+    assert body["usage"]["completion_tokens"] == 0
+    answered = client.post(
+        "/v1/query", json={"question": "How far can an owl turn its head?", "max_tokens": 24}
+    )
+    assert answered.json()["refusal"] is None if answered.json()["grounded"] else answered.json()["refusal"]

@@ -44,11 +44,14 @@ def test_markers_count_only_when_their_passage_supports_the_sentence() -> None:
 def test_unsupported_or_refused_answers_become_the_no_answer_reply() -> None:
     invented = ground("Where is Etna?", "Etna is a famous Norwegian fjord near Bergen.", [ETNA, OWLS])
     assert not invented.grounded and invented.answer == NO_ANSWER and invented.cited == []
+    assert invented.refusal == "unsupported"
     restating = ground("Where is Mount Etna?", "Mount Etna is where Mount Etna is.", [ETNA])
-    assert not restating.grounded
+    assert not restating.grounded and restating.refusal == "unsupported"
     refusal = ground("Who built it?", "The documents do not contain this information.", [ETNA])
-    assert refusal.answer == NO_ANSWER
-    assert ground("Where?", "   ", [ETNA]).answer == NO_ANSWER
+    assert refusal.answer == NO_ANSWER and refusal.refusal == "model"
+    empty = ground("Where?", "   ", [ETNA])
+    assert empty.answer == NO_ANSWER and empty.refusal == "degenerate"
+    assert ground("Where is Etna?", "Etna is in Sicily.", [ETNA]).refusal is None
 
 
 # Sentences of ../shared/data/zh/llm-notes-5.md and -4.md as cleaning stores them (NFKC: "：" becomes ":").
@@ -115,6 +118,7 @@ def test_degenerate_replies_are_not_grounded() -> None:
     for reply in (echoed + "\n\n" + line, repeated, f"{line} {line} {line}"):
         grounding = ground(question, reply, [started, works])
         assert not grounding.grounded and grounding.answer == NO_ANSWER and grounding.cited == []
+        assert grounding.refusal == "degenerate"
 
 
 def test_replies_that_loop_are_not_grounded() -> None:

@@ -88,7 +88,8 @@ def test_modes_filters_and_top_k_shape_the_search(corpus: Corpus) -> None:
         else:
             assert all(isinstance(r["similarity"], float) for r in found)
         if mode == "dense":
-            assert all(r["score"] == pytest.approx(r["similarity"], abs=1e-5) for r in found)
+            # The same cosine, summed in FAISS's order and in torch's: float32 rounding of 384 products.
+            assert all(r["score"] == pytest.approx(r["similarity"], abs=1e-4) for r in found)
     assert len(results(search(client, KEEPER, top_k=1))) == 1
     assert len(results(search(client, "owls", top_k=50))) > 3  # beyond the default of 3, up to the limit
 
