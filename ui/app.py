@@ -95,9 +95,18 @@ def show_sources(client: ArchivistClient, reply: dict[str, Any], key: str) -> No
                 show_in_document(client, source, where_key)
 
 
+# Why the reply is that the documents lack the answer, by the reply's `refusal`.
+REFUSALS = {
+    "relevance": "No passage of this collection is close enough to the question; the model was not asked.",
+    "model": "The model found no answer in the passages below.",
+    "unsupported": "The model's answer is not backed by the passages below, so it is not shown.",
+    "degenerate": "The model's reply was empty or repeated itself, so it is not shown.",
+}
+
+
 def show_reply(client: ArchivistClient, reply: dict[str, Any], key: str) -> None:
     if not reply.get("grounded", True):
-        st.caption("Not found in the documents of this collection.")
+        st.caption(REFUSALS.get(reply.get("refusal") or "", "Not found in the documents of this collection."))
     show_sources(client, reply, key)
 
 

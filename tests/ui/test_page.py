@@ -10,11 +10,12 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app.api import create_app
+from app.grounding import NO_ANSWER
 from app.services import Services
 from retriever.store import KnowledgeBase
 from tests.app.live import free_port, serve
 from tests.conftest import make_settings
-from ui.app import CITED
+from ui.app import CITED, REFUSALS
 
 PAGE = str(Path(__file__).resolve().parents[2] / "ui" / "app.py")
 OWLS = b"# Owls\n\nOwls hunt at night. An owl can turn its head 270 degrees."
@@ -82,6 +83,17 @@ def test_ask_see_cited_sources_and_find_the_conversation_after_a_reload(
     assert shown == OWLS.decode().replace("\n", "<br>")
     [download] = reloaded.get("download_button")
     assert download.proto.label == "Download owls.md"
+
+
+def test_a_no_answer_reply_says_why(api_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    files = {"file": ("owls.md", OWLS)}
+    assert httpx.post(f"{api_url}/v1/documents", files=files, data={"collection": "birds"}).status_code == 201
+    page = fresh_page(api_url, monkeypatch)
+    page.chat_input[0].set_value("What is the boiling point of mercury in kelvin?").run()
+    assert not page.exception and not page.error
+    _, assistant = page.chat_message
+    assert assistant.markdown[0].value == NO_ANSWER
+    assert [caption.value for caption in assistant.caption] == [REFUSALS["relevance"]]
 
 
 def test_upload_runs_a_job_and_reports_each_file(api_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
