@@ -8,6 +8,8 @@ can use the model.
   `max_tokens`, `temperature`, `top_p`, `top_k`, `min_p`, `presence_penalty`, `repetition_penalty`, `seed`,
   `stop`, and `opening_bias` (the RAG service's refusal margin, `SamplingParams.opening_bias`). Closing the
   stream cancels the generation. `logprobs`, `n > 1` and `frequency_penalty` are refused, not ignored.
+- `POST /v1/completions`: the same for a raw `prompt`, continued without the chat template (the engine
+  backend; another answers 400).
 - `GET /healthz`, and `GET /metrics`: the engine's counters as Prometheus gauges.
 
 With an API key set, every route but `/healthz` wants it as `Authorization: Bearer <key>`.
@@ -19,7 +21,8 @@ import hmac
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, Request
@@ -55,11 +58,12 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ChatRequest(BaseModel):
+class SamplingRequest(BaseModel):
+    """What chat and text completions share: the model, streaming, and how to sample."""
+
     model_config = ConfigDict(extra="ignore")  # other OpenAI fields (user, metadata, ...) change nothing
 
     model: str
-    messages: list[MessageIn] = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(None, ge=1)
@@ -78,6 +82,14 @@ class ChatRequest(BaseModel):
     opening_bias: list[tuple[str, float]] = Field(default_factory=list)
 
 
+class ChatRequest(SamplingRequest):
+    messages: list[MessageIn] = Field(min_length=1)
+
+
+class CompletionRequest(SamplingRequest):
+    prompt: str = Field(min_length=1)
+
+
 def _adapter(model: str, name: str, adapters: tuple[str, ...]) -> str | None:
     """The adapter a model id asks for: `<model>` the default one, `<model>+<adapter>` that one."""
     base, plus, adapter = model.partition("+")
@@ -87,7 +99,7 @@ def _adapter(model: str, name: str, adapters: tuple[str, ...]) -> str | None:
     return adapter if plus else None
 
 
-def sampling_params(request: ChatRequest, adapter: str | None, max_tokens: int) -> SamplingParams:
+def sampling_params(request: SamplingRequest, adapter: str | None, max_tokens: int) -> SamplingParams:
     unsupported = [
         what
         for what, asked in (
@@ -168,21 +180,52 @@ def create_engine_app(generator: Generator, api_key: str | None = None, max_toke
         messages = [
             ChatMessage("system" if m.role == "developer" else m.role, m.content) for m in request.messages
         ]
-        try:
-            events = generator.stream(messages, params)
-        except ContextOverflowError as error:
-            raise ApiError(400, str(error), "context_length_exceeded") from error
-        except UnknownAdapterError as error:
-            raise ApiError(404, str(error), "model_not_found") from error
-        completion = f"chatcmpl-{uuid.uuid4().hex}"
-        if request.stream:
-            usage = request.stream_options is not None and request.stream_options.include_usage
-            return StreamingResponse(
-                _sse(events, completion, request.model, usage), media_type="text/event-stream"
-            )
-        return _whole(events, completion, request.model)
+        return _respond(request, lambda: generator.stream(messages, params), CHAT)
+
+    @app.post("/v1/completions", dependencies=keyed, response_model=None)
+    def completions(request: CompletionRequest) -> JSONResponse | StreamingResponse:
+        """The prompt continued as it is, without the chat template (a backend that can)."""
+        complete = getattr(generator, "complete", None)
+        if not callable(complete):
+            raise ApiError(400, "this backend serves chat completions only: use /v1/chat/completions")
+        params = sampling_params(request, _adapter(request.model, name, adapters), max_tokens)
+        return _respond(request, lambda: complete(request.prompt, params), TEXT)
 
     return app
+
+
+@dataclass(frozen=True)
+class Shape:
+    """How a kind of completion is written: its id prefix, object names, and where the text goes."""
+
+    prefix: str
+    whole: str
+    chunk: str
+    chat: bool
+
+
+CHAT = Shape("chatcmpl", "chat.completion", "chat.completion.chunk", chat=True)
+TEXT = Shape("cmpl", "text_completion", "text_completion", chat=False)
+
+
+def _respond(
+    request: SamplingRequest, start: Callable[[], Iterator[GenerationEvent]], shape: Shape
+) -> JSONResponse | StreamingResponse:
+    try:
+        events = start()
+    except ContextOverflowError as error:
+        raise ApiError(400, str(error), "context_length_exceeded") from error
+    except UnknownAdapterError as error:
+        raise ApiError(404, str(error), "model_not_found") from error
+    except ValueError as error:
+        raise ApiError(400, str(error)) from error
+    completion = f"{shape.prefix}-{uuid.uuid4().hex}"
+    if request.stream:
+        usage = request.stream_options is not None and request.stream_options.include_usage
+        return StreamingResponse(
+            _sse(events, completion, request.model, usage, shape), media_type="text/event-stream"
+        )
+    return _whole(events, completion, request.model, shape)
 
 
 def _usage(event: GenerationEvent) -> dict[str, int]:
@@ -194,33 +237,40 @@ def _usage(event: GenerationEvent) -> dict[str, int]:
     }
 
 
-def _whole(events: Iterator[GenerationEvent], completion: str, model: str) -> JSONResponse:
+def _whole(events: Iterator[GenerationEvent], completion: str, model: str, shape: Shape) -> JSONResponse:
     pieces, last = [], GenerationEvent("")
     for event in events:
         pieces.append(event.text)
         last = event
     if last.finish_reason == "error":
         raise ApiError(500, "the engine failed while generating; see the engine's log", "server_error")
-    message = {"role": "assistant", "content": "".join(pieces)}
-    choice = {"index": 0, "message": message, "finish_reason": last.finish_reason or "stop"}
-    body = {"id": completion, "object": "chat.completion", "created": int(time.time()), "model": model,
+    text = "".join(pieces)
+    content: dict[str, Any] = (
+        {"message": {"role": "assistant", "content": text}} if shape.chat else {"text": text}
+    )
+    choice = {"index": 0, **content, "finish_reason": last.finish_reason or "stop"}
+    body = {"id": completion, "object": shape.whole, "created": int(time.time()), "model": model,
             "choices": [choice], "usage": _usage(last)}  # fmt: skip
     return JSONResponse(body)
 
 
-def _sse(events: Iterator[GenerationEvent], completion: str, model: str, usage: bool) -> Iterator[str]:
+def _sse(
+    events: Iterator[GenerationEvent], completion: str, model: str, usage: bool, shape: Shape
+) -> Iterator[str]:
     """The events as server-sent chunks. Leaving early (the client went away) closes `events`, which
     cancels the generation."""
     created = int(time.time())
 
     def chunk(delta: dict[str, str], finish: str | None = None, **extra: Any) -> str:
-        choices = [{"index": 0, "delta": delta, "finish_reason": finish}] if delta or finish else []
-        body = {"id": completion, "object": "chat.completion.chunk", "created": created, "model": model,
+        content = {"delta": delta} if shape.chat else {"text": delta.get("content", "")}
+        choices = [{"index": 0, **content, "finish_reason": finish}] if delta or finish else []
+        body = {"id": completion, "object": shape.chunk, "created": created, "model": model,
                 "choices": choices, **extra}  # fmt: skip
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
     try:
-        yield chunk({"role": "assistant", "content": ""})
+        if shape.chat:
+            yield chunk({"role": "assistant", "content": ""})
         for event in events:
             if event.text:
                 yield chunk({"content": event.text})

@@ -80,9 +80,17 @@ class EngineGenerator:
 
     def stream(self, messages: Sequence[ChatMessage], params: SamplingParams) -> Iterator[GenerationEvent]:
         """Validate and submit now (ContextOverflowError is raised here); events are read lazily."""
+        return self._submit(self.tokenizer.apply_chat_template(messages), params)
+
+    def complete(self, prompt: str, params: SamplingParams) -> Iterator[GenerationEvent]:
+        """`stream` for a raw text prompt, continued as it is (no chat template)."""
+        return self._submit(self.tokenizer.encode(prompt), params)
+
+    def _submit(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[GenerationEvent]:
         if self._closed:
             raise RuntimeError(f"engine {self.name} is shut down")
-        prompt_ids = self.tokenizer.apply_chat_template(messages)
+        if not prompt_ids:
+            raise ValueError("the prompt is empty")
         if len(prompt_ids) >= self.context_window:
             raise ContextOverflowError(
                 f"prompt of {len(prompt_ids)} tokens does not fit the context window of "

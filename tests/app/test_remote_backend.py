@@ -86,6 +86,20 @@ def test_the_engine_server_speaks_openai_and_answers_as_the_engine_in_process(
     assert len(stopped.choices[0].message.content or "") < len(expected.text)
 
 
+def test_text_completions_continue_the_prompt_as_the_engine_in_process_does(
+    engine_url: str, generator
+) -> None:  # type: ignore[no-untyped-def]
+    client = openai.OpenAI(base_url=f"{engine_url}/v1", api_key=KEY)
+    prompt = "The three primary colours are"
+    expected = collect(generator.complete(prompt, SamplingParams(max_new_tokens=12)))
+    whole = client.completions.create(model=generator.name, prompt=prompt, max_tokens=12, temperature=0)
+    assert whole.choices[0].text == expected.text and whole.object == "text_completion"
+    assert whole.usage is not None and whole.usage.prompt_tokens == expected.prompt_tokens
+    streamed = client.completions.create(model=generator.name, prompt=prompt, max_tokens=12, temperature=0,
+                                         stream=True)  # fmt: skip
+    assert "".join(chunk.choices[0].text for chunk in streamed if chunk.choices) == expected.text
+
+
 def test_the_engine_server_refuses_what_it_cannot_do(engine_url: str) -> None:
     client = openai.OpenAI(base_url=f"{engine_url}/v1", api_key=KEY)
     with pytest.raises(openai.AuthenticationError):
