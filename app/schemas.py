@@ -37,6 +37,9 @@ class QueryFilters(BaseModel):
 
 
 class QueryBase(BaseModel):
+    # A misspelt field ("temprature") is a 422 naming it, as in `filters`, not a setting silently dropped.
+    model_config = ConfigDict(extra="forbid")
+
     question: Annotated[NonBlank, StringConstraints(max_length=20_000)] = Field(
         description="The question; long questions are truncated to the embedder's limit for retrieval"
     )
@@ -260,6 +263,8 @@ class ErrorPublic(BaseModel):
 
 
 class ConversationBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     title: Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)] | None = None
 
 
@@ -290,6 +295,8 @@ class ConversationList(BaseModel):
 
 
 class KeyBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
 
 
