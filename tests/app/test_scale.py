@@ -163,16 +163,17 @@ def test_two_replicas_two_workers_and_an_engine_act_as_one_service(layout: Layou
     assert submitted.status_code == 202, submitted.text
     done = finished(second, submitted.json()["id"], ADMIN)
     assert done["state"] == "done" and done["files_done"] == 7, done
-    question = {"question": "How far can an owl turn its head?", "collection": "zoo", "max_tokens": 16}
-    found = httpx.post(f"{second}/v1/search", json=question, headers=ADMIN, timeout=60).json()["results"]
+    owl = {"question": "How far can an owl turn its head?", "collection": "zoo"}
+    found = httpx.post(f"{second}/v1/search", json=owl, headers=ADMIN, timeout=60).json()["results"]
     owls = found[0]["document_id"]
     assert found[0]["title"] == "Owls"
+    question = {**owl, "max_tokens": 16}
     answered = httpx.post(f"{second}/v1/query", json=question, headers=ADMIN, timeout=120)
     assert answered.status_code == 200 and answered.json()["sources"][0]["document_id"] == owls, answered.text
 
     # Delete through replica 2: replica 1 never returns it again.
     assert httpx.delete(f"{second}/v1/documents/{owls}", headers=ADMIN).status_code == 200
-    again = httpx.post(f"{first}/v1/search", json=question, headers=ADMIN, timeout=60).json()["results"]
+    again = httpx.post(f"{first}/v1/search", json=owl, headers=ADMIN, timeout=60).json()["results"]
     assert owls not in {result["document_id"] for result in again}
 
     # One rate limit for a key across both replicas: 12 a minute between them.
