@@ -19,9 +19,11 @@ AUTOINCREMENT a later version introduced, then records the revision.
 
 from __future__ import annotations
 
+import fcntl
 import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,10 +110,27 @@ def check_schema(engine: Engine, chain: MigrationChain) -> None:
 _UPGRADING = threading.Lock()
 
 
+@contextmanager
+def _file_lock(engine: Engine) -> Iterator[None]:
+    """For a SQLite file, an exclusive lock on a file beside it: processes that start together on a new
+    database migrate one after the other, each reading the revision the one before left (SQLite has no
+    advisory locks, and a deferred transaction reads before it waits)."""
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not database or database == ":memory:":
+        yield
+        return
+    with open(f"{database}.migrating", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def upgrade_schema(engine: Engine, chain: MigrationChain) -> tuple[str | None, str]:
     """Bring the chain's tables to the newest revision, in one transaction; (revision before, after)."""
     config = chain.config()
-    with _UPGRADING, engine.begin() as connection:
+    with _UPGRADING, _file_lock(engine), engine.begin() as connection:
         if connection.dialect.name == "postgresql":  # one replica migrates, the others then find it done
             key = zlib.crc32(chain.version_table.encode())
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
