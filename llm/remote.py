@@ -66,6 +66,7 @@ class RemoteGenerator:
         self._context_window = context_window
         self._adapters: tuple[str, ...] = ()
         self._discovered = False
+        self._discover_after = 0.0  # a failed discovery is not retried before this (time.monotonic)
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(timeout=httpx.Timeout(timeout_s, connect=2.0), headers=self._headers)
         self._lock = threading.Lock()
@@ -80,8 +81,9 @@ class RemoteGenerator:
     # -- what the model is: asked of the servers once one answers ----------------------------------------
 
     def _discover(self) -> None:
-        """The model id, served adapters and context window from the first server that lists its models."""
-        if self._discovered:
+        """The model id, served adapters and context window from the first server that lists its models.
+        While none answers, tried once per `RETRY_DEAD_AFTER_S`: every request reads the properties."""
+        if self._discovered or time.monotonic() < self._discover_after:
             return
         for url in self.urls:
             try:
@@ -96,11 +98,12 @@ class RemoteGenerator:
                 continue
             card = next((c for c in cards if c["id"] == name), cards[0])
             self._model = name
-            self._adapters = tuple(i.removeprefix(f"{name}+") for i in ids if i.startswith(f"{name}+"))
-            self._adapters = tuple(a for a in self._adapters if a != NO_ADAPTER)
+            served = (i.removeprefix(f"{name}+") for i in ids if i.startswith(f"{name}+"))
+            self._adapters = tuple(a for a in served if a != NO_ADAPTER)
             self._context_window = int(card.get("max_model_len") or self._context_window)
             self._discovered = True
             return
+        self._discover_after = time.monotonic() + RETRY_DEAD_AFTER_S
 
     @property
     def name(self) -> str:
