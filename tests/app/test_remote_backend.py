@@ -161,3 +161,23 @@ def test_no_server_answering_is_a_503_naming_them_and_readyz_says_why(
         assert "no LLM server answers" in ready.json()["errors"]["llm"]
     with pytest.raises(BackendUnavailableError):
         list(RemoteGenerator(dead).stream(HELLO, SamplingParams(max_new_tokens=4)))
+
+
+def test_engine_serve_with_a_missing_model_or_the_openai_backend_is_one_line_and_exit_2(
+    tmp_path: Path,
+) -> None:
+    base = {**os.environ, "ARCHIVIST_DATA_DIR": str(tmp_path / "data")}
+    for settings, expected in (
+        ({"ARCHIVIST_LLM_PATH": str(tmp_path / "nowhere.gguf")}, "nowhere.gguf"),
+        (
+            {"ARCHIVIST_LLM_BACKEND": "openai", "ARCHIVIST_LLM_URL": "http://127.0.0.1:9"},
+            "ARCHIVIST_LLM_BACKEND",
+        ),
+    ):
+        command = [sys.executable, "-m", "app.cli", "engine", "serve", "--port", str(free_port())]
+        started = subprocess.run(
+            command, env={**base, **settings}, capture_output=True, text=True, timeout=120
+        )
+        output = (started.stdout + started.stderr).strip()
+        assert started.returncode == 2 and output.startswith("error:") and expected in output, output
+        assert "Traceback" not in output
