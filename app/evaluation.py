@@ -297,14 +297,17 @@ def f1_score(prediction: str, truths: Sequence[str]) -> float:
 def throwaway_knowledge_base(
     settings: Settings, prefix: str
 ) -> Iterator[tuple[KnowledgeBase, Settings, Path]]:
-    """A fresh knowledge base in a temporary folder (SQLite, whatever the settings say), the settings it was
+    """A fresh knowledge base in a temporary folder (SQLite, and with the Milvus backend a Milvus Lite file
+    there, whatever the settings say: a shared database or Milvus is never written to), the settings it was
     built from, and an empty folder for the files to ingest; all deleted afterwards."""
     from app.services import load_knowledge_base
 
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         work = Path(tmp)
         (work / "files").mkdir()
-        scoped = settings.model_copy(update={"data_dir": work / "data", "database_url": None})
+        scoped = settings.model_copy(
+            update={"data_dir": work / "data", "database_url": None, "milvus_uri": None}
+        )
         kb = load_knowledge_base(scoped)
         try:
             yield kb, scoped, work / "files"

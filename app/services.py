@@ -168,6 +168,17 @@ def job_dispatcher(settings: Settings) -> Callable[[str], None] | None:
     return Dispatcher(settings.broker_url.get_secret_value(), settings.broker_queue)
 
 
+def check_vector_store(settings: Settings) -> None:
+    """With ARCHIVIST_VECTOR_STORE=milvus, Milvus answers now (`VectorStoreUnavailableError` otherwise): a
+    replica without it exits at start, like one without its Redis, instead of failing to load in the
+    background."""
+    config = settings.retriever_config()
+    if config.vector_store == "milvus":
+        from retriever.milvus_index import MilvusStore  # pymilvus is imported only where Milvus is used
+
+        MilvusStore(config).close()
+
+
 class _Loading:
     """A value produced by a background thread, or the error that stopped it."""
 
@@ -219,6 +230,8 @@ class Services:
         # In Redis for all replicas when ARCHIVIST_REDIS_URL is set, else in this process.
         self.rate_limiter, self.auth_failures, self.cache = limits_and_cache(settings)
         self._dispatch = job_dispatcher(settings)
+        if kb is None:
+            check_vector_store(settings)
         self.answering = Answering(self)
         self.metrics = Metrics()
         self.metrics.add_source("generation", self._generation_stats)

@@ -171,6 +171,22 @@ class Settings(BaseSettings):
     ivf_nprobe: int = Field(_retriever("ivf_nprobe"), ge=1, description="IVF lists searched per query")
     use_gpu: bool = Field(_retriever("use_gpu"), description="Search vectors on a GPU when FAISS sees one")
     faiss_threads: int = Field(_retriever("faiss_threads"), ge=0, description="FAISS threads; 0: all cores")
+    vector_store: Literal["faiss", "milvus"] = Field(
+        _retriever("vector_store"),
+        description="Vector search: a FAISS index per collection in each process (faiss), or Milvus "
+        "collections the replicas share (milvus; pip install 'archivist[milvus]')",
+    )
+    milvus_uri: str | None = Field(
+        None,
+        description="Milvus: a Milvus Lite file (a path ending in .db, embedded) or a Milvus standalone or "
+        "cluster (http://host:19530); default: Milvus Lite in data_dir/index/milvus.db",
+    )
+    milvus_token: SecretStr | None = Field(None, description="Milvus credentials: user:password or API key")
+    milvus_prefix: str = Field(
+        _retriever("milvus_prefix"),
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$",
+        description="Prefix of every Milvus collection's name, so deployments can share one Milvus",
+    )
     reranker_path: Path | None = Field(None, description="Local cross-encoder folder; default: no reranking")
     rerank_depth: int = Field(_retriever("rerank_depth"), ge=1, description="Candidates the reranker sorts")
     default_collection: str = Field("default", description="Collection used when a request names none")
@@ -298,6 +314,10 @@ class Settings(BaseSettings):
             ivf_nprobe=self.ivf_nprobe,
             use_gpu=self.use_gpu,
             faiss_threads=self.faiss_threads,
+            vector_store=self.vector_store,
+            milvus_uri=self.milvus_uri,
+            milvus_token=self.milvus_token.get_secret_value() if self.milvus_token else None,
+            milvus_prefix=self.milvus_prefix,
             bm25_k1=self.bm25_k1,
             bm25_b=self.bm25_b,
             fusion=self.fusion,

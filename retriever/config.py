@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 SearchMode = Literal["dense", "lexical", "hybrid"]
+VectorStore = Literal["faiss", "milvus"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,12 @@ class RetrieverConfig:
     # 2-core machine two threads made a 100k Flat search 2-4x slower than one (spin-waiting barriers),
     # and concurrent API queries run on threads of their own anyway. 0 keeps FAISS's default (all cores).
     faiss_threads: int = 1
+    # Where the vectors are searched: a FAISS index per collection in each process (`retriever.vector_index`),
+    # or Milvus collections that every process shares (`retriever.milvus_index`).
+    vector_store: VectorStore = "faiss"
+    milvus_uri: str | None = None  # a Milvus Lite file (*.db) or http://host:19530; None: index_dir/milvus.db
+    milvus_token: str | None = field(default=None, repr=False)  # "user:password" or an API key
+    milvus_prefix: str = "archivist"  # of the Milvus collections' names, so deployments can share a Milvus
     # BM25: Lucene's defaults.
     bm25_k1: float = 1.2
     bm25_b: float = 0.75

@@ -1,7 +1,8 @@
 """`KnowledgeBase`: the one place that writes collections, documents and chunks, and keeps indexes in step.
 
 Every write is one SQL transaction that also bumps the collection's `version`. Indexes are caches of SQL:
-each collection has a vector index and a BM25 lexical index; a write applies its delta to both, and before a
+each collection has a vector index (FAISS in each process, or a Milvus collection the processes share:
+`RetrieverConfig.vector_store`) and a BM25 lexical index; a write applies its delta to both, and before a
 search each is synced against SQL whenever its version differs, so a document deleted by any process (the
 API, the CLI) is never retrieved again by either, and a crash between the SQL commit and an index save heals
 itself on the next read.
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import faiss
 import numpy as np
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Row, Select, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from retriever.config import RetrieverConfig, SearchMode
@@ -42,6 +43,7 @@ from retriever.models import Chunk, Collection, Document, DocumentState
 from retriever.vector_index import VectorIndex
 
 if TYPE_CHECKING:
+    from retriever.milvus_index import MilvusStore
     from retriever.rerank import Reranker
 
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -50,6 +52,17 @@ MULTILINGUAL = "multilingual"  # `Collection.embedder` of collections embedded b
 
 class NotFoundError(LookupError):
     """A collection or document that does not exist."""
+
+
+class VectorStoreUnavailableError(RuntimeError):
+    """The external vector store (Milvus) cannot be reached: the CLI exits 2, a route answers 503 with
+    Retry-After."""
+
+    RETRY_AFTER_S = 5
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(self.RETRY_AFTER_S)}
 
 
 class InvalidNameError(ValueError):
@@ -201,6 +214,23 @@ class _SyncedIndex(Protocol):
     def save(self, version: int) -> None: ...
 
 
+class DenseIndex(_SyncedIndex, Protocol):
+    """A collection's vector index: FAISS in this process (`retriever.vector_index.VectorIndex`), or a
+    Milvus collection that the processes share (`retriever.milvus_index.MilvusIndex`)."""
+
+    dimension: int
+    # False: `search` takes the ids of the chunks that pass the filters (SQL's prefilter). True: the index
+    # keeps copies of the document fields the filters test, and `search` takes the `SearchFilters`.
+    evaluates_filters: bool
+
+    @property
+    def size(self) -> int: ...
+    @property
+    def kind(self) -> str: ...
+    def ids(self) -> np.ndarray: ...
+    def search(self, query: np.ndarray, k: int, restriction: Any = None, /) -> list[tuple[int, float]]: ...
+
+
 def validate_collection_name(name: str) -> str:
     if not COLLECTION_NAME.match(name):
         raise InvalidNameError(
@@ -235,7 +265,7 @@ class KnowledgeBase:
         self._multilingual_tried = False
         self._profiles: dict[int, CollectionProfile] = {}
         self._profile_lock = threading.Lock()
-        self._indexes: dict[int, VectorIndex] = {}
+        self._indexes: dict[int, DenseIndex] = {}
         self._lexical: dict[int, LexicalIndex] = {}
         self._index_lock = threading.Lock()
         self._tokenizer = Tokenizer()
@@ -243,6 +273,11 @@ class KnowledgeBase:
         self._lexical_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="bm25")
         if config.faiss_threads > 0:
             faiss.omp_set_num_threads(config.faiss_threads)
+        self._milvus: MilvusStore | None = None
+        if config.vector_store == "milvus":
+            from retriever.milvus_index import MilvusStore  # pymilvus only where Milvus is used
+
+            self._milvus = MilvusStore(config)
         self.reranker: Reranker | None = None
         if config.reranker_path is not None:
             from retriever.rerank import Reranker
@@ -482,6 +517,8 @@ class KnowledgeBase:
             vectors = [np.zeros((0, dimension), np.float32)]
             vectors += [np.asarray(w.vectors, np.float32).reshape(-1, dimension) for w in writes]
             self._apply_change(collection_id, version, removed, added, np.concatenate(vectors))
+        if touches and self._milvus is not None:
+            self._refresh_document_fields(collection_id, [document_id for document_id, _ in touches])
         return written
 
     def _write_document(
@@ -661,11 +698,16 @@ class KnowledgeBase:
             found = self._collection(session, collection)
             collection_id, version = found.id, found.version
             profile = self._profile(found)
-            allowed = None
-            if filters is not None and not filters.empty:
-                allowed = self._allowed_chunks(session, collection_id, filters)
-                if len(allowed) == 0:
-                    return []
+        if filters is not None and filters.empty:
+            filters = None
+        # Milvus evaluates the filters itself; FAISS (an id selector) and BM25 (a mask) take the ids of the
+        # chunks that pass them, from SQL.
+        filters_inside = mode != "lexical" and self._index(collection_id).evaluates_filters
+        allowed = None
+        if filters is not None and not (mode == "dense" and filters_inside):
+            allowed = self._allowed_chunks(collection_id, filters)
+            if len(allowed) == 0:
+                return []
         embedder = profile.embedder
         query = embedder.truncate(query)
         depth = max(k, self.config.rerank_depth) if self.reranker is not None else k
@@ -681,7 +723,8 @@ class KnowledgeBase:
             # Hybrid: BM25 (numpy, GIL mostly released) on the pool while this thread embeds the query.
             lexical = self._lexical_pool.submit(lexical_ranking) if mode == "hybrid" else None
             vector = query_vector if query_vector is not None else embedder.embed_query(query)
-            ranked = self.synced_index(collection_id, version).search(vector, per_retriever, allowed)
+            restriction = filters if filters_inside else allowed
+            ranked = self.synced_index(collection_id, version).search(vector, per_retriever, restriction)
             if lexical is not None:
                 dense = dense_weight(self.config, profile.language, embedder.multilingual, query)
                 weights = (dense, 1.0 - dense)
@@ -691,18 +734,18 @@ class KnowledgeBase:
             hits = self.reranker.rerank(query, hits)
         return hits[:k]
 
-    @staticmethod
-    def _allowed_chunks(session: Session, collection_id: int, filters: SearchFilters) -> np.ndarray:
-        """Ids of the collection's chunks that pass the filters: the SQL prefilter handed to both indexes."""
-        ids = session.scalars(
-            select(Chunk.id)
-            .join(Document)
-            .where(
-                Document.collection_id == collection_id,
-                Document.state == DocumentState.ready,
-                *filters.conditions(),
-            )
-        ).all()
+    def _allowed_chunks(self, collection_id: int, filters: SearchFilters) -> np.ndarray:
+        """Ids of the collection's chunks that pass the filters: the SQL prefilter handed to the indexes."""
+        with self.db.session() as session:
+            ids = session.scalars(
+                select(Chunk.id)
+                .join(Document)
+                .where(
+                    Document.collection_id == collection_id,
+                    Document.state == DocumentState.ready,
+                    *filters.conditions(),
+                )
+            ).all()
         return np.asarray(ids, dtype=np.int64)
 
     def hits(
@@ -747,7 +790,7 @@ class KnowledgeBase:
 
     # -- index consistency -------------------------------------------------------------------------------
 
-    def _index(self, collection_id: int) -> VectorIndex:
+    def _index(self, collection_id: int) -> DenseIndex:
         with self._index_lock:
             index = self._indexes.get(collection_id)
         if index is not None:
@@ -756,15 +799,21 @@ class KnowledgeBase:
         with self._index_lock:
             index = self._indexes.get(collection_id)
             if index is None:
-                index = VectorIndex(
-                    dimension,
-                    self.config.index_dir / f"collection-{collection_id}.faiss",
-                    flat_max_vectors=self.config.flat_max_vectors,
-                    nprobe=self.config.ivf_nprobe,
-                    use_gpu=self.config.use_gpu,
-                )
+                index = self._open_index(collection_id, dimension)
                 self._indexes[collection_id] = index
             return index
+
+    def _open_index(self, collection_id: int, dimension: int) -> DenseIndex:
+        """The collection's vector index in the configured store: its Milvus collection, or its FAISS file."""
+        if self._milvus is not None:
+            return self._milvus.index(collection_id, dimension, self._document_fields)
+        return VectorIndex(
+            dimension,
+            self.config.index_dir / f"collection-{collection_id}.faiss",
+            flat_max_vectors=self.config.flat_max_vectors,
+            nprobe=self.config.ivf_nprobe,
+            use_gpu=self.config.use_gpu,
+        )
 
     def _lexical_index(self, collection_id: int) -> LexicalIndex:
         with self._index_lock:
@@ -799,7 +848,16 @@ class KnowledgeBase:
                 else:
                     self._sync(index, collection_id, version, full)
 
-    def synced_index(self, collection_id: int, version: int) -> VectorIndex:
+    def _refresh_document_fields(self, collection_id: int, document_ids: list[int]) -> None:
+        """Write the chunks of touched documents to Milvus again: a touch changes a document's `updated_at`,
+        which Milvus keeps a copy of for the filters, without a new version that would make it sync."""
+        index = self._index(collection_id)
+        with self.db.session() as session:
+            chunk_ids = list(session.scalars(select(Chunk.id).where(Chunk.document_id.in_(document_ids))))
+        with index.lock:
+            index.add(*self._load_vectors(index.dimension, chunk_ids))
+
+    def synced_index(self, collection_id: int, version: int) -> DenseIndex:
         """The collection's vector index, brought in line with SQL if another writer changed it."""
         index = self._index(collection_id)
         self._ensure_synced(index, collection_id, version, self._vector_loader(index))
@@ -832,37 +890,38 @@ class KnowledgeBase:
         index.sync(wanted, load)
         index.save(version)
 
-    def _vector_loader(self, index: VectorIndex) -> Callable[[list[int]], tuple[np.ndarray, np.ndarray]]:
+    def _vector_loader(self, index: DenseIndex) -> Callable[[list[int]], tuple[np.ndarray, np.ndarray]]:
         return functools.partial(self._load_vectors, index.dimension)
+
+    def _chunk_rows(self, chunk_ids: Sequence[int], query: Select) -> Iterator[Row]:
+        """The rows of `query` (a select from chunks) for the given chunk ids, read 5000 ids at a time."""
+        with self.db.session() as session:
+            for start in range(0, len(chunk_ids), 5000):
+                yield from session.execute(query.where(Chunk.id.in_(chunk_ids[start : start + 5000])))
 
     def _load_vectors(self, dimension: int, chunk_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
         ids: list[int] = []
         blobs: list[bytes] = []
-        with self.db.session() as session:
-            for start in range(0, len(chunk_ids), 5000):
-                batch = chunk_ids[start : start + 5000]
-                for chunk_id, blob in session.execute(
-                    select(Chunk.id, Chunk.embedding).where(Chunk.id.in_(batch))
-                ):
-                    ids.append(chunk_id)
-                    blobs.append(blob)
+        for chunk_id, blob in self._chunk_rows(chunk_ids, select(Chunk.id, Chunk.embedding)):
+            ids.append(chunk_id)
+            blobs.append(blob)
         vectors = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(ids), dimension)
         return np.asarray(ids, dtype=np.int64), vectors
 
     def _load_texts(self, chunk_ids: list[int]) -> tuple[np.ndarray, list[str]]:
         ids: list[int] = []
         texts: list[str] = []
-        with self.db.session() as session:
-            for start in range(0, len(chunk_ids), 5000):
-                batch = chunk_ids[start : start + 5000]
-                for chunk_id, title, headings, text in session.execute(
-                    select(Chunk.id, Document.title, Chunk.heading_path, Chunk.text)
-                    .join(Document)
-                    .where(Chunk.id.in_(batch))
-                ):
-                    ids.append(chunk_id)
-                    texts.append(self._index_text(title, headings, text))
+        query = select(Chunk.id, Document.title, Chunk.heading_path, Chunk.text).join(Document)
+        for chunk_id, title, headings, text in self._chunk_rows(chunk_ids, query):
+            ids.append(chunk_id)
+            texts.append(self._index_text(title, headings, text))
         return np.asarray(ids, dtype=np.int64), texts
+
+    def _document_fields(self, chunk_ids: Sequence[int]) -> list[tuple[int, int, str, datetime]]:
+        """(chunk id, document id, file type, updated_at) of chunks still in SQL: the fields the filters
+        test, which an index that evaluates them itself keeps beside each vector."""
+        query = select(Chunk.id, Document.id, Document.file_type, Document.updated_at).join(Document)
+        return [tuple(row) for row in self._chunk_rows(chunk_ids, query)]
 
     def sync_indexes(self, collection: str) -> None:
         """Bring a collection's indexes in line with SQL now, e.g. after writes that left them behind."""
@@ -881,11 +940,14 @@ class KnowledgeBase:
             self.synced_lexical(collection_id, version)
 
     def reindex(self) -> int:
-        """Rebuild every index from the chunks stored in SQL; returns the number of chunks indexed."""
+        """Rebuild every index from the chunks stored in SQL (the Milvus collections too, when the vectors
+        are there); returns the number of chunks indexed."""
         with self._index_lock:
             for pattern in ("collection-*.faiss*", "collection-*.version", "collection-*.bm25.npz*"):
                 for path in self.config.index_dir.glob(pattern):
                     path.unlink()
+            if self._milvus is not None:
+                self._milvus.drop_collections()
             self._indexes.clear()
             self._lexical.clear()
         self.load_indexes()
@@ -893,4 +955,6 @@ class KnowledgeBase:
 
     def close(self) -> None:
         self._lexical_pool.shutdown(wait=True)
+        if self._milvus is not None:
+            self._milvus.close()
         self.db.dispose()

@@ -50,6 +50,8 @@ def ivf_lists(size: int) -> int:
 
 
 class VectorIndex:
+    evaluates_filters = False  # searches take the ids of the chunks that pass them (`retriever.store`)
+
     def __init__(
         self,
         dimension: int,
