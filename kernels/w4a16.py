@@ -1,8 +1,11 @@
-"""int4 weight × fp16/bf16 activation matmul (Triton kernels and launcher).
+"""int4 (and 5-/6-bit) weight × fp16/bf16 activation matmul (Triton kernels and launcher).
 
-Weight layout (`kernels.layout.Int4Weight`): `qweight` uint8 `(N, K // 2)`, column `k` of row `n` in byte
-`k // 2`, nibble `k % 2` (low first); `scales` / `mins` `(N, K // GROUP)` with `GROUP` 32 or 128;
-`w = scale * q + min`, or `scale * (q - 8)` when there are no mins (GGUF Q4_0).
+Weight layout (`kernels.layout.Int4Weight`): `qweight` uint8 `(N, K // 2)`, the low 4 bits of column `k` of
+row `n` in byte `k // 2`, nibble `k % 2` (low first); for 5 or 6 bits (`HIGH_BITS` 1 or 2) `qhigh` uint8
+`(N, K * HIGH_BITS // 8)` holds the bits above, column `k`'s starting at bit `(k * HIGH_BITS) % 8` of byte
+`k * HIGH_BITS // 8`. `scales` / `mins` `(N, K // GROUP)` with `GROUP` 16, 32 or 128, each multiplied by its
+super-block's `super_scales` / `super_mins` `(N, K // 256)` when `SUPER` (GGUF K-quants);
+`w = scale * q + min`, or `scale * (q - 2 ** (3 + HIGH_BITS))` when there are no mins (GGUF Q4_0, Q5_0, Q6_K).
 Activations `x (M, K)` with a contiguous last dimension; output `(M, N)` in x's dtype.
 
 Both paths read each packed byte once and split it into the even-column (low nibble) and odd-column (high
@@ -27,29 +30,44 @@ GEMV_MAX_M = 4
 
 
 @triton.jit
-def _dequant_int4_pair(q_ptr, s_ptr, m_ptr, n, kb, mask, stride_qn, stride_sn, GROUP: tl.constexpr,
-                       HAS_MIN: tl.constexpr):  # fmt: skip
+def _dequant_int4_pair(q_ptr, h_ptr, s_ptr, m_ptr, ss_ptr, sm_ptr, n, kb, mask,
+                       stride_qn, stride_hn, stride_sn, stride_ssn,
+                       GROUP: tl.constexpr, HIGH_BITS: tl.constexpr, HAS_MIN: tl.constexpr,
+                       SUPER: tl.constexpr):  # fmt: skip
     """fp32 weights of input columns `2 * kb` (low nibbles) and `2 * kb + 1` (high nibbles) of rows `n`.
 
     `n` and `kb` are broadcastable index tensors; the two tiles take their broadcast shape. Each packed byte
-    is loaded once; both of its columns share a scale group because GROUP is even."""
-    byte = tl.load(q_ptr + n * stride_qn + kb, mask=mask, other=0)
-    lo = (byte & 0xF).to(tl.float32)
-    hi = (byte >> 4).to(tl.float32)
+    is loaded once; both of its columns share a byte of high bits and a scale group because GROUP is even.
+    A two-level scale is the product of two loads, exact in fp32 like the reference's."""
+    byte = tl.load(q_ptr + n * stride_qn + kb, mask=mask, other=0).to(tl.int32)
+    lo = byte & 0xF
+    hi = byte >> 4
+    if HIGH_BITS > 0:
+        # Column 2 * kb's high bits start at `bit`; column 2 * kb + 1's follow them in the same byte.
+        bit = 2 * kb * HIGH_BITS
+        high = tl.load(h_ptr + n * stride_hn + bit // 8, mask=mask, other=0).to(tl.int32) >> (bit % 8)
+        lo |= (high & ((1 << HIGH_BITS) - 1)) << 4
+        hi |= ((high >> HIGH_BITS) & ((1 << HIGH_BITS) - 1)) << 4
     s_offs = n * stride_sn + (2 * kb) // GROUP
-    scale = tl.load(s_ptr + s_offs, mask=mask, other=0.0).to(tl.float32)
+    ss_offs = n * stride_ssn + (2 * kb) // 256
+    scale = tl.load(s_ptr + s_offs, mask=mask, other=0).to(tl.float32)
+    if SUPER:
+        scale *= tl.load(ss_ptr + ss_offs, mask=mask, other=0).to(tl.float32)
     if HAS_MIN:
-        zero = tl.load(m_ptr + s_offs, mask=mask, other=0.0).to(tl.float32)
-        return lo * scale + zero, hi * scale + zero
-    return (lo - 8.0) * scale, (hi - 8.0) * scale
+        zero = tl.load(m_ptr + s_offs, mask=mask, other=0).to(tl.float32)
+        if SUPER:
+            zero *= tl.load(sm_ptr + ss_offs, mask=mask, other=0).to(tl.float32)
+        return lo.to(tl.float32) * scale + zero, hi.to(tl.float32) * scale + zero
+    return (lo - (8 << HIGH_BITS)).to(tl.float32) * scale, (hi - (8 << HIGH_BITS)).to(tl.float32) * scale
 
 
 @triton.jit
 def _w4a16_gemv_kernel(
-    x_ptr, q_ptr, s_ptr, m_ptr, b_ptr, out_ptr,
+    x_ptr, q_ptr, h_ptr, s_ptr, m_ptr, ss_ptr, sm_ptr, b_ptr, out_ptr,
     M, N, K,
-    stride_xm, stride_qn, stride_sn, stride_om,
-    GROUP: tl.constexpr, HAS_MIN: tl.constexpr, HAS_BIAS: tl.constexpr,
+    stride_xm, stride_qn, stride_hn, stride_sn, stride_ssn, stride_om,
+    GROUP: tl.constexpr, HIGH_BITS: tl.constexpr, HAS_MIN: tl.constexpr, SUPER: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr,
 ):  # fmt: skip
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -57,18 +75,12 @@ def _w4a16_gemv_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for kb0 in range(0, K // 2, BLOCK_KB):
         offs_kb = kb0 + tl.arange(0, BLOCK_KB)  # packed byte columns
+        # (BLOCK_N, BLOCK_KB) each
         w_even, w_odd = _dequant_int4_pair(
-            q_ptr,
-            s_ptr,
-            m_ptr,
-            offs_n[:, None],
-            offs_kb[None, :],
-            (offs_n[:, None] < N) & (offs_kb[None, :] < K // 2),
-            stride_qn,
-            stride_sn,
-            GROUP,
-            HAS_MIN,
-        )  # (BLOCK_N, BLOCK_KB) each
+            q_ptr, h_ptr, s_ptr, m_ptr, ss_ptr, sm_ptr,
+            offs_n[:, None], offs_kb[None, :], (offs_n[:, None] < N) & (offs_kb[None, :] < K // 2),
+            stride_qn, stride_hn, stride_sn, stride_ssn, GROUP, HIGH_BITS, HAS_MIN, SUPER,
+        )  # fmt: skip
         x_ptrs = x_ptr + offs_m[:, None] * stride_xm + 2 * offs_kb[None, :]
         x_mask = (offs_m[:, None] < M) & (offs_kb[None, :] < K // 2)
         x_even = tl.load(x_ptrs, mask=x_mask, other=0.0).to(tl.float32)  # (BLOCK_M, BLOCK_KB)
@@ -83,10 +95,11 @@ def _w4a16_gemv_kernel(
 
 @triton.jit
 def _w4a16_gemm_kernel(
-    x_ptr, q_ptr, s_ptr, m_ptr, b_ptr, out_ptr,
+    x_ptr, q_ptr, h_ptr, s_ptr, m_ptr, ss_ptr, sm_ptr, b_ptr, out_ptr,
     M, N, K,
-    stride_xm, stride_qn, stride_sn, stride_om,
-    GROUP: tl.constexpr, HAS_MIN: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    stride_xm, stride_qn, stride_hn, stride_sn, stride_ssn, stride_om,
+    GROUP: tl.constexpr, HIGH_BITS: tl.constexpr, HAS_MIN: tl.constexpr, SUPER: tl.constexpr,
+    HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr,
 ):  # fmt: skip
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -98,18 +111,12 @@ def _w4a16_gemm_kernel(
         x_mask = (offs_m[:, None] < M) & (offs_kb[None, :] < K // 2)
         x_even = tl.load(x_ptrs, mask=x_mask, other=0.0)  # (BLOCK_M, BLOCK_KB)
         x_odd = tl.load(x_ptrs + 1, mask=x_mask, other=0.0)
+        # (BLOCK_KB, BLOCK_N) each
         w_even, w_odd = _dequant_int4_pair(
-            q_ptr,
-            s_ptr,
-            m_ptr,
-            offs_n[None, :],
-            offs_kb[:, None],
-            (offs_n[None, :] < N) & (offs_kb[:, None] < K // 2),
-            stride_qn,
-            stride_sn,
-            GROUP,
-            HAS_MIN,
-        )  # (BLOCK_KB, BLOCK_N) each
+            q_ptr, h_ptr, s_ptr, m_ptr, ss_ptr, sm_ptr,
+            offs_n[None, :], offs_kb[:, None], (offs_n[None, :] < N) & (offs_kb[:, None] < K // 2),
+            stride_qn, stride_hn, stride_sn, stride_ssn, GROUP, HIGH_BITS, HAS_MIN, SUPER,
+        )  # fmt: skip
         # Splitting K into even and odd columns is two half-depth dots: the same FLOPs as one full-depth dot.
         acc = tl.dot(x_even, w_even.to(x_even.dtype), acc, input_precision=DOT_PRECISION)
         acc = tl.dot(x_odd, w_odd.to(x_odd.dtype), acc, input_precision=DOT_PRECISION)
@@ -123,21 +130,27 @@ def _w4a16_gemm_kernel(
 def linear_w4a16(x: torch.Tensor, w: Int4Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Triton twin of `reference.linear_w4a16`: `x (..., K) @ dequantize(w).T + bias` → `(..., N)`."""
     check_linear_inputs(x, w.in_features, w.out_features, bias)
-    for name, t in (("qweight", w.qweight), ("scales", w.scales), ("mins", w.mins)):
-        if t is not None:
-            check_contiguous(f"Int4Weight.{name}", t)
-    check_same_device(x=x, qweight=w.qweight, scales=w.scales, mins=w.mins, bias=bias)
+    tensors = w.tensors()
+    for name, t in tensors.items():
+        check_contiguous(f"Int4Weight.{name}", t)
+    check_same_device(x=x, bias=bias, **tensors)
 
     x2 = x.reshape(-1, w.in_features)
     m, n, k = x2.shape[0], w.out_features, w.in_features
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0:
         return out.reshape(*x.shape[:-1], n)
-    mins = w.mins if w.mins is not None else w.scales  # unread when HAS_MIN is False
-    bias_arg = bias if bias is not None else out  # unread when HAS_BIAS is False
-    common = dict(GROUP=w.group_size, HAS_MIN=w.mins is not None, HAS_BIAS=bias is not None)
-    args = (x2, w.qweight, w.scales, mins, bias_arg, out, m, n, k,
-            x2.stride(0), w.qweight.stride(0), w.scales.stride(0), out.stride(0))  # fmt: skip
+    # Absent tensors are passed as stand-ins their constexpr flag never lets the kernel read.
+    qhigh = w.qhigh if w.qhigh is not None else w.qweight
+    mins = w.mins if w.mins is not None else w.scales
+    super_scales = w.super_scales if w.super_scales is not None else w.scales
+    super_mins = w.super_mins if w.super_mins is not None else super_scales
+    bias_arg = bias if bias is not None else out
+    common = dict(GROUP=w.group_size, HIGH_BITS=w.bits - 4, HAS_MIN=w.mins is not None,
+                  SUPER=w.super_scales is not None, HAS_BIAS=bias is not None)  # fmt: skip
+    args = (x2, w.qweight, qhigh, w.scales, mins, super_scales, super_mins, bias_arg, out, m, n, k,
+            x2.stride(0), w.qweight.stride(0), qhigh.stride(0), w.scales.stride(0), super_scales.stride(0),
+            out.stride(0))  # fmt: skip
     if m <= GEMV_MAX_M:
         # Narrow output tiles give enough programs to keep every SM streaming weights at decode.
         block_m = triton.next_power_of_2(m)

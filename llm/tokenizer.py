@@ -4,7 +4,8 @@ A GGUF file carries its vocabulary, merges (or SentencePiece scores), special to
 metadata; we build the equivalent `tokenizers.Tokenizer` from them. How to split text before BPE depends on
 the vocabulary and is looked up by the file's `tokenizer.ggml.pre` name (data, as in llama.cpp). A folder
 model uses its `tokenizer.json` and `tokenizer_config.json`. Chat templates are rendered with jinja2 the way
-transformers does (sandboxed, `trim_blocks`, `lstrip_blocks`).
+transformers does (sandboxed, `trim_blocks`, `lstrip_blocks`); for a template without a system role (Gemma,
+Mistral v0.1/v0.2: it never mentions one, or raises on one) the system prompt opens the next user turn.
 """
 
 from __future__ import annotations
@@ -38,7 +39,15 @@ PRE_TOKENIZER_SPLITS: dict[str, tuple[str, ...]] = {
     "qwen2": (_QWEN2_SPLIT,),
 }
 # Tokens that end an assistant turn in the chat formats of the supported families.
-END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftext|>", "</s>", "<|end|>")
+END_OF_TURN = (
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<|end_of_text|>",
+    "<|endoftext|>",
+    "</s>",
+    "<|end|>",
+    "<end_of_turn>",
+)
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -82,6 +91,17 @@ class Tokenizer:
         return self.backend.decode(ids, skip_special_tokens=True)
 
     def render_chat(self, messages: Sequence[ChatMessage]) -> str:
+        has_system = any(m.role == "system" for m in messages)
+        if has_system and "system" not in self.chat_template:
+            return self._render(fold_system(messages))
+        try:
+            return self._render(messages)
+        except ValueError:  # the template's raise_exception, e.g. "System role not supported"
+            if not has_system:
+                raise
+            return self._render(fold_system(messages))
+
+    def _render(self, messages: Sequence[ChatMessage]) -> str:
         if self._template is None:
             from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -104,6 +124,23 @@ class Tokenizer:
         if self.add_bos and (not ids or ids[0] != self.bos_id):
             ids.insert(0, self.bos_id)  # type: ignore[arg-type]
         return ids
+
+
+def fold_system(messages: Sequence[ChatMessage]) -> list[ChatMessage]:
+    """The conversation without system messages: each one's text opens the next user turn (or becomes one)."""
+    folded: list[ChatMessage] = []
+    pending: list[str] = []
+    for m in messages:
+        if m.role == "system":
+            pending.append(m.content)
+        elif m.role == "user" and pending:
+            folded.append(ChatMessage("user", "\n\n".join([*pending, m.content])))
+            pending = []
+        else:
+            folded.append(m)
+    if pending:
+        folded.append(ChatMessage("user", "\n\n".join(pending)))
+    return folded
 
 
 def _byte_level(vocab: dict[str, int], merges: list[tuple[str, str]], pre: str | None) -> Backend:

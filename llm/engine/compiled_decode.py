@@ -81,7 +81,7 @@ class CompiledDecode:
     def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """`LlamaForCausalLM.forward` with its layers run region by region through the compiled graphs."""
         model = self.model
-        x = model.embed_tokens(input_ids)
+        x = model.embed(input_ids)
         cos, sin = model.rotary.lookup(positions, x.dtype)
         # A zero residual rather than None: the first layer then takes the others' graph (x + 0 is exact).
         residual = torch.zeros_like(x)

@@ -10,10 +10,17 @@ from llm.layers.context import get_context
 
 
 class PagedAttention(nn.Module):
-    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, sliding_window: int | None) -> None:
+    def __init__(
+        self,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        sliding_window: int | None,
+        scale: float,
+    ) -> None:
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
-        self.scale = head_dim**-0.5
+        self.scale = scale  # of the attention scores (head_dim^-0.5 unless the model says otherwise)
         self.sliding_window = sliding_window
         # (num_blocks, block_size, n_kv_heads, head_dim), bound by the model runner once the cache is sized.
         self.k_cache = torch.empty(0)

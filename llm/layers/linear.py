@@ -6,12 +6,14 @@
   kernels of `kernels.dispatch`; float weights are dense in the compute dtype.
 * CPU, packed (the default, fastest on the 2-core benchmark): int4 weights are converted to the tile layout of
   torch's `_weight_int4pack_mm_for_cpu` and int8 weights to per-channel `_weight_int8pack_mm`, with bfloat16
-  activations. Those kernels are GEMVs at heart and their cost grows linearly with the rows of `x`; from
-  `PACKED_CPU_MAX_ROWS` rows on (prefill chunks) expanding the weight once and running a dense bfloat16 GEMM
-  is faster (2-3x at 1,000 rows on AVX512-BF16), which is exactly the dispatch reference, so prefill goes
-  through `kernels.dispatch` with the `kernels.layout` weight kept beside the packed one. On CPUs without
-  native bfloat16 matmuls (`llm.cpu.native_bf16`) those prefill GEMMs run in float32 and the result is
-  rounded back: torch emulates bfloat16 GEMMs there, 7x slower at 1,000 rows on AVX2.
+  activations; 5- and 6-bit weights (GGUF Q5_*, Q6_K), which torch has no kernel for, are requantized to
+  per-channel int8 like grouped int8 ones. Those kernels are GEMVs at heart and their cost grows linearly
+  with the rows of `x`; from `PACKED_CPU_MAX_ROWS` rows on (prefill chunks) expanding the weight once and
+  running a dense bfloat16 GEMM is faster (2-3x at 1,000 rows on AVX512-BF16), which is exactly the dispatch
+  reference, so prefill goes through `kernels.dispatch` with the `kernels.layout` weight kept beside the
+  packed one. On CPUs without native bfloat16 matmuls (`llm.cpu.native_bf16`) those prefill GEMMs run in
+  float32 and the result is rounded back: torch emulates bfloat16 GEMMs there, 7x slower at 1,000 rows on
+  AVX2.
 * CPU, dequantized: every weight dense in the compute dtype, bit-identical to the checkpoint's float values
   (what the parity tests compare against transformers).
 * CPU, kernels: quantized weights laid out exactly as on CUDA and multiplied through `kernels.dispatch`, so
@@ -36,6 +38,7 @@ from llm.layers.lora import LoraDelta
 
 Weight = torch.Tensor | Int4Weight | Int8Weight
 PACKED_CPU_MAX_ROWS = 128  # measured crossover (1 core): 96-128 rows
+CPU_INT4_GROUP_SIZES = (32, 128)  # of `Int4Weight`'s, those torch's CPU int4 matmul takes
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,7 @@ class Linear(nn.Module):
             self.kind, self.weight = "dense", dense.to(device, dtype).contiguous()
         elif layout == "kernels":
             self.kind, self.quantized = ("int4" if isinstance(w, Int4Weight) else "int8"), w.to(device)
-        elif isinstance(w, Int4Weight):
+        elif isinstance(w, Int4Weight) and w.bits == 4 and w.group_size in CPU_INT4_GROUP_SIZES:
             self._pack_int4_cpu(w, dtype)
         else:
             self._pack_int8_cpu(w, dtype)
@@ -99,13 +102,15 @@ class Linear(nn.Module):
         # activations' dtype laid out (in // group, out, 2); Q4_1-style mins become zero = min + 8 * scale.
         q = unpack_int4(w.qweight).to(torch.int32)
         self.weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
-        scales = w.scales.float()
-        zeros = torch.zeros_like(scales) if w.mins is None else w.mins.float() + 8 * scales
+        scales, mins = w.group_scales()
+        zeros = torch.zeros_like(scales) if mins is None else mins + 8 * scales
         self.cpu_scales = torch.stack((scales.t(), zeros.t()), dim=-1).to(dtype).contiguous()
         self.kind, self.group_size, self.quantized = "cpu_int4", w.group_size, w
 
-    def _pack_int8_cpu(self, w: Int8Weight, dtype: torch.dtype) -> None:
-        if w.group_size is not None:  # torch's CPU int8 matmul takes one scale per output channel
+    def _pack_int8_cpu(self, w: Int4Weight | Int8Weight, dtype: torch.dtype) -> None:
+        # torch's CPU int8 matmul takes one scale per output channel: grouped int8 and the 5/6-bit (or
+        # group-16) int4 layouts torch has no kernel for are requantized to that.
+        if not isinstance(w, Int8Weight) or w.group_size is not None:
             w = quantize_int8(dequantize(w, torch.float32))
         self.weight = w.qweight.contiguous()
         self.cpu_scales = w.scales.to(dtype)  # the matmuls want scales in the activations' dtype
@@ -182,14 +187,22 @@ class Embedding(nn.Module):
         t = self.table
         if isinstance(t, torch.Tensor):
             return F.embedding(input_ids, t)
-        rows: Int4Weight | Int8Weight
-        if isinstance(t, Int8Weight):
-            rows = Int8Weight(
-                t.qweight[input_ids], t.scales[input_ids], t.group_size, t.in_features, len(input_ids)
-            )
+        return dequantize(t.select_rows(input_ids), self.dtype)
+
+
+def weight_nbytes(model: nn.Module) -> int:
+    """Bytes the weights of `model`'s layers hold, each storage counted once (a weight kept in two layouts
+    counts twice; views and tables shared by tied layers count once)."""
+    tensors: list[torch.Tensor] = []
+    for module in model.modules():
+        if isinstance(module, Linear):
+            tensors += [module.weight, module.cpu_scales, *([] if module.bias is None else [module.bias])]
+            if module.quantized is not None:
+                tensors += module.quantized.tensors().values()
+        elif isinstance(module, Embedding):
+            table = module.table
+            tensors += [table] if isinstance(table, torch.Tensor) else table.tensors().values()
         else:
-            mins = None if t.mins is None else t.mins[input_ids]
-            rows = Int4Weight(
-                t.qweight[input_ids], t.scales[input_ids], mins, t.group_size, t.in_features, len(input_ids)
-            )
-        return dequantize(rows, self.dtype)
+            tensors += module.parameters(recurse=False)
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    return sum(storages.values())

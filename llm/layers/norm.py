@@ -1,4 +1,7 @@
-"""RMSNorm with the residual add fused in (through `kernels.dispatch`)."""
+"""RMSNorm with the residual add fused in (through `kernels.dispatch`); also the per-head q/k norms.
+
+The weight multiplies the normalized rows as stored: Gemma's (1 + w) is folded into it at load.
+"""
 
 from __future__ import annotations
 

@@ -4,31 +4,54 @@ A source lists tensor names and reads each as a `RawTensor`: for GGUF, the file'
 (memory-mapped, never expanded to float unless the type has no packed kernel); for safetensors, the float
 tensor. The name map routes every source name to a module of `LlamaForCausalLM`, a parameter and, for fused
 projections, a shard (q/k/v, gate/up); row shards are concatenated *in their stored format* and handed to the
-module once all have arrived. GGUF's q/k row permutation (llama.cpp reorders the rows of each head for its
-interleaved RoPE) is undone here, on the raw rows, and nowhere else.
+module once all have arrived; a checkpoint that stores a fused projection whole (Phi-3) fills it at once.
+GGUF's q/k row permutation (llama.cpp reorders the rows of each head for its interleaved RoPE) is undone
+here, on the raw rows, and nowhere else; so is the offset Hugging Face Gemma leaves out of its norm weights.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from kernels.layout import repack_q4_0, repack_q4_1, repack_q8_0
-from llm.layers.linear import Embedding, Linear, Weight, WeightPolicy
+from kernels.layout import (
+    Int4Weight,
+    Int8Weight,
+    concat_rows,
+    repack_q4_0,
+    repack_q4_1,
+    repack_q4_k,
+    repack_q5_0,
+    repack_q5_1,
+    repack_q5_k,
+    repack_q6_k,
+    repack_q8_0,
+)
+from llm.layers.linear import Embedding, Linear, Weight, WeightPolicy, weight_nbytes
 from llm.layers.norm import RMSNorm
 from llm.model.llama import LlamaForCausalLM
 from llm.model.presets import ModelConfig, UnsupportedModelError, config_from_gguf, config_from_hf
 
-_REPACK: dict[str, Callable[[Any, tuple[int, int]], Weight]] = {
+log = logging.getLogger(__name__)
+
+# GGML types kept packed (`kernels.layout`); any other quantized type is expanded to float at load.
+_REPACK: dict[str, Callable[[Any, tuple[int, int]], Int4Weight | Int8Weight]] = {
     "Q4_0": repack_q4_0,
     "Q4_1": repack_q4_1,
+    "Q5_0": repack_q5_0,
+    "Q5_1": repack_q5_1,
+    "Q4_K": repack_q4_k,
+    "Q5_K": repack_q5_k,
+    "Q6_K": repack_q6_k,
     "Q8_0": repack_q8_0,
 }
 _FLOAT_TYPES = {"F32", "F16", "BF16"}
@@ -36,17 +59,25 @@ _FLOAT_TYPES = {"F32", "F16", "BF16"}
 
 @dataclass
 class RawTensor:
-    """A tensor as stored: `data` is (rows, bytes per row) uint8 blocks for quantized types, else floats."""
+    """A tensor as stored: `data` is (rows, bytes per row) uint8 blocks for quantized types (and for GGUF
+    BF16, which gguf hands out as raw bytes), else floats."""
 
     data: np.ndarray | torch.Tensor
-    qtype: str  # "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q8_0" or another GGML type name
+    qtype: str  # "F32", "F16", "BF16", "Q4_0", "Q4_K", ... (a GGML type name)
     shape: tuple[int, ...]  # logical (out_features, in_features) or (n,)
 
+    def dense(self) -> torch.Tensor:
+        """A float type's values in their stored dtype (a copy: GGUF data is a read-only memory map)."""
+        data = self.data if isinstance(self.data, torch.Tensor) else torch.from_numpy(np.array(self.data))
+        if self.qtype == "BF16" and data.dtype == torch.uint8:
+            data = data.view(torch.bfloat16)
+        return data.reshape(self.shape)
+
     def to_float(self) -> torch.Tensor:
+        """float32 values; quantized types through gguf's own dequantization (the one place a quantized
+        tensor is expanded to float)."""
         if self.qtype in _FLOAT_TYPES:
-            data = self.data if isinstance(self.data, torch.Tensor) else torch.from_numpy(np.array(self.data))
-            return data.float().reshape(self.shape)
-        # A GGML type without a packed kernel (K-quants, ...): the one place a tensor is expanded to float.
+            return self.dense().float()
         from gguf import GGMLQuantizationType, quants
 
         values = quants.dequantize(np.asarray(self.data), GGMLQuantizationType[self.qtype])
@@ -67,13 +98,26 @@ def unpermute_rows(data: np.ndarray | torch.Tensor, num_heads: int) -> np.ndarra
 
 
 def merge_rows(parts: list[RawTensor]) -> Weight:
-    """Concatenate row shards; quantized shards of one packed type stay packed."""
-    qtypes = {p.qtype for p in parts}
-    if len(qtypes) == 1 and (qtype := qtypes.pop()) in _REPACK:
-        raw = np.concatenate([np.asarray(p.data) for p in parts]) if len(parts) > 1 else parts[0].data
-        shape = (sum(p.shape[0] for p in parts), parts[0].shape[1])
-        return _REPACK[qtype](raw, shape)
+    """Concatenate row shards: packed types stay packed (shards of different types in one layout that holds
+    each exactly, see `concat_rows`), float types keep their dtype, anything else is expanded to float32."""
+    qtypes = sorted({p.qtype for p in parts})
+    if all(q in _FLOAT_TYPES for q in qtypes):
+        return torch.cat([p.dense() for p in parts]) if len(parts) > 1 else parts[0].dense()
+    if all(q in _REPACK for q in qtypes):
+        packed = concat_rows([_REPACK[p.qtype](p.data, (p.shape[0], p.shape[1])) for p in parts])
+        if packed is not None:
+            return packed
+    unpackable = [q for q in qtypes if q not in _REPACK and q not in _FLOAT_TYPES]
+    for qtype in unpackable:
+        _warn_once(f"GGUF type {qtype} has no packed kernel: its tensors are expanded to float")
+    if not unpackable:
+        _warn_once(f"fused {' + '.join(qtypes)} shards share no packed layout: expanded to float")
     return torch.cat([p.to_float() for p in parts]) if len(parts) > 1 else parts[0].to_float()
+
+
+@cache
+def _warn_once(message: str) -> None:
+    log.warning(message)
 
 
 @dataclass(frozen=True)
@@ -85,6 +129,7 @@ class NameRule:
     param: str = "weight"
     shard: str | None = None
     permute: str | None = None  # "heads" / "kv_heads": GGUF q/k rows to unpermute (if the preset says so)
+    when: str | None = None  # a boolean `ArchPreset` field the rule needs (rules are tried in order)
 
 
 _LAYER = r"(?P<i>\d+)"
@@ -94,6 +139,10 @@ GGUF_NAMES = [
     NameRule(r"output\.weight", "lm_head"),
     NameRule(rf"blk\.{_LAYER}\.attn_norm\.weight", "layers.{i}.input_layernorm"),
     NameRule(rf"blk\.{_LAYER}\.ffn_norm\.weight", "layers.{i}.post_attention_layernorm"),
+    NameRule(rf"blk\.{_LAYER}\.post_attention_norm\.weight", "layers.{i}.attn_output_norm"),
+    NameRule(rf"blk\.{_LAYER}\.post_ffw_norm\.weight", "layers.{i}.mlp_output_norm"),
+    NameRule(rf"blk\.{_LAYER}\.attn_(?P<n>q|k)_norm\.weight", "layers.{i}.self_attn.{n}_norm"),
+    NameRule(rf"blk\.{_LAYER}\.attn_qkv\.(?P<p>weight|bias)", "layers.{i}.self_attn.qkv_proj", "{p}"),
     NameRule(
         rf"blk\.{_LAYER}\.attn_q\.(?P<p>weight|bias)", "layers.{i}.self_attn.qkv_proj", "{p}", "q", "heads"
     ),
@@ -103,6 +152,7 @@ GGUF_NAMES = [
     NameRule(rf"blk\.{_LAYER}\.attn_v\.(?P<p>weight|bias)", "layers.{i}.self_attn.qkv_proj", "{p}", "v"),
     NameRule(rf"blk\.{_LAYER}\.attn_output\.weight", "layers.{i}.self_attn.o_proj"),
     NameRule(rf"blk\.{_LAYER}\.ffn_gate\.weight", "layers.{i}.mlp.gate_up_proj", shard="gate"),
+    NameRule(rf"blk\.{_LAYER}\.ffn_up\.weight", "layers.{i}.mlp.gate_up_proj", when="fused_gate_up"),
     NameRule(rf"blk\.{_LAYER}\.ffn_up\.weight", "layers.{i}.mlp.gate_up_proj", shard="up"),
     NameRule(rf"blk\.{_LAYER}\.ffn_down\.weight", "layers.{i}.mlp.down_proj"),
 ]
@@ -111,8 +161,26 @@ HF_NAMES = [
     NameRule(r"model\.norm\.weight", "norm"),
     NameRule(r"lm_head\.weight", "lm_head"),
     NameRule(rf"model\.layers\.{_LAYER}\.input_layernorm\.weight", "layers.{i}.input_layernorm"),
+    # Gemma names the norm on the attention output what Llama names the norm before the MLP.
+    NameRule(
+        rf"model\.layers\.{_LAYER}\.post_attention_layernorm\.weight",
+        "layers.{i}.attn_output_norm",
+        when="sandwich_norms",
+    ),
     NameRule(
         rf"model\.layers\.{_LAYER}\.post_attention_layernorm\.weight", "layers.{i}.post_attention_layernorm"
+    ),
+    NameRule(
+        rf"model\.layers\.{_LAYER}\.pre_feedforward_layernorm\.weight", "layers.{i}.post_attention_layernorm"
+    ),
+    NameRule(rf"model\.layers\.{_LAYER}\.post_feedforward_layernorm\.weight", "layers.{i}.mlp_output_norm"),
+    NameRule(
+        rf"model\.layers\.{_LAYER}\.self_attn\.(?P<n>q|k)_norm\.weight", "layers.{i}.self_attn.{n}_norm"
+    ),
+    NameRule(
+        rf"model\.layers\.{_LAYER}\.self_attn\.qkv_proj\.(?P<p>weight|bias)",
+        "layers.{i}.self_attn.qkv_proj",
+        "{p}",
     ),
     *(
         NameRule(
@@ -128,17 +196,21 @@ HF_NAMES = [
         rf"model\.layers\.{_LAYER}\.mlp\.gate_proj\.weight", "layers.{i}.mlp.gate_up_proj", shard="gate"
     ),
     NameRule(rf"model\.layers\.{_LAYER}\.mlp\.up_proj\.weight", "layers.{i}.mlp.gate_up_proj", shard="up"),
+    NameRule(rf"model\.layers\.{_LAYER}\.mlp\.gate_up_proj\.weight", "layers.{i}.mlp.gate_up_proj"),
     NameRule(rf"model\.layers\.{_LAYER}\.mlp\.down_proj\.weight", "layers.{i}.mlp.down_proj"),
 ]
 # Fused modules wait for all their shards, in this order (rows are concatenated).
 SHARD_ORDER = {"qkv_proj": ("q", "k", "v"), "gate_up_proj": ("gate", "up")}
-# Names a source may hold that carry nothing we need.
-IGNORED = re.compile(r".*(rotary_emb\.inv_freq|rope_freqs\.weight)$")
+# GGUF tensors of per-frequency RoPE divisors: read with the config (`config_from_gguf`), not as weights.
+ROPE_FACTOR_TENSORS = ("rope_freqs", "rope_factors_short", "rope_factors_long")
+# Names a source may hold that carry nothing for the weight loop.
+IGNORED = re.compile(rf".*(rotary_emb\.inv_freq|({'|'.join(ROPE_FACTOR_TENSORS)})\.weight)$")
 
 
 class WeightSource(Protocol):
     path: Path
     name_rules: list[NameRule]
+    folds_norm_offset: bool  # norm weights already include the preset's `norm_weight_offset`
 
     def model_config(self) -> ModelConfig: ...
 
@@ -149,6 +221,7 @@ class WeightSource(Protocol):
 
 class GGUFSource:
     name_rules = GGUF_NAMES
+    folds_norm_offset = True  # llama.cpp's converter adds Gemma's 1 to its norm weights
 
     def __init__(self, path: Path) -> None:
         from gguf import GGUFReader
@@ -172,7 +245,14 @@ class GGUFSource:
         meta = self.metadata()
         if "general.architecture" in meta and f"{meta['general.architecture']}.vocab_size" not in meta:
             meta["tokenizer.ggml.tokens"] = self.field("tokenizer.ggml.tokens")
-        return config_from_gguf(meta, self.path, has_output_weight="output.weight" in self.tensors)
+        rope_factors = {
+            name: self.read(f"{name}.weight").to_float().flatten().tolist()
+            for name in ROPE_FACTOR_TENSORS
+            if f"{name}.weight" in self.tensors
+        }
+        return config_from_gguf(
+            meta, self.path, has_output_weight="output.weight" in self.tensors, rope_factors=rope_factors
+        )
 
     def names(self) -> Iterator[str]:
         return iter(self.tensors)
@@ -185,6 +265,7 @@ class GGUFSource:
 
 class SafetensorsSource:
     name_rules = HF_NAMES
+    folds_norm_offset = False
     _QTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
 
     def __init__(self, path: Path) -> None:
@@ -234,7 +315,18 @@ def open_source(path: str | Path) -> GGUFSource | SafetensorsSource:
 def load_weights(model: LlamaForCausalLM, source: WeightSource, policy: WeightPolicy) -> None:
     """The one loading loop: route, unpermute, gather shards, hand each complete weight to its module."""
     cfg = model.config
-    rules = [(re.compile(r.pattern + "$"), r) for r in source.name_rules]
+    rules = [
+        (re.compile(r.pattern + "$"), r)
+        for r in source.name_rules
+        if r.when is None or getattr(cfg.preset, r.when)
+    ]
+    norm_offset = 0.0 if source.folds_norm_offset else cfg.preset.norm_weight_offset
+
+    def unexpected(name: str) -> UnsupportedModelError:
+        return UnsupportedModelError(
+            f"{source.path}: unexpected tensor {name!r} for a {cfg.preset.name} model"
+        )
+
     heads = {"heads": cfg.num_heads, "kv_heads": cfg.num_kv_heads}
     pending: dict[tuple[str, str], dict[str | None, RawTensor]] = {}
     loaded: set[str] = set()
@@ -244,7 +336,7 @@ def load_weights(model: LlamaForCausalLM, source: WeightSource, policy: WeightPo
         if match is None:
             if IGNORED.match(name):
                 continue
-            raise UnsupportedModelError(f"{source.path}: unexpected tensor {name!r} for a llama-family model")
+            raise unexpected(name)
         m, rule = match
         groups = m.groupdict()
         target, param = rule.target.format(**groups), rule.param.format(**groups)
@@ -253,14 +345,17 @@ def load_weights(model: LlamaForCausalLM, source: WeightSource, policy: WeightPo
             raw = RawTensor(unpermute_rows(raw.data, heads[rule.permute]), raw.qtype, raw.shape)
         shards = pending.setdefault((target, param), {})
         shards[rule.shard] = raw
-        order = SHARD_ORDER.get(target.rsplit(".", 1)[-1], (None,))
+        order = SHARD_ORDER[target.rsplit(".", 1)[-1]] if rule.shard else (None,)
         if not all(s in shards for s in order):
             continue
         del pending[(target, param)]
         parts = [shards[s] for s in order]
-        module = model.get_submodule(target)
+        try:
+            module = model.get_submodule(target)
+        except AttributeError:  # a module this family lacks (q/k norms in a Llama checkpoint)
+            raise unexpected(name) from None
         if isinstance(module, RMSNorm):
-            module.set_weight(parts[0].to_float().to(policy.device))
+            module.set_weight((parts[0].to_float() + norm_offset).to(policy.device))
         elif isinstance(module, Embedding):
             embedding = merge_rows(parts)
             module.set_weight(embedding, policy)
@@ -306,4 +401,10 @@ def load_model(
     model = LlamaForCausalLM(cfg, min(max_positions or longest, longest))
     model.rotary.to(policy.device)
     load_weights(model, source, policy)
+    files = [source.path] if source.path.is_file() else list(source.path.glob("*.safetensors"))
+    log.info(
+        "%s: weights take %.1f MiB on %s; checkpoint file size %.1f MiB",
+        source.path.name, weight_nbytes(model) / 2**20, policy.device,
+        sum(f.stat().st_size for f in files) / 2**20,
+    )  # fmt: skip
     return model.eval(), source

@@ -1,12 +1,19 @@
-"""Loading: safetensors folders (SmolLM2 re-saved, tiny random families), quantization, tokenizers."""
+"""Loading: safetensors folders (SmolLM2 re-saved, tiny random families), quantization, tokenizers, and a tiny
+GGUF of every GGUF type the engine keeps packed."""
 
 from __future__ import annotations
 
+import logging
 import math
+from dataclasses import replace
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from kernels import dispatch
+from kernels.layout import Int4Weight
 from llm.base import ChatMessage, SamplingParams
 from llm.config import EngineConfig
 from llm.engine import create_engine
@@ -14,6 +21,7 @@ from llm.engine.model_runner import TorchModelRunner
 from llm.layers.linear import WeightPolicy
 from llm.model.loader import load_model
 from llm.tokenizer import Tokenizer, from_gguf_fields
+from tests.kernels.kernel_cases import DEVICE, needs_triton
 
 pytestmark = pytest.mark.slow
 
@@ -207,3 +215,156 @@ def test_sentencepiece_vocabulary_from_gguf_metadata():
     assert tok.decode(tok.encode("hello hell")) == "hello hell"
     assert tok.add_bos and tok.apply_chat_template([ChatMessage("user", "hello")])[0] == 1
     assert tok.decode(tok.encode("é")) == "é"  # byte fallback
+
+
+# A tiny llama GGUF whose matrices take the GGUF types kept packed: q/k/v mixing Q4_K and Q6_K like Q4_K_M,
+# Q5_K, Q5_0, Q5_1, a Q6_K embedding, F16 and BF16 matrices, q/k/v shards that share no packed layout
+# (Q5_K + Q8_0), and an output head of a type without a kernel (IQ4_NL). K-quants take in_features % 256 == 0.
+CPU = torch.device("cpu")
+GGUF_TINY = {"hidden": 256, "ffn": 512, "heads": 4, "kv_heads": 2, "head_dim": 64, "vocab": 96, "layers": 2}
+GGUF_TYPES = {
+    "token_embd": "Q6_K",
+    "output": "IQ4_NL",
+    "blk.0.attn_q": "Q4_K",
+    "blk.0.attn_k": "Q4_K",
+    "blk.0.attn_v": "Q6_K",
+    "blk.0.attn_output": "Q5_0",
+    "blk.0.ffn_gate": "Q5_1",
+    "blk.0.ffn_up": "Q5_1",
+    "blk.0.ffn_down": "Q5_K",
+    "blk.1.attn_q": "Q5_K",
+    "blk.1.attn_k": "Q5_K",
+    "blk.1.attn_v": "Q8_0",
+    "blk.1.attn_output": "F16",
+    "blk.1.ffn_gate": "Q4_K",
+    "blk.1.ffn_up": "Q4_K",
+    "blk.1.ffn_down": "BF16",
+}
+
+
+def write_tiny_gguf(path: Path, expand: bool) -> Path:
+    """The tiny GGUF of `GGUF_TYPES`; `expand`: the same weights stored as F32 (gguf's dequantization)."""
+    import gguf
+
+    from tests.kernels.gguf_cases import gguf_blocks, gguf_weights
+
+    t = GGUF_TINY
+    hidden, ffn, q, kv = t["hidden"], t["ffn"], t["heads"] * t["head_dim"], t["kv_heads"] * t["head_dim"]
+    shapes = {"token_embd": (t["vocab"], hidden), "output": (t["vocab"], hidden)}
+    for i in range(t["layers"]):
+        shapes |= {
+            f"blk.{i}.attn_q": (q, hidden), f"blk.{i}.attn_k": (kv, hidden), f"blk.{i}.attn_v": (kv, hidden),
+            f"blk.{i}.attn_output": (hidden, q), f"blk.{i}.ffn_gate": (ffn, hidden),
+            f"blk.{i}.ffn_up": (ffn, hidden), f"blk.{i}.ffn_down": (hidden, ffn),
+        }  # fmt: skip
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_vocab_size(t["vocab"])
+    writer.add_context_length(256)
+    writer.add_embedding_length(hidden)
+    writer.add_feed_forward_length(ffn)
+    writer.add_block_count(t["layers"])
+    writer.add_head_count(t["heads"])
+    writer.add_head_count_kv(t["kv_heads"])
+    writer.add_layer_norm_rms_eps(1e-5)
+    rng = np.random.default_rng(0)
+    for norm in ["output_norm"] + [
+        f"blk.{i}.{n}" for i in range(t["layers"]) for n in ("attn_norm", "ffn_norm")
+    ]:
+        writer.add_tensor(f"{norm}.weight", (1 + 0.1 * rng.standard_normal(hidden)).astype(np.float32))
+    for seed, (name, shape) in enumerate(shapes.items()):
+        qtype = GGUF_TYPES[name]
+        raw = gguf_blocks(qtype, shape, seed=seed, scale=1e-3)
+        if expand:
+            writer.add_tensor(f"{name}.weight", gguf_weights(qtype, raw, shape))
+        else:
+            writer.add_tensor(f"{name}.weight", raw, raw_dtype=gguf.GGMLQuantizationType[qtype])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_ggufs(tmp_path_factory) -> tuple[Path, Path]:
+    """(the tiny GGUF with its own types, the same weights expanded to F32)."""
+    folder = tmp_path_factory.mktemp("gguf_types")
+    return write_tiny_gguf(folder / "quantized.gguf", False), write_tiny_gguf(folder / "expanded.gguf", True)
+
+
+def score(model, ids: list[int], dtype: torch.dtype, device: torch.device = CPU) -> torch.Tensor:
+    runner = TorchModelRunner(
+        model, device=device, dtype=dtype, num_blocks=4, block_size=16, max_model_len=64,
+        use_cuda_graphs=False, cuda_graph_max_batch=1, seed=0,
+    )  # fmt: skip
+    return runner.score(ids).cpu()
+
+
+def layout(linear) -> str | tuple[int, int, bool, bool]:
+    """A layer's weight: "dense", or an `Int4Weight`'s (bits, group size, has mins, two-level scales)."""
+    w = linear.quantized
+    if linear.kind == "dense":
+        return "dense"
+    assert isinstance(w, Int4Weight), linear.kind
+    return (w.bits, w.group_size, w.mins is not None, w.super_scales is not None)
+
+
+TINY_IDS = torch.randint(0, GGUF_TINY["vocab"], (24,), generator=torch.Generator().manual_seed(0)).tolist()
+
+
+def test_gguf_types_load_packed_with_the_logits_of_their_float_expansion(tiny_ggufs, caplog):
+    from llm.model import loader
+
+    quantized, expanded = tiny_ggufs
+    policy = WeightPolicy(CPU, torch.float32, cpu_weights="kernels")
+    loader._warn_once.cache_clear()  # each warning is logged once per process
+    with caplog.at_level(logging.INFO, logger=loader.__name__):
+        model, _ = load_model(quantized, policy)
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        "GGUF type IQ4_NL has no packed kernel: its tensors are expanded to float",
+        "fused Q5_K + Q8_0 shards share no packed layout: expanded to float",
+    ]
+    assert any(
+        "weights take" in r.getMessage() and "checkpoint file size" in r.getMessage() for r in caplog.records
+    )
+    layer0, layer1 = model.layers
+    embedding = model.embed_tokens.table
+    assert isinstance(embedding, Int4Weight) and (embedding.bits, embedding.group_size) == (6, 16)  # Q6_K
+    assert layout(layer0.self_attn.qkv_proj) == (6, 16, True, True)  # Q4_K + Q4_K + Q6_K, widened exactly
+    assert layout(layer0.self_attn.o_proj) == (5, 32, False, False)  # Q5_0
+    assert layout(layer0.mlp.gate_up_proj) == (5, 32, True, False)  # Q5_1
+    assert layout(layer0.mlp.down_proj) == (5, 32, True, True)  # Q5_K
+    assert layout(layer1.mlp.gate_up_proj) == (4, 32, True, True)  # Q4_K
+    for dense in (layer1.self_attn.qkv_proj, layer1.self_attn.o_proj, layer1.mlp.down_proj, model.lm_head):
+        assert layout(dense) == "dense"
+
+    expected = score(load_model(expanded, policy)[0], TINY_IDS, torch.float32)
+    # The reference backend multiplies by the very float32 weights gguf computes: the same logits.
+    torch.testing.assert_close(score(model, TINY_IDS, torch.float32), expected, atol=1e-6, rtol=1e-6)
+
+
+@needs_triton
+def test_gguf_types_through_the_triton_kernels(tiny_ggufs):
+    quantized, expanded = tiny_ggufs
+    cpu = WeightPolicy(CPU, torch.float32, cpu_weights="kernels")
+    expected = score(load_model(expanded, cpu)[0], TINY_IDS, torch.float32)
+    with dispatch.use_backend("triton"):
+        model, _ = load_model(quantized, replace(cpu, device=DEVICE))
+        torch.testing.assert_close(
+            score(model, TINY_IDS, torch.float32, DEVICE), expected, atol=2e-4, rtol=2e-4
+        )
+
+
+def test_gguf_types_packed_for_the_cpu(tiny_ggufs):
+    quantized, expanded = tiny_ggufs
+    model, _ = load_model(quantized, WeightPolicy(CPU, torch.bfloat16, cpu_weights="packed"))
+    exact, _ = load_model(expanded, WeightPolicy(CPU, torch.float32, cpu_weights="dequantized"))
+    layer0, layer1 = model.layers
+    assert layer1.mlp.gate_up_proj.kind == "cpu_int4"  # Q4_K: torch's int4 matmul
+    assert layer0.self_attn.qkv_proj.kind == "cpu_int8"  # 6 bits: requantized per channel
+    down = layer1.mlp.down_proj  # BF16, already the policy's dtype: kept as stored
+    assert down.kind == "dense" and torch.equal(down.weight, exact.layers[1].mlp.down_proj.weight.bfloat16())
+    packed = score(model, TINY_IDS, torch.bfloat16)
+    # bfloat16 activations alone move these log-probabilities by up to 0.04; the per-channel int8
+    # requantization of the 5- and 6-bit weights and bfloat16 int4 scales by up to 0.1 in all.
+    assert (packed - score(exact, TINY_IDS, torch.float32)).abs().max() < 0.2
