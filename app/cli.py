@@ -863,15 +863,14 @@ def db_status() -> None:
 def main() -> None:
     from sqlalchemy.exc import ArgumentError, OperationalError
 
-    from app.shared_state import SharedStateError
     from retriever.schema import SchemaError
-    from retriever.store import VectorStoreUnavailableError
+    from retriever.store import ServiceUnavailableError
 
     logging.basicConfig(level=os.environ.get("ARCHIVIST_LOG_LEVEL", "WARNING"))
     # What any command that opens the database can meet: one line and exit 2 instead of a traceback.
     try:
         cli()
-    except (SchemaError, SharedStateError, VectorStoreUnavailableError) as error:
+    except (SchemaError, ServiceUnavailableError) as error:
         problem = str(error)
     except ArgumentError as error:
         problem = f"ARCHIVIST_DATABASE_URL is not a database URL: {error}"

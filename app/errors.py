@@ -15,11 +15,10 @@ from app.auth import AuthError, ForbiddenError
 from app.generation import GenerationFailedError, GenerationTimeoutError
 from app.limits import TooBusyError
 from app.schemas import ErrorPublic
-from app.shared_state import SharedStateError
 from app.uploads import UploadNameError, UploadTooLargeError
 from llm.base import ContextOverflowError
 from llm.remote import BackendUnavailableError
-from retriever.store import InvalidNameError, NotFoundError, VectorStoreUnavailableError
+from retriever.store import InvalidNameError, NotFoundError, ServiceUnavailableError
 
 
 class NotReadyError(RuntimeError):
@@ -47,8 +46,7 @@ ERROR_STATUS: dict[type[Exception], int] = {
     NotReadyError: 503,
     GenerationTimeoutError: 503,
     GenerationFailedError: 503,
-    SharedStateError: 503,
-    VectorStoreUnavailableError: 503,
+    ServiceUnavailableError: 503,
     BackendUnavailableError: 503,
 }
 

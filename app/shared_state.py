@@ -27,21 +27,16 @@ from app.cache import AnswerCache, CacheCounters, CacheKey
 from app.limits import RateLimiter, TooBusyError
 from app.rag import Answer, Source
 from app.settings import Settings
-from retriever.store import SearchHit
+from retriever.store import SearchHit, ServiceUnavailableError
 
 log = logging.getLogger(__name__)
 
 TIMEOUT_S = 2.0  # a Redis that does not answer within this is treated as down
-RETRY_AFTER_S = 5
 
 
-class SharedStateError(RuntimeError):
+class SharedStateError(ServiceUnavailableError):
     """A service the replicas share (Redis, the job broker) cannot be reached: exit 2 at start, 503 with
     Retry-After on a route that needs it later."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.headers = {"Retry-After": str(RETRY_AFTER_S)}
 
 
 def redacted(url: str) -> str:

@@ -54,15 +54,19 @@ class NotFoundError(LookupError):
     """A collection or document that does not exist."""
 
 
-class VectorStoreUnavailableError(RuntimeError):
-    """The external vector store (Milvus) cannot be reached: the CLI exits 2, a route answers 503 with
-    Retry-After."""
+class ServiceUnavailableError(RuntimeError):
+    """A service the processes share cannot be reached (Milvus here; Redis and the job broker in
+    `app.shared_state`): the CLI exits 2, a route answers 503 with Retry-After."""
 
     RETRY_AFTER_S = 5
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.headers = {"Retry-After": str(self.RETRY_AFTER_S)}
+
+
+class VectorStoreUnavailableError(ServiceUnavailableError):
+    """The external vector store (Milvus) cannot be reached."""
 
 
 class InvalidNameError(ValueError):
