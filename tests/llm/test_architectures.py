@@ -237,3 +237,22 @@ def test_template_with_a_system_role_keeps_it():
     )
     messages = [ChatMessage("system", "Be brief."), ChatMessage("user", "Hi")]
     assert tokenizer.render_chat(messages) == "<system>Be brief.\n<user>Hi\n"
+
+
+def test_a_tensor_the_family_lacks_is_a_clear_error(checkpoints, tmp_path):
+    """Qwen3's q/k norms in a checkpoint that says it is a Llama: refused, naming the file and the tensor."""
+    import json
+    import shutil
+
+    from llm.layers.linear import WeightPolicy
+    from llm.model.loader import load_model
+    from llm.model.presets import UnsupportedModelError
+
+    folder = shutil.copytree(checkpoints["qwen3-qk-norm"][1]["safetensors"], tmp_path / "mislabelled")
+    config = json.loads((folder / "config.json").read_text())
+    config.update(architectures=["LlamaForCausalLM"], model_type="llama")
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(
+        UnsupportedModelError, match=r"mislabelled: unexpected tensor '.*_norm\.weight' for a llama"
+    ):
+        load_model(folder, WeightPolicy(torch.device("cpu"), torch.float32, cpu_weights="dequantized"))

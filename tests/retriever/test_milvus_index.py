@@ -263,3 +263,12 @@ def test_milvus_unreachable_at_start_is_one_line_and_exit_2(tmp_path: Path, embe
     assert error.startswith(f"error: cannot reach Milvus at {dead} (ARCHIVIST_MILVUS_URI): "), output
     assert len(error.splitlines()) == 1, output
     assert "hunter2" not in output and "Traceback" not in output
+
+
+def test_a_bad_milvus_prefix_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    env = {**os.environ, "ARCHIVIST_DATA_DIR": str(tmp_path), "ARCHIVIST_MILVUS_PREFIX": "my-archivist"}
+    started = subprocess.run([sys.executable, "-m", "app.cli", "reindex"],
+                             env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert started.returncode == 2, started.stdout + started.stderr
+    assert started.stdout.startswith("error: invalid setting ARCHIVIST_MILVUS_PREFIX: "), started.stdout
+    assert not (tmp_path / "index").exists()  # nothing was opened or written
