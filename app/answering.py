@@ -61,13 +61,15 @@ class Answering:
         collection = prepared.collection
         kb, generator = services.kb(), services.generator()
         max_new_tokens = min(body.max_tokens or settings.max_new_tokens, settings.max_new_tokens)
-        params = AnswerStyle.of(settings).params(
-            max_new_tokens, self._adapter(body.adapter, generator), body.temperature or 0.0
+        style, adapter, temperature = (
+            AnswerStyle.of(settings),
+            self._adapter(body.adapter, generator),
+            body.temperature or 0.0,
         )
         top_k = body.top_k or settings.top_k
         version = kb.collection_version(collection)
         # Only greedy answers are reproducible, so only they are cached.
-        key = self._cache_key(body, prepared, version, top_k, max_new_tokens) if params.greedy else None
+        key = self._cache_key(body, prepared, version, top_k, max_new_tokens) if temperature == 0 else None
         if key is not None and (cached := self._cached(key)) is not None:
             prepared.answer = replace(cached, cached=True)
             prepared.sources = cached.sources
@@ -98,7 +100,7 @@ class Answering:
         prepared.run = GenerationRun(
             generator,
             build_messages(prepared.standalone, prepared.sources),
-            params,
+            style.params(max_new_tokens, adapter, temperature, prepared.sources),
             ticket,
             settings.generation_timeout_s,
             finish,

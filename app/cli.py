@@ -550,6 +550,9 @@ def evaluate(
         str, typer.Option(help="Articles: all, or the fine-tuning split's train or validation articles")
     ] = "all",
     base: Annotated[bool, typer.Option(help="With --generate, also score the model without adapters")] = True,
+    free_text: Annotated[
+        bool, typer.Option(help="With --generate, also score answers not copied from the passages")
+    ] = False,
     output: Annotated[
         Path | None, typer.Option(help="Path prefix of the .json and .png (default: DATA_DIR/eval/FILE)")
     ] = None,
@@ -574,10 +577,12 @@ def evaluate(
             progress.update(task, description=stage, completed=done, total=total)
 
         if is_qa_set(squad):
-            _evaluate_question_set(settings, squad, documents, generate, advance, output)
+            _evaluate_question_set(settings, squad, documents, generate, advance, output, free_text)
             return
         try:
-            report = run_evaluation(settings, squad, sample, generate, seed, advance, split_name(split), base)
+            report = run_evaluation(
+                settings, squad, sample, generate, seed, advance, split_name(split), base, free_text
+            )
         except EvaluationError as error:
             console.print(f"[red]error:[/red] {error}")
             raise typer.Exit(1) from error
@@ -599,6 +604,7 @@ def _evaluate_question_set(
     generate: bool,
     advance: Callable[[str, int, int], None],
     output: Path | None,
+    free_text: bool,
 ) -> None:
     import dataclasses
     import json
@@ -610,7 +616,7 @@ def _evaluate_question_set(
         console.print(f"[red]error:[/red] {path} is a question set: give its documents' folder, --documents")
         raise typer.Exit(2)
     try:
-        report = run_qa_evaluation(settings, path, documents, generate, advance)
+        report = run_qa_evaluation(settings, path, documents, generate, advance, free_text)
     except EvaluationError as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(1) from error

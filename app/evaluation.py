@@ -25,7 +25,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -318,6 +318,16 @@ def throwaway_knowledge_base(
 # -- the whole run ----------------------------------------------------------------------------------------
 
 
+def answer_styles(settings: Settings, free_text: bool) -> list[tuple[AnswerStyle, str]]:
+    """The answering styles to score, each with the suffix of its row label: the configured one and, with
+    `free_text` where answers copy from the passages, the same with free-text answers (the comparison)."""
+    style = AnswerStyle.of(settings)
+    styles = [(style, "")]
+    if free_text and style.copy_spans:
+        styles.append((replace(style, copy_spans=False), " (free text)"))
+    return styles
+
+
 def run_evaluation(
     settings: Settings,
     squad: Path,
@@ -327,9 +337,11 @@ def run_evaluation(
     progress: Callable[[str, int, int], None] | None = None,
     split: Split = "all",
     base: bool = True,
+    free_text: bool = False,
 ) -> Report:
     """Retrieval (and with `generate`, answers: `app.answer_eval`) on the articles of `split`; the answers
-    of the base model (unless not `base`) and of every adapter the generator serves, in the same run."""
+    of the base model (unless not `base`) and of every adapter the generator serves, in the same run, and
+    with `free_text` each of them again with answers not copied from the passages (`answer_styles`)."""
     from app.answer_eval import evaluate_answers
     from app.services import load_generator
     from llm.base import NO_ADAPTER, served_adapters
@@ -357,14 +369,15 @@ def run_evaluation(
             generation = {}
             # The base model and every adapter, each scored on the same questions in this run.
             for adapter in ((NO_ADAPTER,) if base else ()) + served_adapters(generator):
-                pipeline = RagPipeline(
-                    kb, generator, eval_settings.max_new_tokens, eval_settings.min_relevance, adapter,
-                    AnswerStyle.of(eval_settings),
-                )  # fmt: skip
-                label = "base model" if adapter == NO_ADAPTER else f"+ {adapter}"
-                generation[label] = evaluate_answers(
-                    pipeline, kb, documents, questions, eval_settings.top_k, seed, step(label)
-                )
+                for style, suffix in answer_styles(eval_settings, free_text):
+                    pipeline = RagPipeline(
+                        kb, generator, eval_settings.max_new_tokens, eval_settings.min_relevance, adapter,
+                        style,
+                    )  # fmt: skip
+                    label = ("base model" if adapter == NO_ADAPTER else f"+ {adapter}") + suffix
+                    generation[label] = evaluate_answers(
+                        pipeline, kb, documents, questions, eval_settings.top_k, seed, step(label)
+                    )
         chunks = sum(info.chunk_count for info in kb.list_documents(COLLECTION))
         config = kb.config
         setup = {
@@ -385,6 +398,7 @@ def run_evaluation(
             "min_relevance": eval_settings.min_relevance,
             "presence_penalty": eval_settings.answer_presence_penalty,
             "refusal_penalty": eval_settings.answer_refusal_penalty,
+            "copy_spans": eval_settings.answer_copy_spans,
         }
     return Report(
         dataset=squad.name,

@@ -37,12 +37,13 @@ from app.evaluation import (
     MODES,
     EvaluationError,
     GoldSpan,
+    answer_styles,
     check_chunks,
     one_intra_op_thread,
     throwaway_knowledge_base,
 )
 from app.grounding import NO_ANSWER
-from app.rag import AnswerStyle, RagPipeline
+from app.rag import RagPipeline
 from app.settings import Settings
 from ingest.cleaning import clean_text
 from ingest.pipeline import Ingestor
@@ -73,12 +74,12 @@ class QAReport:
     ingest_seconds: float
     setup: dict[str, Any]
     hits: dict[str, dict[str, float]]  # mode -> kind (and "all") -> hit@5
-    # kind (and "all") -> {"keyword": share of answers holding an accepted keyword, "refused": share
-    # answered NO_ANSWER}; only with `generate`.
-    generation: dict[str, dict[str, float]] | None = None
-    # Per question: rank of its first hit per mode (None: not in the top MAX_K), and the generated answer.
+    # answering style ("copied", "free text") -> kind (and "all") -> {"keyword": share of answers holding an
+    # accepted keyword, "refused": share answered NO_ANSWER}; only with `generate`.
+    generation: dict[str, dict[str, dict[str, float]]] | None = None
+    # Per question: rank of its first hit per mode (None: not in the top MAX_K); per style, the answers.
     ranks: dict[str, dict[str, int | None]] = field(default_factory=dict, repr=False)
-    answers: dict[str, str] = field(default_factory=dict, repr=False)
+    answers: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)
 
 
 def is_qa_set(path: Path) -> bool:
@@ -240,6 +241,7 @@ def run_qa_evaluation(
     documents_dir: Path,
     generate: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
+    free_text: bool = False,
 ) -> QAReport:
     """Build a throw-away knowledge base from the set's documents in `documents_dir`, then measure the
     question set `path`: retrieval always, generated answers with `generate`. `progress(stage, done,
@@ -262,19 +264,21 @@ def run_qa_evaluation(
             mode: shares({q: rank is not None and rank <= HIT_AT for q, rank in found.items()}, questions)
             for mode, found in ranks.items()
         }
-        generation: dict[str, dict[str, float]] | None = None
-        answers: dict[str, str] = {}
+        generation: dict[str, dict[str, dict[str, float]]] | None = None
+        answers: dict[str, dict[str, str]] = {}
         llm = None
         if generate:
             generator = load_generator(eval_settings)
             llm = generator.name
-            pipeline = RagPipeline(
-                kb, generator, eval_settings.max_new_tokens, eval_settings.min_relevance,
-                style=AnswerStyle.of(eval_settings),
-            )  # fmt: skip
-            answers, generation = answer_questions(
-                pipeline, questions, eval_settings.top_k, step("generation")
-            )
+            generation = {}
+            for style, _ in answer_styles(eval_settings, free_text):
+                pipeline = RagPipeline(
+                    kb, generator, eval_settings.max_new_tokens, eval_settings.min_relevance, style=style
+                )
+                label = "copied" if style.copy_spans else "free text"
+                answers[label], generation[label] = answer_questions(
+                    pipeline, questions, eval_settings.top_k, step(f"generation, {label}")
+                )
         setup = {
             "embedder": kb.embedder_for(COLLECTION).name,
             "llm": llm,
@@ -312,11 +316,9 @@ def qa_markdown_table(report: QAReport) -> str:
             "",
             f"| {report.setup['llm']} (hybrid top-{report.setup['top_k']}) | " + " | ".join(kinds) + " |",
             "|" + "---|" * (len(kinds) + 1),
-            "| answer holds an accepted keyword | "
-            + " | ".join(f"{report.generation[kind]['keyword']:.3f}" for kind in kinds)
-            + " |",
-            "| refused (no-answer reply) | "
-            + " | ".join(f"{report.generation[kind]['refused']:.3f}" for kind in kinds)
-            + " |",
         ]
+        for label, scores in report.generation.items():
+            for metric, what in (("keyword", "answer holds an accepted keyword"), ("refused", "refused")):
+                cells = " | ".join(f"{scores[kind][metric]:.3f}" for kind in kinds)
+                lines.append(f"| {what}, {label} | {cells} |")
     return "\n".join(lines)

@@ -10,6 +10,7 @@ from app.generation import GenerationFailedError
 from app.grounding import NO_ANSWER, PassageText, Refusal, best_relevance, ground
 from app.settings import Settings
 from llm.base import ChatMessage, GenerationResult, Generator, SamplingParams, collect
+from llm.copying import CopySpans
 from retriever.config import SearchMode
 from retriever.context import assemble_context
 from retriever.filters import SearchFilters
@@ -49,24 +50,39 @@ class Answer:
 
 @dataclass(frozen=True)
 class AnswerStyle:
-    """How RAG answers are sampled beyond a request's own settings: the repetition control, and the margin
-    by which the no-answer reply must beat the best answer to be chosen (a cut of its first token's logit at
-    the reply's first position, `SamplingParams.opening_bias`)."""
+    """How RAG answers are sampled beyond a request's own settings: the repetition control, the margin by
+    which the no-answer reply must beat the best answer to be chosen (a cut of its first token's logit at
+    the reply's first position, `SamplingParams.opening_bias`), and whether the answer must copy its words
+    from the passages (`SamplingParams.copy_spans`: a span of one passage, or the no-answer reply, then the
+    citation)."""
 
     presence_penalty: float = 0.0
     refusal_penalty: float = 0.0
+    copy_spans: bool = False
 
     @classmethod
     def of(cls, settings: Settings) -> AnswerStyle:
-        return cls(settings.answer_presence_penalty, settings.answer_refusal_penalty)
+        return cls(
+            settings.answer_presence_penalty, settings.answer_refusal_penalty, settings.answer_copy_spans
+        )
 
-    def params(self, max_new_tokens: int, adapter: str | None, temperature: float = 0.0) -> SamplingParams:
+    def params(
+        self,
+        max_new_tokens: int,
+        adapter: str | None,
+        temperature: float = 0.0,
+        sources: Sequence[Source] = (),
+    ) -> SamplingParams:
+        copy_spans = None
+        if self.copy_spans and sources:
+            copy_spans = CopySpans(tuple(s.hit.text for s in sources), (NO_ANSWER,))
         return SamplingParams(
             max_new_tokens=max_new_tokens,
             temperature=temperature,
             presence_penalty=self.presence_penalty,
             opening_bias=((NO_ANSWER, -self.refusal_penalty),) if self.refusal_penalty else (),
             adapter=adapter,
+            copy_spans=copy_spans,
         )
 
 
@@ -195,7 +211,7 @@ class RagPipeline:
         timings: dict[str, float] | None = None,
     ) -> Answer:
         """Generate and ground an answer from given passages (retrieved, or chosen by an evaluation)."""
-        params = self.style.params(self.max_new_tokens, self.adapter)
+        params = self.style.params(self.max_new_tokens, self.adapter, sources=sources)
         result = collect(self.generator.stream(build_messages(question, sources), params))
         result.text = result.text.strip()
         return self.conclude(question, sources, relevance, result, {**(timings or {}), **result.timings})

@@ -107,6 +107,11 @@ class Settings(BaseSettings):
         "first token) to be chosen; 0: plain greedy. Small models refuse answerable questions at near ties; "
         "tuned on training articles (docs/finetuning.md)",
     )
+    answer_copy_spans: bool = Field(
+        True,
+        description="RAG answers copy their words from the passages: a span of one passage (or the no-answer "
+        "reply), then the citation; false: the model writes freely (llm.copying)",
+    )
     llm_adapters: list[Path] = Field(
         [], description="More LoRA adapter folders, chosen per request by folder name (JSON list)"
     )

@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
+from llm.copying import CopySpans
+
 Role = Literal["system", "user", "assistant"]
 NO_ADAPTER = "none"  # the adapter name that asks for the base model, whatever the generator's default
 FinishReason = Literal["stop", "length", "cancelled", "error"]
@@ -42,6 +44,8 @@ class SamplingParams:
     # (text, bias): the bias is added to the logit of the text's first token at the reply's first position
     # only; a negative one makes a reply that opens with the text win only by that margin.
     opening_bias: tuple[tuple[str, float], ...] = ()
+    # The reply copies its words from these texts (`llm.copying`); None: any text.
+    copy_spans: CopySpans | None = None
 
     def __post_init__(self) -> None:
         problems = []

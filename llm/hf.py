@@ -22,7 +22,9 @@ from llm.base import (
     UnknownAdapterError,
     opening_bias_by_token,
 )
+from llm.copying import CopyState, CopyTable
 from llm.locate import ModelNotFoundError
+from llm.tokenizer import token_bytes
 
 
 class _Cancelled:
@@ -52,6 +54,24 @@ class _OpeningBias:
         return scores
 
 
+class _CopyConstraint:
+    """A logits processor keeping only the tokens `llm.copying.CopyState` allows next (one sequence)."""
+
+    def __init__(self, prompt_length: int, state: CopyState) -> None:
+        self.prompt_length = prompt_length
+        self.state = state
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        if input_ids.shape[1] > self.prompt_length:
+            self.state.advance(int(input_ids[0, -1]))
+        allowed = self.state.allowed()
+        if allowed is None:
+            return scores
+        kept = scores.new_full(scores.shape, float("-inf"))
+        kept[:, allowed] = scores[:, allowed]
+        return kept
+
+
 class HFGenerator:
     def __init__(self, model_path: Path, device: str = "cpu") -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -69,9 +89,20 @@ class HFGenerator:
         self.name = model_path.stem
         self.context_window = int(getattr(self.model.config, "max_position_embeddings", 2048))
         self._lock = threading.Lock()
+        self._copy: CopyTable | None = None
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _copy_table(self) -> CopyTable:
+        if self._copy is None:
+            self._copy = CopyTable(token_bytes(self.tokenizer.backend_tokenizer))
+        return self._copy
+
+    def _stop_ids(self) -> set[int]:
+        configured = self.model.generation_config.eos_token_id
+        ids = set(configured) if isinstance(configured, list) else {configured}
+        return {i for i in (*ids, self.tokenizer.eos_token_id) if i is not None}
 
     def encode_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
         conversation = [{"role": m.role, "content": m.content} for m in messages]
@@ -103,11 +134,17 @@ class HFGenerator:
             "pad_token_id": self.tokenizer.eos_token_id,
             "repetition_penalty": params.repetition_penalty,
         }
+        processors = LogitsProcessorList()
         if params.opening_bias:
             bias = opening_bias_by_token(
                 params, lambda text: self.tokenizer.encode(text, add_special_tokens=False)
             )
-            generate_kwargs["logits_processor"] = LogitsProcessorList([_OpeningBias(len(prompt_ids), bias)])
+            processors.append(_OpeningBias(len(prompt_ids), bias))
+        if params.copy_spans is not None:
+            state = CopyState(params.copy_spans, self._copy_table(), self._stop_ids())
+            processors.append(_CopyConstraint(len(prompt_ids), state))
+        if processors:
+            generate_kwargs["logits_processor"] = processors
         if params.greedy:
             generate_kwargs["do_sample"] = False
         else:

@@ -13,6 +13,7 @@ Chinese (3 bytes a character, about a token each), so passages are never fitted 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import threading
@@ -174,6 +175,8 @@ class RemoteGenerator:
             "opening_bias": ([list(pair) for pair in params.opening_bias], []),  # `archivist engine serve`'s
         }
         body.update({key: value for key, (value, default) in extras.items() if value != default})
+        if params.copy_spans is not None:  # `archivist engine serve`'s too
+            body["copy_spans"] = dataclasses.asdict(params.copy_spans)
         return body
 
     def stream(self, messages: Sequence[ChatMessage], params: SamplingParams) -> Iterator[GenerationEvent]:

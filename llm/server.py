@@ -6,8 +6,9 @@ can use the model.
   base model), each with `max_model_len` as vLLM reports it.
 - `POST /v1/chat/completions`: streamed (server-sent events, `stream_options.include_usage`) or not, with
   `max_tokens`, `temperature`, `top_p`, `top_k`, `min_p`, `presence_penalty`, `repetition_penalty`, `seed`,
-  `stop`, and `opening_bias` (the RAG service's refusal margin, `SamplingParams.opening_bias`). Closing the
-  stream cancels the generation. `logprobs`, `n > 1` and `frequency_penalty` are refused, not ignored.
+  `stop`, `opening_bias` (the RAG service's refusal margin, `SamplingParams.opening_bias`) and `copy_spans`
+  (its answers copied from the passages, `SamplingParams.copy_spans`). Closing the stream cancels the
+  generation. `logprobs`, `n > 1` and `frequency_penalty` are refused, not ignored.
 - `POST /v1/completions`: the same for a raw `prompt`, continued without the chat template (the engine
   backend; another answers 400).
 - `GET /healthz`, and `GET /metrics`: the engine's counters as Prometheus gauges.
@@ -39,6 +40,7 @@ from llm.base import (
     UnknownAdapterError,
     served_adapters,
 )
+from llm.copying import CopySpans
 
 
 class ApiError(Exception):
@@ -56,6 +58,18 @@ class MessageIn(BaseModel):
 
 class StreamOptions(BaseModel):
     include_usage: bool = False
+
+
+class CopySpansIn(BaseModel):
+    """`SamplingParams.copy_spans`: the reply copies its words from `sources` (or is one of `replies`)."""
+
+    sources: list[str] = Field(default_factory=list, max_length=64)
+    replies: list[str] = Field(default_factory=list, max_length=8)
+    tail_opener: str = "["
+    max_tail_tokens: int = Field(8, ge=0, le=64)
+
+    def spans(self) -> CopySpans:
+        return CopySpans(tuple(self.sources), tuple(self.replies), self.tail_opener, self.max_tail_tokens)
 
 
 class SamplingRequest(BaseModel):
@@ -80,6 +94,7 @@ class SamplingRequest(BaseModel):
     n: int = 1
     logprobs: bool = False
     opening_bias: list[tuple[str, float]] = Field(default_factory=list)
+    copy_spans: CopySpansIn | None = None
 
 
 class ChatRequest(SamplingRequest):
@@ -125,6 +140,7 @@ def sampling_params(request: SamplingRequest, adapter: str | None, max_tokens: i
             stop=tuple(stop),
             adapter=adapter,
             opening_bias=tuple(request.opening_bias),
+            copy_spans=request.copy_spans.spans() if request.copy_spans else None,
         )
     except ValueError as error:
         raise ApiError(400, str(error)) from error

@@ -10,6 +10,7 @@ Mistral v0.1/v0.2: it never mentions one, or raises on one) the system prompt op
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tok
 from tokenizers import Tokenizer as Backend
 
 from llm.base import ChatMessage
+from llm.copying import CopyTable
 
 _GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 _LLAMA3_SPLIT = (
@@ -119,11 +121,56 @@ class Tokenizer:
             eos_token=self.eos_token or "",
         )
 
+    @functools.cached_property
+    def copy_table(self) -> CopyTable:
+        """The vocabulary as bytes, for copy-constrained decoding (`llm.copying`)."""
+        return CopyTable(token_bytes(self.backend))
+
     def apply_chat_template(self, messages: Sequence[ChatMessage]) -> list[int]:
         ids = self.encode(self.render_chat(messages))
         if self.add_bos and (not ids or ids[0] != self.bos_id):
             ids.insert(0, self.bos_id)  # type: ignore[arg-type]
         return ids
+
+
+def _gpt2_byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, inverted: the printable character that stands for each byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1)]
+    printable += list(range(ord("\xae"), ord("\xff") + 1))
+    chars, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            chars[chr(byte)] = byte
+        else:
+            chars[chr(256 + extra)] = byte
+            extra += 1
+    return chars
+
+
+def token_bytes(backend: Backend) -> list[bytes | None]:
+    """Each token's bytes as the decoder writes them (None for special tokens): byte-level BPE maps its
+    alphabet back to bytes, SentencePiece turns `▁` into a space and `<0xAB>` into that byte; any other
+    decoder is asked token by token."""
+    decoder = json.loads(backend.to_str()).get("decoder") or {}
+    kinds = {decoder.get("type")} | {d.get("type") for d in decoder.get("decoders", [])}
+    special = {i for i, t in backend.get_added_tokens_decoder().items() if t.special}
+    byte_decoder = _gpt2_byte_decoder() if "ByteLevel" in kinds else None
+    pieces: list[bytes | None] = []
+    for token in range(backend.get_vocab_size()):
+        piece = backend.id_to_token(token)
+        if piece is None or token in special:
+            pieces.append(None)
+        elif byte_decoder is not None:
+            pieces.append(
+                bytes(byte_decoder[c] for c in piece) if all(c in byte_decoder for c in piece) else None
+            )
+        elif "ByteFallback" in kinds and len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+            pieces.append(bytes([int(piece[3:5], 16)]))
+        elif "Replace" in kinds:
+            pieces.append(piece.replace("\u2581", " ").encode())
+        else:
+            pieces.append(backend.decode([token]).encode())
+    return pieces
 
 
 def fold_system(messages: Sequence[ChatMessage]) -> list[ChatMessage]:

@@ -106,7 +106,15 @@ def create_engine(config: EngineConfig | None = None) -> tuple[LLMEngine, Tokeni
     )
     block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
     scheduler = Scheduler(block_manager, config.max_num_seqs, config.max_num_batched_tokens, max_model_len)
-    engine = LLMEngine(runner, tokenizer.decode, tokenizer.stop_token_ids, scheduler, names, tokenizer.encode)
+    engine = LLMEngine(
+        runner,
+        tokenizer.decode,
+        tokenizer.stop_token_ids,
+        scheduler,
+        names,
+        tokenizer.encode,
+        lambda: tokenizer.copy_table,
+    )
     name = f"archivist-engine:{path.stem if path.is_file() else path.name}"
     log.info(
         "loaded %s on %s (%s), %d KV blocks, max_model_len %d, LoRA adapters: %s",

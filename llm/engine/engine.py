@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from llm.base import ContextOverflowError, FinishReason, SamplingParams, opening_bias_by_token
+from llm.copying import CopyState, CopyTable
 from llm.engine.block_manager import BlockManager
 from llm.engine.detokenizer import IncrementalDetokenizer
 from llm.engine.scheduler import ScheduledBatch, Scheduler
@@ -45,6 +46,7 @@ class Request:
     token_logprobs: list[Sample] = field(default_factory=list)
     opening_bias: dict[int, float] = field(default_factory=dict)  # params.opening_bias by token id
     sampler_state: Any = None  # owned by the model runner's sampler (e.g. a seeded torch.Generator)
+    copy_state: CopyState | None = None  # which tokens may come next, for `SamplingParams.copy_spans`
 
     @property
     def prompt_tokens(self) -> int:
@@ -96,9 +98,11 @@ class LLMEngine:
         scheduler: Scheduler,
         adapters: Iterable[str] = (),
         encode: Callable[[str], list[int]] | None = None,
+        copy_table: Callable[[], CopyTable] | None = None,
     ) -> None:
         self.runner = runner
         self.encode = encode  # text -> token ids, for `SamplingParams.opening_bias`
+        self.copy_table = copy_table  # the vocabulary as bytes, for `SamplingParams.copy_spans`
         # LoRA adapters loaded with the model, by name -> slot (slot 0 is the base model).
         self.adapter_slots = {name: slot for slot, name in enumerate(adapters, start=1)}
         self.decode = decode
@@ -151,6 +155,7 @@ class LLMEngine:
             stop_token_ids=frozenset() if ignore_eos else self.stop_token_ids,
             logprobs=logprobs,
             opening_bias=self._opening_bias(params),
+            copy_state=self._copy_state(params, ignore_eos),
         )
         self.scheduler.add(seq)
         self.requests[request.request_id] = request
@@ -163,6 +168,13 @@ class LLMEngine:
         if self.encode is None:
             raise ValueError("opening_bias needs an engine built with a tokenizer's encode")
         return opening_bias_by_token(params, self.encode)
+
+    def _copy_state(self, params: SamplingParams, ignore_eos: bool) -> CopyState | None:
+        if params.copy_spans is None:
+            return None
+        if self.copy_table is None:
+            raise ValueError("copy_spans needs an engine built with the tokenizer's copy table")
+        return CopyState(params.copy_spans, self.copy_table(), () if ignore_eos else self.stop_token_ids)
 
     def abort(self, request_id: int) -> Request | None:
         """Cancel a request and free its blocks at once; None if it already finished."""
@@ -203,6 +215,8 @@ class LLMEngine:
         if request.logprobs is not None:
             request.token_logprobs.append(sample)
         seq.append_token(token)
+        if request.copy_state is not None:
+            request.copy_state.advance(token)
         reason: FinishReason | None = None
         if token in request.stop_token_ids:
             text = ""

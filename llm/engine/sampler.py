@@ -50,6 +50,11 @@ class Sampler:
         ]
         if openings:
             logits = self._bias(logits, openings)
+        constrained = [
+            (i, r.copy_state.allowed()) for i, r in enumerate(requests) if r.copy_state is not None
+        ]
+        if any(allowed is not None for _, allowed in constrained):
+            logits = self._restrict(logits, constrained)
         if all(p.greedy for p in params):
             tokens = logits.argmax(dim=-1)
         else:
@@ -101,6 +106,19 @@ class Sampler:
             accumulate=True,
         )
         return biased
+
+    def _restrict(
+        self, logits: torch.Tensor, constrained: list[tuple[int, list[int] | None]]
+    ) -> torch.Tensor:
+        """A copy of the logits where each constrained row keeps only its allowed tokens (`llm.copying`)."""
+        allowed_by_row = dict(constrained)
+        rows = [row for row, allowed in constrained if allowed is not None for _ in allowed]
+        columns = [token for _, allowed in constrained if allowed is not None for token in allowed]
+        keep = torch.zeros_like(logits, dtype=torch.bool)
+        free = [row for row in range(logits.shape[0]) if allowed_by_row.get(row) is None]
+        keep[self._tensor(free, torch.int64)] = True
+        keep[self._tensor(rows, torch.int64), self._tensor(columns, torch.int64)] = True
+        return logits.masked_fill(~keep, float("-inf"))
 
     def _sample(self, logits: torch.Tensor, requests: list[Request]) -> torch.Tensor:
         params: list[SamplingParams] = [r.params for r in requests]

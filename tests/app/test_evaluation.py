@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from pathlib import Path
 
 import pytest
@@ -81,13 +83,15 @@ def test_squad_scoring() -> None:
 
 
 def test_evaluation_run_reports_every_mode(settings: Settings, tmp_path: Path) -> None:
-    report = run_evaluation(settings, squad_file(tmp_path / "tiny.json"), generate=True)
+    report = run_evaluation(settings, squad_file(tmp_path / "tiny.json"), generate=True, free_text=True)
     assert (report.articles, report.questions, report.unmapped_answers) == (2, 3, 0)
     assert set(report.modes) == {"dense", "lexical", "hybrid"}
     for result in report.modes.values():
         assert result.recall[20] == 1.0 and 0 < result.mrr_at_10 <= 1.0
         assert len(result.latencies_ms) == 3 and result.latency_p50_ms > 0
     assert report.generation is not None
+    # Answers copied from the passages (the default), and the same model writing freely, in one run.
+    assert {"base model", "base model (free text)"} <= set(report.generation)
     base = report.generation["base model"]
     assert base["questions"] == 3 and base["gold_questions"] == 3
     for name in ("exact_match", "f1", "refused", "gold_f1", "wrong_refused"):
@@ -124,6 +128,43 @@ def test_eval_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
     assert CliRunner().invoke(cli, ["eval", str(bad)]).exit_code == 1
+
+
+def test_eval_perplexity_reports_tokens_nll_and_perplexity(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ARCHIVIST_DATA_DIR", str(tmp_path / "data"))
+    text = tmp_path / "glaciers.txt"
+    text.write_text(" ".join(paragraph for _, paragraphs, _ in ARTICLES for paragraph in paragraphs), "utf-8")
+    from app.settings import get_settings
+
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(cli, ["eval", "--perplexity", str(text)])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    found = re.search(r"(\d+) tokens, mean NLL (\d+\.\d+), perplexity (\d+\.\d+)", result.output)
+    assert found and int(found[1]) > 50, result.output
+    assert math.isclose(math.exp(float(found[2])), float(found[3]), rel_tol=1e-3)
+
+
+@pytest.mark.parametrize("content", [None, b"", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00"])
+def test_eval_perplexity_refuses_a_missing_empty_or_binary_file(
+    tmp_path: Path, content: bytes | None
+) -> None:
+    path = tmp_path / "notes.txt"
+    if content is not None:
+        path.write_bytes(content)
+    result = CliRunner().invoke(cli, ["eval", "--perplexity", str(path)])
+    assert result.exit_code == 2
+    assert result.output.startswith("error: ") and str(path) in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_eval_needs_a_file_or_perplexity() -> None:
+    result = CliRunner().invoke(cli, ["eval"])
+    assert result.exit_code == 2 and "--perplexity" in result.output
 
 
 def test_finetune_refuses_a_file_that_is_not_squad(tmp_path: Path) -> None:

@@ -109,6 +109,9 @@ def test_the_engine_server_refuses_what_it_cannot_do(engine_url: str) -> None:
     with pytest.raises(openai.BadRequestError, match="logprobs"):
         client.chat.completions.create(model=client.models.list().data[0].id, logprobs=True,
                                        messages=[{"role": "user", "content": "hi"}])  # fmt: skip
+    with pytest.raises(openai.BadRequestError, match="copy_spans"):
+        client.chat.completions.create(model=client.models.list().data[0].id, extra_body={"copy_spans": {}},
+                                       messages=[{"role": "user", "content": "hi"}])  # fmt: skip
     with pytest.raises(openai.BadRequestError, match="context"):
         client.chat.completions.create(model=client.models.list().data[0].id,
                                        messages=[{"role": "user", "content": "owl " * 5000}])  # fmt: skip
