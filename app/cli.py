@@ -541,8 +541,13 @@ def reindex() -> None:
 @cli.command("eval")
 def evaluate(
     squad: Annotated[
-        Path, typer.Argument(exists=True, dir_okay=False, help="SQuAD-format or archivist-qa/1 JSON file")
-    ],
+        Path | None,
+        typer.Argument(exists=True, dir_okay=False, help="SQuAD-format or archivist-qa/1 JSON file"),
+    ] = None,
+    perplexity: Annotated[
+        Path | None,
+        typer.Option(help="Instead: the LLM's perplexity on this text file (tokens, mean NLL, perplexity)"),
+    ] = None,
     sample: Annotated[int | None, typer.Option(min=1, help="N random questions, all articles")] = None,
     generate: Annotated[bool, typer.Option(help="Also score the LLM's answers: exact match and F1")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the question sample")] = 0,
@@ -566,6 +571,12 @@ def evaluate(
     from app.evaluation import EvaluationError, markdown_table, run_evaluation, split_name, write_outputs
     from app.evaluation_qa import is_qa_set
 
+    if perplexity is not None:
+        _evaluate_perplexity(perplexity)
+        return
+    if squad is None:
+        console.print("[red]error:[/red] give a SQuAD-format or archivist-qa/1 file, or --perplexity FILE")
+        raise typer.Exit(2)
     settings = _settings()
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -595,6 +606,22 @@ def evaluate(
     typer.echo(markdown_table(report))
     json_path, png_path = write_outputs(report, output or settings.data_dir / "eval" / squad.stem)
     console.print(f"wrote {json_path} and {png_path}", highlight=False)
+
+
+def _evaluate_perplexity(path: Path) -> None:
+    from llm.locate import ModelNotFoundError
+    from llm.model.presets import UnsupportedModelError
+    from llm.perplexity import TextFileError, perplexity_of_file
+
+    try:
+        name, result = perplexity_of_file(_one_answer_settings().engine_config(), path)
+    except (TextFileError, ModelNotFoundError, UnsupportedModelError) as error:
+        console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from error
+    typer.echo(
+        f"{name} on {path}: {result.tokens} tokens, mean NLL {result.mean_nll:.4f}, "
+        f"perplexity {result.perplexity:.3f}"
+    )
 
 
 def _evaluate_question_set(

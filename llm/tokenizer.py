@@ -54,7 +54,7 @@ CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-_CONTROL, _USER_DEFINED = 3, 4  # GGUF token types that are special tokens
+_CONTROL, _USER_DEFINED = 3, 4  # GGUF token types: special tokens, and text tokens matched whole
 
 
 class Tokenizer:
@@ -256,8 +256,12 @@ def from_gguf_fields(field: Any) -> Tokenizer:
     else:
         raise ValueError(f"unsupported GGUF tokenizer model {model!r} (supported: gpt2, llama)")
     types = field("tokenizer.ggml.token_type") or []
-    specials = [t for t, kind in zip(tokens, types, strict=False) if kind in (_CONTROL, _USER_DEFINED)]
+    # Control tokens are special (never decoded); user-defined ones are text matched whole (Gemma's newline
+    # and whitespace-run tokens), so decoding keeps them.
+    specials = [t for t, kind in zip(tokens, types, strict=False) if kind == _CONTROL]
+    user_defined = [t for t, kind in zip(tokens, types, strict=False) if kind == _USER_DEFINED]
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    backend.add_tokens([AddedToken(t, special=False, normalized=False) for t in user_defined])
     add_bos = field("tokenizer.ggml.add_bos_token")
     return Tokenizer(
         backend,

@@ -7,13 +7,15 @@
 * CPU, packed (the default, fastest on the 2-core benchmark): int4 weights are converted to the tile layout of
   torch's `_weight_int4pack_mm_for_cpu` and int8 weights to per-channel `_weight_int8pack_mm`, with bfloat16
   activations; 5- and 6-bit weights (GGUF Q5_*, Q6_K), which torch has no kernel for, are requantized to
-  per-channel int8 like grouped int8 ones. Those kernels are GEMVs at heart and their cost grows linearly
-  with the rows of `x`; from `PACKED_CPU_MAX_ROWS` rows on (prefill chunks) expanding the weight once and
-  running a dense bfloat16 GEMM is faster (2-3x at 1,000 rows on AVX512-BF16), which is exactly the dispatch
-  reference, so prefill goes through `kernels.dispatch` with the `kernels.layout` weight kept beside the
-  packed one. On CPUs without native bfloat16 matmuls (`llm.cpu.native_bf16`) those prefill GEMMs run in
-  float32 and the result is rounded back: torch emulates bfloat16 GEMMs there, 7x slower at 1,000 rows on
-  AVX2.
+  per-channel int8 like grouped int8 ones. A tied output head of group-32 int8 (GGUF Q8_0) keeps its values
+  instead (`GroupedInt8`: the per-channel kernel once per group of inputs, as fast at a vocabulary's size),
+  so that the embedding reads its rows from the same table rather than keeping a copy. Those kernels are
+  GEMVs at heart and their cost grows linearly with the rows of `x`; from `PACKED_CPU_MAX_ROWS` rows on
+  (prefill chunks) expanding the weight once and running a dense bfloat16 GEMM is faster (2-3x at 1,000 rows
+  on AVX512-BF16), which is exactly the dispatch reference, so prefill goes through `kernels.dispatch` with
+  the `kernels.layout` weight kept beside the packed one (or expands `GroupedInt8`'s table itself). On CPUs
+  without native bfloat16 matmuls (`llm.cpu.native_bf16`) those prefill GEMMs run in float32 and the result
+  is rounded back: torch emulates bfloat16 GEMMs there, 7x slower at 1,000 rows on AVX2.
 * CPU, dequantized: every weight dense in the compute dtype, bit-identical to the checkpoint's float values
   (what the parity tests compare against transformers).
 * CPU, kernels: quantized weights laid out exactly as on CUDA and multiplied through `kernels.dispatch`, so
@@ -31,13 +33,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernels import dispatch
-from kernels.layout import Int4Weight, Int8Weight, dequantize, quantize_int4, quantize_int8, unpack_int4
+from kernels.layout import (
+    GGUF_BLOCK,
+    Int4Weight,
+    Int8Weight,
+    concat_rows,
+    dequantize,
+    quantize_int4,
+    quantize_int8,
+    unpack_int4,
+)
 from llm.cpu import native_bf16
 from llm.layers.context import get_context
 from llm.layers.lora import LoraDelta
 
 Weight = torch.Tensor | Int4Weight | Int8Weight
 PACKED_CPU_MAX_ROWS = 128  # measured crossover (1 core): 96-128 rows
+REQUANTIZE_ROWS = 8192  # rows expanded to float32 at a time when requantizing (a 262k-token head: 670 MB)
 CPU_INT4_GROUP_SIZES = (32, 128)  # of `Int4Weight`'s, those torch's CPU int4 matmul takes
 
 
@@ -59,6 +71,47 @@ class WeightPolicy:
         return w
 
 
+@dataclass(frozen=True)
+class GroupedInt8:
+    """Group-32 int8 weights laid out for torch's CPU int8 matmul, which takes one scale per output channel:
+    one `(out, 32)` matrix per group of 32 inputs with that group's scales; the groups' products are summed
+    in float32. Holds GGUF Q8_0 exactly where per-channel requantization would not, so that a tied vocabulary
+    table serves the embedding too; at batch 1 it runs about as fast as one per-channel matmul at that size
+    (Gemma 3's 262k x 640 head: 25-28 ms either way, one shared core), but its 20-odd calls make it several
+    times slower on a layer's small matrices."""
+
+    qweight: torch.Tensor  # (in // 32, out, 32) int8
+    # (in // 32, out) as stored (float16 for GGUF): the rows an embedding expands are the checkpoint's exactly
+    # (bfloat16 scales, 3 bits short, were enough to turn SmolLM2's "Paris" into another answer). The matmul
+    # takes them in the activations' dtype, converted group by group (a few percent of its time).
+    scales: torch.Tensor
+
+    @classmethod
+    def pack(cls, w: Int8Weight) -> GroupedInt8:
+        groups = w.in_features // GGUF_BLOCK
+        q = w.qweight.view(w.out_features, groups, GGUF_BLOCK).transpose(0, 1).contiguous()
+        return cls(q, w.scales.t().contiguous())
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"qweight": self.qweight, "scales": self.scales}
+
+    def rows(self, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """float32 rows `ids` of the weight (all of them: None), `(len(ids), in)`: the stored values."""
+        q, scales = self.qweight, self.scales
+        if ids is not None:
+            q, scales = q[:, ids], scales[:, ids]
+        w = q.float() * scales.float()[..., None]  # (groups, rows, 32)
+        return w.transpose(0, 1).reshape(w.shape[1], -1)
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """x (rows, in) -> (rows, out) in x's dtype."""
+        groups = x.reshape(x.shape[0], -1, GGUF_BLOCK).transpose(0, 1).contiguous()  # (groups, rows, 32)
+        y = torch.zeros(x.shape[0], self.qweight.shape[1])
+        for g in range(groups.shape[0]):
+            y += torch.ops.aten._weight_int8pack_mm(groups[g], self.qweight[g], self.scales[g].to(x.dtype))
+        return y.to(x.dtype)
+
+
 class Linear(nn.Module):
     """y = x @ W.T (+ b); fused projections (q/k/v, gate/up) are one Linear over the concatenated rows."""
 
@@ -70,11 +123,13 @@ class Linear(nn.Module):
         self.bias: torch.Tensor | None = None
         self.weight: torch.Tensor = torch.empty(0)
         self.quantized: Int4Weight | Int8Weight | None = None
+        self.grouped: GroupedInt8 | None = None  # a tied group-32 int8 head on the CPU (no weight, quantized)
         self.cpu_scales: torch.Tensor = torch.empty(0)  # the packed CPU matmuls' scales (and zeros)
         self.group_size = 0
         self.lora: LoraDelta | None = None  # the deltas of LoRA adapters served unmerged (`llm.layers.lora`)
 
-    def set_weight(self, w: Weight, policy: WeightPolicy) -> None:
+    def set_weight(self, w: Weight, policy: WeightPolicy, *, tied: bool = False) -> None:
+        """`tied`: the weight is also the embedding table (`exact_table()` then serves both)."""
         shape = tuple(w.shape) if isinstance(w, torch.Tensor) else (w.out_features, w.in_features)
         if shape != (self.out_features, self.in_features):
             raise ValueError(
@@ -91,6 +146,8 @@ class Linear(nn.Module):
             self.kind, self.quantized = ("int4" if isinstance(w, Int4Weight) else "int8"), w.to(device)
         elif isinstance(w, Int4Weight) and w.bits == 4 and w.group_size in CPU_INT4_GROUP_SIZES:
             self._pack_int4_cpu(w, dtype)
+        elif tied and isinstance(w, Int8Weight) and w.group_size == GGUF_BLOCK:
+            self.kind, self.grouped = "cpu_int8_grouped", GroupedInt8.pack(w)
         else:
             self._pack_int8_cpu(w, dtype)
 
@@ -111,7 +168,7 @@ class Linear(nn.Module):
         # torch's CPU int8 matmul takes one scale per output channel: grouped int8 and the 5/6-bit (or
         # group-16) int4 layouts torch has no kernel for are requantized to that.
         if not isinstance(w, Int8Weight) or w.group_size is not None:
-            w = quantize_int8(dequantize(w, torch.float32))
+            w = per_channel_int8(w)
         self.weight = w.qweight.contiguous()
         self.cpu_scales = w.scales.to(dtype)  # the matmuls want scales in the activations' dtype
         self.kind, self.quantized = "cpu_int8", w
@@ -121,12 +178,22 @@ class Linear(nn.Module):
         `dtype`, whatever the weight was."""
         if self.kind == "dense":
             base = self.weight.float()
+        elif self.grouped is not None:
+            base = self.grouped.rows()
         elif self.quantized is not None:
             base = dequantize(self.quantized, torch.float32)
         else:
             raise RuntimeError("linear layer merged into before its weight was loaded")
         self.weight = (base + delta.to(base.device)).to(dtype).contiguous()
-        self.kind, self.quantized, self.cpu_scales, self.group_size = "dense", None, torch.empty(0), 0
+        self.kind, self.quantized, self.grouped = "dense", None, None
+        self.cpu_scales, self.group_size = torch.empty(0), 0
+
+    def exact_table(self) -> Int4Weight | Int8Weight | GroupedInt8 | None:
+        """The packed weight when it holds the checkpoint's values exactly, for a tied embedding to read its
+        rows from instead of keeping a copy; None when the weight is dense or was requantized."""
+        if self.kind in ("cpu_int4", "int4", "int8"):
+            return self.quantized
+        return self.grouped
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (tokens, in_features) -> (tokens, out_features), plus the LoRA delta of each token's adapter."""
@@ -151,6 +218,11 @@ class Linear(nn.Module):
         kind = self.kind
         if kind == "dense":
             return F.linear(x, self.weight.to(x.dtype), bias)
+        if self.grouped is not None:
+            if x.shape[0] < PACKED_CPU_MAX_ROWS:
+                y = self.grouped.matmul(x)
+                return y if bias is None else y + bias
+            return F.linear(x, self.grouped.rows().to(x.dtype), bias)
         if kind.startswith("cpu_") and x.shape[0] < PACKED_CPU_MAX_ROWS:
             aten = torch.ops.aten
             if kind == "cpu_int4":
@@ -166,27 +238,42 @@ class Linear(nn.Module):
         raise RuntimeError("linear layer used before its weight was loaded")
 
 
+def per_channel_int8(w: Int4Weight | Int8Weight) -> Int8Weight:
+    """`w` requantized to per-channel int8, `REQUANTIZE_ROWS` rows at a time: expanding a whole vocabulary
+    to float32 at once would take gigabytes of temporaries for the few hundred megabytes it ends up in."""
+    rows = torch.arange(w.out_features)
+    parts: list[Int4Weight | Int8Weight] = [
+        quantize_int8(dequantize(w.select_rows(chunk))) for chunk in rows.split(REQUANTIZE_ROWS)
+    ]
+    merged = concat_rows(parts)
+    assert isinstance(merged, Int8Weight)
+    return merged
+
+
 class Embedding(nn.Module):
     """Token embeddings; quantized tables stay quantized and only the looked-up rows are expanded."""
 
     def __init__(self, num_embeddings: int, dim: int) -> None:
         super().__init__()
         self.num_embeddings, self.dim = num_embeddings, dim
-        self.table: Weight = torch.empty(0)
+        self.table: Weight | GroupedInt8 = torch.empty(0)
         self.dtype = torch.float32
 
-    def set_weight(self, w: Weight, policy: WeightPolicy) -> None:
+    def set_weight(self, w: Weight | GroupedInt8, policy: WeightPolicy) -> None:
+        """The table: a checkpoint's weight, or the tied output head's `Linear.exact_table()` (shared)."""
         self.dtype = policy.dtype
         if isinstance(w, torch.Tensor):
             self.table = w.to(policy.device, policy.dtype).contiguous()
         else:
-            self.table = w.to(policy.device)
+            self.table = w if isinstance(w, GroupedInt8) else w.to(policy.device)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """input_ids (tokens,) -> (tokens, dim)."""
         t = self.table
         if isinstance(t, torch.Tensor):
             return F.embedding(input_ids, t)
+        if isinstance(t, GroupedInt8):
+            return t.rows(input_ids).to(self.dtype)
         return dequantize(t.select_rows(input_ids), self.dtype)
 
 
@@ -197,8 +284,8 @@ def weight_nbytes(model: nn.Module) -> int:
     for module in model.modules():
         if isinstance(module, Linear):
             tensors += [module.weight, module.cpu_scales, *([] if module.bias is None else [module.bias])]
-            if module.quantized is not None:
-                tensors += module.quantized.tensors().values()
+            for packed in (module.quantized, module.grouped):
+                tensors += [] if packed is None else packed.tensors().values()
         elif isinstance(module, Embedding):
             table = module.table
             tensors += [table] if isinstance(table, torch.Tensor) else table.tensors().values()

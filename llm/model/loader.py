@@ -7,6 +7,8 @@ projections, a shard (q/k/v, gate/up); row shards are concatenated *in their sto
 module once all have arrived; a checkpoint that stores a fused projection whole (Phi-3) fills it at once.
 GGUF's q/k row permutation (llama.cpp reorders the rows of each head for its interleaved RoPE) is undone
 here, on the raw rows, and nowhere else; so is the offset Hugging Face Gemma leaves out of its norm weights.
+Tied embeddings are one table: the embedding reads its rows from the output head's packed weight whenever
+the head keeps the stored values (`Linear.exact_table`), instead of holding a second copy of the vocabulary.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 
 from kernels.layout import (
+    GGUF_BLOCK,
     Int4Weight,
     Int8Weight,
     concat_rows,
@@ -38,6 +41,7 @@ from kernels.layout import (
 )
 from llm.layers.linear import Embedding, Linear, Weight, WeightPolicy, weight_nbytes
 from llm.layers.norm import RMSNorm
+from llm.model.gguf_file import GGUFFile
 from llm.model.llama import LlamaForCausalLM
 from llm.model.presets import ModelConfig, UnsupportedModelError, config_from_gguf, config_from_hf
 
@@ -104,7 +108,8 @@ def merge_rows(parts: list[RawTensor]) -> Weight:
     if all(q in _FLOAT_TYPES for q in qtypes):
         return torch.cat([p.dense() for p in parts]) if len(parts) > 1 else parts[0].dense()
     if all(q in _REPACK for q in qtypes):
-        packed = concat_rows([_REPACK[p.qtype](p.data, (p.shape[0], p.shape[1])) for p in parts])
+        shards = [_REPACK[p.qtype](p.data, (p.shape[0], p.shape[1])) for p in parts]
+        packed = concat_rows(shards) or concat_rows([_exact_int8(w) for w in shards])
         if packed is not None:
             return packed
     unpackable = [q for q in qtypes if q not in _REPACK and q not in _FLOAT_TYPES]
@@ -113,6 +118,18 @@ def merge_rows(parts: list[RawTensor]) -> Weight:
     if not unpackable:
         _warn_once(f"fused {' + '.join(qtypes)} shards share no packed layout: expanded to float")
     return torch.cat([p.to_float() for p in parts]) if len(parts) > 1 else parts[0].to_float()
+
+
+def _exact_int8(w: Int4Weight | Int8Weight) -> Int4Weight | Int8Weight:
+    """A symmetric group-32 weight with float scales (Q4_0, Q5_0) as the group-32 int8 weight it equals
+    exactly (q minus its zero point, same scales), so that it stacks with Q8_0 shards (Gemma 3 Q4_K_M: Q5_0
+    q and k beside a Q8_0 v); any other weight as it is."""
+    if not isinstance(w, Int4Weight) or w.mins is not None or w.super_scales is not None:
+        return w
+    if w.group_size != GGUF_BLOCK:  # Q6_K's group 16 does not fit int8's group 32
+        return w
+    q = (w.values().to(torch.int16) - w.zero_point).to(torch.int8)
+    return Int8Weight(q, w.scales, GGUF_BLOCK, w.in_features, w.out_features)
 
 
 @cache
@@ -224,22 +241,19 @@ class GGUFSource:
     folds_norm_offset = True  # llama.cpp's converter adds Gemma's 1 to its norm weights
 
     def __init__(self, path: Path) -> None:
-        from gguf import GGUFReader
-
         self.path = path
         try:
-            self.reader = GGUFReader(path)
-        except Exception as exc:
+            self.file = GGUFFile(path)
+        except (OSError, ValueError) as exc:
             raise UnsupportedModelError(f"{path}: not a readable GGUF file ({exc})") from exc
-        self.tensors = {t.name: t for t in self.reader.tensors}
+        self.tensors = self.file.tensors
 
     def metadata(self, *, skip: tuple[str, ...] = ("tokenizer.ggml.",)) -> dict[str, Any]:
         """Scalar and string metadata (the large tokenizer arrays are read by the tokenizer only)."""
-        return {k: f.contents() for k, f in self.reader.fields.items() if not k.startswith(skip)}
+        return {k: v for k, v in self.file.fields.items() if not k.startswith(skip)}
 
     def field(self, key: str) -> Any:
-        f = self.reader.fields.get(key)
-        return None if f is None else f.contents()
+        return self.file.fields.get(key)
 
     def model_config(self) -> ModelConfig:
         meta = self.metadata()
@@ -259,8 +273,7 @@ class GGUFSource:
 
     def read(self, name: str) -> RawTensor:
         t = self.tensors[name]
-        shape = tuple(int(d) for d in reversed(t.shape))  # GGUF lists dims innermost first
-        return RawTensor(t.data, t.tensor_type.name, shape)
+        return RawTensor(t.data, t.qtype, t.shape)
 
 
 class SafetensorsSource:
@@ -368,8 +381,13 @@ def load_weights(model: LlamaForCausalLM, source: WeightSource, policy: WeightPo
             module.set_weight(merge_rows(parts), head_policy)
         loaded.add(f"{target}.{param}")
     if "lm_head.weight" not in loaded and cfg.tie_word_embeddings and embedding is not None:
-        model.lm_head.set_weight(embedding, policy if policy.quantize is None else _int8(policy))
+        model.lm_head.set_weight(embedding, policy if policy.quantize is None else _int8(policy), tied=True)
         loaded.add("lm_head.weight")
+        shared = model.lm_head.exact_table()
+        if not isinstance(embedding, torch.Tensor) and shared is not None:
+            # One packed table for both: the embedding expands its rows from the head's weight instead of
+            # keeping a second copy of the vocabulary (Gemma 3 270M: 170 of its 240 MiB).
+            model.embed_tokens.set_weight(shared, policy)
     expected = {
         f"{n}.weight" for n, mod in model.named_modules() if isinstance(mod, Linear | Embedding | RMSNorm)
     }

@@ -7,7 +7,7 @@ import torch
 
 from kernels import dispatch
 from kernels.layout import dequantize, quantize_int4, quantize_int8
-from llm.layers.linear import PACKED_CPU_MAX_ROWS, Embedding, Linear, WeightPolicy
+from llm.layers.linear import PACKED_CPU_MAX_ROWS, Embedding, Linear, WeightPolicy, weight_nbytes
 
 QUANTIZERS = {
     "int4-g32": lambda w: quantize_int4(w, 32),
@@ -75,3 +75,20 @@ def test_quantized_embedding_expands_only_looked_up_rows(scheme):
     emb.set_weight(q, WeightPolicy(torch.device("cpu"), torch.float32, cpu_weights="packed"))
     ids = torch.tensor([3, 0, 49, 3])
     assert torch.equal(emb(ids), dequantize(q)[ids])
+
+
+@pytest.mark.parametrize("rows", [5, PACKED_CPU_MAX_ROWS])
+def test_a_tied_group_32_head_keeps_its_values_for_the_embedding(rows):
+    torch.manual_seed(0)
+    q = quantize_int8(torch.randn(96, 256) * 0.1, 32)
+    policy = WeightPolicy(torch.device("cpu"), torch.bfloat16, cpu_weights="packed")
+    head, emb = Linear(256, 96), Embedding(96, 256)
+    head.set_weight(q, policy, tied=True)
+    table = head.exact_table()
+    assert head.kind == "cpu_int8_grouped" and table is head.grouped is not None
+    emb.set_weight(table, policy)
+    x = torch.randn(rows, 256)
+    torch.testing.assert_close(head(x.bfloat16()).float(), x @ dequantize(q).t(), atol=0.15, rtol=0.02)
+    ids = torch.tensor([3, 0, 95, 3])
+    assert torch.equal(emb(ids), dequantize(q)[ids].bfloat16())
+    assert weight_nbytes(torch.nn.ModuleList([head, emb])) == q.nbytes  # one table

@@ -4,7 +4,6 @@ GGUF of every GGUF type the engine keeps packed."""
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,13 +12,14 @@ import pytest
 import torch
 
 from kernels import dispatch
-from kernels.layout import Int4Weight
+from kernels.layout import Int4Weight, Int8Weight, dequantize
 from llm.base import ChatMessage, SamplingParams
 from llm.config import EngineConfig
 from llm.engine import create_engine
 from llm.engine.model_runner import TorchModelRunner
 from llm.layers.linear import WeightPolicy
-from llm.model.loader import load_model
+from llm.model.loader import RawTensor, load_model, merge_rows
+from llm.perplexity import perplexity
 from llm.tokenizer import Tokenizer, from_gguf_fields
 from tests.kernels.kernel_cases import DEVICE, needs_triton
 
@@ -50,10 +50,6 @@ def smollm_folder(hf_model, gguf_path, tmp_path_factory):
     return folder
 
 
-def perplexity(engine, tokenizer) -> float:
-    return math.exp(-engine.runner.score(tokenizer.encode(TEXT)).mean().item())
-
-
 def test_safetensors_folder_matches_gguf(smollm_folder, exact_engine):
     engine, tokenizer = create_engine(
         EngineConfig(
@@ -71,7 +67,8 @@ def test_safetensors_folder_matches_gguf(smollm_folder, exact_engine):
     )
     params = SamplingParams(max_new_tokens=32)
     assert engine.generate([prompt], params)[0].text == gguf_engine.generate([prompt], params)[0].text
-    assert abs(perplexity(engine, tokenizer) - perplexity(gguf_engine, gguf_tokenizer)) < 1e-3
+    ours, theirs = perplexity(engine, tokenizer, TEXT), perplexity(gguf_engine, gguf_tokenizer, TEXT)
+    assert abs(ours.perplexity - theirs.perplexity) < 1e-3
 
 
 @pytest.mark.parametrize(("scheme", "max_change"), [("int8", 0.02), ("int4", 0.25)])
@@ -83,8 +80,8 @@ def test_quantize_at_load_short_perplexity_check(smollm_folder, exact_engine, sc
     )[:2]
     model = engine.runner.model  # type: ignore[attr-defined]
     assert model.layers[0].mlp.down_proj.kind == f"cpu_{scheme}"
-    reference = perplexity(*exact_engine)
-    quantized = perplexity(engine, tokenizer)
+    reference = perplexity(*exact_engine, TEXT).perplexity
+    quantized = perplexity(engine, tokenizer, TEXT).perplexity
     # Rounding noise moves one short text's perplexity either way (int4 came out 0.26 % lower on one CPU, the
     # packed int4 matmul's accumulation order differs between CPUs): bound the change, not its sign.
     assert abs(quantized / reference - 1) < max_change, (scheme, reference, quantized)
@@ -341,6 +338,18 @@ def test_gguf_types_load_packed_with_the_logits_of_their_float_expansion(tiny_gg
     expected = score(load_model(expanded, policy)[0], TINY_IDS, torch.float32)
     # The reference backend multiplies by the very float32 weights gguf computes: the same logits.
     torch.testing.assert_close(score(model, TINY_IDS, torch.float32), expected, atol=1e-6, rtol=1e-6)
+
+
+def test_q5_0_and_q4_0_shards_beside_q8_0_stack_exactly_as_int8():
+    """Gemma 3 Q4_K_M's fused q/k/v (Q5_0 q and k, Q8_0 v): one group-32 int8 weight of gguf's values."""
+    from tests.kernels.gguf_cases import gguf_blocks, gguf_weights
+
+    shards = [("Q5_0", (64, 256)), ("Q4_0", (32, 256)), ("Q8_0", (32, 256))]
+    parts = [RawTensor(gguf_blocks(q, shape, seed=i), q, shape) for i, (q, shape) in enumerate(shards)]
+    merged = merge_rows(parts)
+    assert isinstance(merged, Int8Weight) and merged.group_size == 32
+    expected = np.concatenate([gguf_weights(p.qtype, p.data, p.shape) for p in parts])
+    assert torch.equal(dequantize(merged), torch.from_numpy(expected))
 
 
 @needs_triton
