@@ -83,7 +83,8 @@ def test_squad_scoring() -> None:
 
 
 def test_evaluation_run_reports_every_mode(settings: Settings, tmp_path: Path) -> None:
-    report = run_evaluation(settings, squad_file(tmp_path / "tiny.json"), generate=True, free_text=True)
+    copying = settings.model_copy(update={"answer_copy_spans": True})
+    report = run_evaluation(copying, squad_file(tmp_path / "tiny.json"), generate=True, free_text=True)
     assert (report.articles, report.questions, report.unmapped_answers) == (2, 3, 0)
     assert set(report.modes) == {"dense", "lexical", "hybrid"}
     for result in report.modes.values():
