@@ -96,17 +96,14 @@ class CopyState:
 
     def __init__(self, spans: CopySpans, table: CopyTable, stop_ids: Iterable[int]) -> None:
         self.table = table
-        self.sources = [s.encode() for s in spans.sources]
-        self.replies = [r.encode() for r in spans.replies]
+        # The sources, then the whole replies: a text's index says which it is.
+        self.texts = [t.encode() for t in (*spans.sources, *spans.replies)]
+        self.source_count = len(spans.sources)
         self.opener = spans.tail_opener.encode()
         self.max_tail_tokens = spans.max_tail_tokens
         self.stop_ids = sorted(set(stop_ids))
         self.heads: set[tuple[int, int]] | None = None  # None until the first token
         self.tail: int | None = None  # tokens generated since the tail opened
-
-    @property
-    def _texts(self) -> list[bytes]:
-        return self.sources + self.replies
 
     def allowed(self) -> list[int] | None:
         """The tokens that may come next (never none of them); None when any token may."""
@@ -114,14 +111,14 @@ class CopyState:
             return None if self.tail < self.max_tail_tokens or not self.stop_ids else self.stop_ids
         allowed: set[int] = set()
         if self.heads is None:
-            for index, text in enumerate(self._texts):
-                starts = range(len(text)) if index < len(self.sources) else range(1)
+            for index, text in enumerate(self.texts):
+                starts = range(len(text)) if index < self.source_count else range(1)
                 for at in starts:
                     if _is_char_start(text, at) and _is_word_edge(text, at):
                         self.table.tokens_starting(text, at, allowed)
                         self.table.tokens_starting(text, at, allowed, lead=b" ")
             return sorted(allowed) or None
-        texts = self._texts
+        texts = self.texts
         for index, end in self.heads:
             self.table.tokens_starting(texts[index], end, allowed)
         if not self.heads or any(_is_word_edge(texts[index], end) for index, end in self.heads):
@@ -141,14 +138,14 @@ class CopyState:
         if self.heads is not None and piece.lstrip().startswith(self.opener):
             self.tail = 0
             return
-        texts = self._texts
+        texts = self.texts
         if self.heads is None:
             self.heads = set()
             variants = [piece, piece[1:]] if piece.startswith(b" ") and len(piece) > 1 else [piece]
             for index, text in enumerate(texts):
                 for variant in variants:
                     ends = {at + len(variant) for at in _occurrences(text, variant)}
-                    if index >= len(self.sources):
+                    if index >= self.source_count:
                         ends = {len(variant)} if text.startswith(variant) else set()
                     self.heads.update((index, end) for end in ends)
             return
