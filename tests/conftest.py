@@ -41,13 +41,18 @@ def embedder() -> Embedder:
     return Embedder()
 
 
-@pytest.fixture(scope="session")
-def generator():  # type: ignore[no-untyped-def]
-    """The default backend (our engine on the default model, decoding eagerly) for the service tests."""
+def service_engine():  # type: ignore[no-untyped-def]
+    """The default backend of the service tests: our engine on the default model, decoding eagerly."""
     from llm.config import EngineConfig
     from llm.engine import load_engine
 
-    engine = load_engine(EngineConfig(max_model_len=4096, max_num_seqs=16, enforce_eager=True))
+    return load_engine(EngineConfig(max_model_len=4096, max_num_seqs=16, enforce_eager=True))
+
+
+@pytest.fixture(scope="session")
+def generator():  # type: ignore[no-untyped-def]
+    """`service_engine`, shared by the session's service tests."""
+    engine = service_engine()
     yield engine
     engine.shutdown()
 
