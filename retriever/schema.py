@@ -1,8 +1,8 @@
 """Schema versions of the database, kept by Alembic.
 
 Each component that owns tables has its own migration chain and its own version table: the retriever's
-(collections, documents, chunks) in `retriever/migrations`, the service's (keys, conversations) in
-`app/migrations`, so neither needs to know the other's tables. At start-up a component checks its chain
+(collections, documents, chunks, chunk_bands) in `retriever/migrations`, the service's (keys, conversations)
+in `app/migrations`, so neither needs to know the other's tables. At start-up a component checks its chain
 (`check_schema`):
 
 * a database without any of the chain's tables is new: it is brought to the newest revision at once;
@@ -12,9 +12,12 @@ Each component that owns tables has its own migration chain and its own version 
 * one at a revision this code does not know is refused: it was made by a newer version.
 
 Upgrades on PostgreSQL hold an advisory lock for the chain, so replicas starting together on a new database
-create its tables once. The first revision of each chain also adopts a database made before migrations
-existed (`adopt_existing`): it creates the missing tables and adds the columns, indexes and SQLite
-AUTOINCREMENT a later version introduced, then records the revision.
+create its tables once. On SQLite an upgrade is one explicit transaction, DDL included, run with foreign keys
+off as SQLite's recipe for rebuilding a table requires (dropping the old copy of a table that others
+reference must not cascade into them), and checked for broken references before it commits. The first
+revision of each chain also adopts a database made before migrations existed (`adopt_existing`): it creates
+the missing tables and adds the columns, indexes and SQLite AUTOINCREMENT a later version introduced, then
+records the revision.
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ RETRIEVER_CHAIN = MigrationChain(
     "retriever",
     Path(__file__).parent / "migrations",
     "alembic_version_retriever",
-    ("collections", "documents", "chunks"),
+    ("collections", "documents", "chunks", "chunk_bands"),
 )
 
 UPGRADE_HINT = "run `archivist db upgrade` (back the database up first)"
@@ -130,16 +133,55 @@ def _file_lock(engine: Engine) -> Iterator[None]:
 def upgrade_schema(engine: Engine, chain: MigrationChain) -> tuple[str | None, str]:
     """Bring the chain's tables to the newest revision, in one transaction; (revision before, after)."""
     config = chain.config()
-    with _UPGRADING, _file_lock(engine), engine.begin() as connection:
-        if connection.dialect.name == "postgresql":  # one replica migrates, the others then find it done
-            key = zlib.crc32(chain.version_table.encode())
-            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
-        before = MigrationContext.configure(
-            connection, opts={"version_table": chain.version_table}
-        ).get_current_revision()
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+    with _UPGRADING, _file_lock(engine), engine.connect() as connection, _foreign_keys_off(connection):
+        with connection.begin():
+            _hold(connection, chain)
+            before = MigrationContext.configure(
+                connection, opts={"version_table": chain.version_table}
+            ).get_current_revision()
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+            _check_references(connection, chain)
     return before, chain.head()
+
+
+def _hold(connection: Connection, chain: MigrationChain) -> None:
+    """Make the upgrade's transaction the only one: on PostgreSQL by the chain's advisory lock (one replica
+    migrates, the others then find it done); on SQLite by an explicit BEGIN IMMEDIATE, which takes the write
+    lock and puts the DDL in the transaction too (the driver would begin one only before a row is written)."""
+    if connection.dialect.name == "postgresql":
+        key = zlib.crc32(chain.version_table.encode())
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+    elif connection.dialect.name == "sqlite":
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _check_references(connection: Connection, chain: MigrationChain) -> None:
+    """On SQLite, whose upgrade ran with foreign keys off: refuse to commit one that broke a reference."""
+    if connection.dialect.name == "sqlite" and connection.exec_driver_sql("PRAGMA foreign_key_check").first():
+        raise SchemaError(f"upgrading the {chain.component} tables would break references between rows")
+
+
+@contextmanager
+def _foreign_keys_off(connection: Connection) -> Iterator[None]:
+    """Foreign keys off on a SQLite connection while it upgrades, and on again afterwards. SQLite ignores the
+    pragma inside a transaction, so it is set (and checked) between transactions."""
+    if connection.dialect.name != "sqlite":
+        yield
+        return
+    _set_foreign_keys(connection, False)
+    try:
+        yield
+    finally:
+        _set_foreign_keys(connection, True)
+
+
+def _set_foreign_keys(connection: Connection, on: bool) -> None:
+    connection.exec_driver_sql(f"PRAGMA foreign_keys={int(on)}")
+    state = connection.exec_driver_sql("PRAGMA foreign_keys").scalar()
+    connection.commit()
+    if state != int(on):
+        raise SchemaError(f"SQLite would not turn foreign keys {'on' if on else 'off'} for an upgrade")
 
 
 def run_migrations(context: Any) -> None:
@@ -191,11 +233,11 @@ def adopt_existing(connection: Connection, metadata: MetaData) -> None:
         for index in table.indexes:
             if index.name not in indexed:
                 index.create(connection)
-        if table.kwargs.get("sqlite_autoincrement") and _lacks_autoincrement(connection, table):
-            _rebuild_with_autoincrement(connection, table)
+        if table.kwargs.get("sqlite_autoincrement") and lacks_autoincrement(connection, table):
+            rebuild_with_autoincrement(connection, table)
 
 
-def _lacks_autoincrement(connection: Connection, table: Table) -> bool:
+def lacks_autoincrement(connection: Connection, table: Table) -> bool:
     """A SQLite table made before its ids were declared AUTOINCREMENT (never reused)."""
     if connection.dialect.name != "sqlite":
         return False
@@ -205,14 +247,16 @@ def _lacks_autoincrement(connection: Connection, table: Table) -> bool:
     return created is not None and "AUTOINCREMENT" not in str(created).upper()
 
 
-def _rebuild_with_autoincrement(connection: Connection, table: Table) -> None:
+def rebuild_with_autoincrement(connection: Connection, table: Table) -> None:
     """SQLite cannot alter a table's id into AUTOINCREMENT: copy its rows into a new table that has it (the
-    copy's largest id then seeds the counter). Only for tables no other table references."""
-    previous = f"{table.name}_without_autoincrement"
-    connection.execute(text(f"ALTER TABLE {table.name} RENAME TO {previous}"))
+    copy's largest id then seeds the counter), drop the old one and give the new one its name, so that the
+    references of other tables, by name, now lead to it. Foreign keys must be off (`upgrade_schema`)."""
+    built = table.to_metadata(table.metadata, name=f"{table.name}_with_autoincrement")
     for index in table.indexes:
         connection.execute(text(f"DROP INDEX IF EXISTS {index.name}"))
-    table.create(connection)
+    built.create(connection)
     columns = ", ".join(column.name for column in table.columns)
-    connection.execute(text(f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM {previous}"))
-    connection.execute(text(f"DROP TABLE {previous}"))
+    connection.execute(text(f"INSERT INTO {built.name} ({columns}) SELECT {columns} FROM {table.name}"))
+    connection.execute(text(f"DROP TABLE {table.name}"))
+    connection.execute(text(f"ALTER TABLE {built.name} RENAME TO {table.name}"))
+    table.metadata.remove(built)

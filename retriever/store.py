@@ -1,4 +1,5 @@
-"""`KnowledgeBase`: the one place that writes collections, documents and chunks, and keeps indexes in step.
+"""`KnowledgeBase`: the one place that writes collections, documents and chunks (with their near-duplicate
+band keys, `retriever.bands`), and keeps indexes in step.
 
 Every write is one SQL transaction that also bumps the collection's `version`. Indexes are caches of SQL:
 each collection has a vector index (FAISS in each process, or a Milvus collection the processes share:
@@ -31,6 +32,7 @@ import numpy as np
 from sqlalchemy import Row, Select, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from retriever import bands
 from retriever.config import RetrieverConfig, SearchMode
 from retriever.db import Database
 from retriever.document_text import reassemble
@@ -502,8 +504,11 @@ class KnowledgeBase:
         with self.db.session() as session:
             found = self._ensure_collection(session, collection)
             collection_id = found.id
+            band_rows = self._lock_collection(session, collection_id)
             for write in writes:
-                document_id, replaced, old_ids, new_ids = self._write_document(session, collection_id, write)
+                document_id, replaced, old_ids, new_ids = self._write_document(
+                    session, collection_id, band_rows, write
+                )
                 written.append((document_id, replaced))
                 removed += old_ids
                 added += new_ids
@@ -526,9 +531,10 @@ class KnowledgeBase:
         return written
 
     def _write_document(
-        self, session: Session, collection_id: int, write: DocumentWrite
+        self, session: Session, collection_id: int, band_rows: int, write: DocumentWrite
     ) -> tuple[int, bool, list[int], list[int]]:
-        """Insert or replace one document; returns (id, replaced, removed chunk ids, new chunk ids)."""
+        """Insert or replace one document, its chunks and their band keys (`band_rows` wide); returns (id,
+        replaced, removed chunk ids, new chunk ids)."""
         draft = write.draft
         document = session.scalar(
             select(Document).where(
@@ -556,6 +562,8 @@ class KnowledgeBase:
         session.flush()
         vectors = np.ascontiguousarray(write.vectors, dtype=np.float32)
         new_ids = self._insert_chunks(session, document.id, write.chunks, vectors)
+        signatures = zip(new_ids, (chunk.minhash for chunk in write.chunks), strict=True)
+        bands.write_keys(session.connection(), collection_id, band_rows, signatures)
         return document.id, replaced, old_ids, new_ids
 
     @staticmethod
@@ -583,6 +591,17 @@ class KnowledgeBase:
         return list(result)
 
     @staticmethod
+    def _lock_collection(session: Session, collection_id: int) -> int:
+        """Lock the collection's row until commit; returns the width of its band keys. Every write takes the
+        lock before it touches documents, in the same order everywhere so that two cannot deadlock, and a
+        re-keying (`bands.rekey`) cannot slip in between reading the width and writing new chunks' keys."""
+        band_rows = session.scalar(
+            select(Collection.band_rows).where(Collection.id == collection_id).with_for_update()
+        )
+        assert band_rows is not None
+        return band_rows
+
+    @staticmethod
     def _bump_version(session: Session, collection_id: int) -> int:
         session.execute(
             update(Collection).where(Collection.id == collection_id).values(version=Collection.version + 1)
@@ -599,6 +618,7 @@ class KnowledgeBase:
                 raise NotFoundError(f"document {document_id} does not exist")
             info = _document_info(document, document.collection.name)
             collection_id = document.collection_id
+            self._lock_collection(session, collection_id)
             chunk_ids = self._delete_documents(session, collection_id, [document_id])
             version = self._bump_version(session, collection_id)
         dimension = self._profile_of(collection_id).embedder.dimension
@@ -639,21 +659,19 @@ class KnowledgeBase:
             for id_, source_file, source_path, title, content, text, minhash in rows
         ]
 
-    def chunk_fingerprints(self, collection: str) -> list[tuple[int, bytes]]:
-        """(document id, MinHash signature) of every signed chunk of a collection's ready documents."""
+    def use_band_rows(self, collection: str, rows: int) -> None:
+        """Key the collection's chunk signatures in bands of `rows` values from now on: when its keys were
+        made with another width (or none), they are rebuilt from the stored signatures first."""
         with self.db.session() as session:
-            rows = session.execute(
-                select(Chunk.document_id, Chunk.minhash)
-                .join(Document)
-                .join(Collection)
-                .where(
-                    Collection.name == collection,
-                    Document.state == DocumentState.ready,
-                    Chunk.minhash.is_not(None),
-                )
-                .order_by(Chunk.id)
-            ).all()
-        return [(document_id, minhash) for document_id, minhash in rows if minhash is not None]
+            collection_id = self._collection(session, collection).id
+            if self._lock_collection(session, collection_id) != rows:
+                bands.rekey(session.connection(), collection_id, rows)
+
+    def chunk_candidates(self, collection: str, keys: Sequence[int]) -> list[tuple[int, int, int, bytes]]:
+        """(band key, chunk id, document id, MinHash signature) of the ready chunks of a collection that
+        share any of the band `keys` (see `retriever.bands`): the near-duplicate candidates of new chunks."""
+        with self.db.session() as session:
+            return list(bands.candidates(session.connection(), collection, keys))
 
     def get_chunks(self, document_id: int) -> list[ChunkInfo]:
         """A ready document's chunks in order, with their metadata."""

@@ -1,9 +1,11 @@
 """Builders of test documents, made by the tests themselves: PDFs (written object by object), DOCX files
-(python-docx), a DOCX zip bomb, scanned pages (text drawn with Pillow) and scanned or mixed PDFs of them."""
+(python-docx), a DOCX zip bomb, scanned pages (text drawn with Pillow) and scanned or mixed PDFs of them, and
+near copies of a text (a few words changed)."""
 
 from __future__ import annotations
 
 import io
+import random
 import struct
 import zipfile
 import zlib
@@ -148,3 +150,12 @@ def png_header(width: int, height: int) -> bytes:
         + chunk(b"IDAT", zlib.compress(b""))
         + chunk(b"IEND", b"")
     )
+
+
+def edited(text: str, changes: int, seed: int) -> str:
+    """The text with `changes` randomly chosen words replaced by "changed": a near copy of it."""
+    rng = random.Random(seed)
+    words = text.split()
+    for _ in range(changes):
+        words[rng.randrange(len(words))] = "changed"
+    return " ".join(words)

@@ -14,6 +14,7 @@ from ingest.dedup import NUM_PERM, NearDuplicateIndex, Signature, lsh_shape, sig
 from ingest.loaders import load_file
 from retriever.embedder import Embedder
 from tests.conftest import shared_file
+from tests.ingest.documents import edited
 
 WORDS = "harbour ship tide lamp keeper rock wave storm anchor sail mast crew chart buoy pier coast".split()
 
@@ -21,14 +22,6 @@ WORDS = "harbour ship tide lamp keeper rock wave storm anchor sail mast crew cha
 def essay(seed: int, words: int = 150) -> str:
     rng = random.Random(seed)
     return " ".join(rng.choice(WORDS) + str(rng.randint(0, 9)) for _ in range(words))
-
-
-def edited(text: str, changes: int, seed: int) -> str:
-    rng = random.Random(seed)
-    words = text.split()
-    for _ in range(changes):
-        words[rng.randrange(len(words))] = "changed"
-    return " ".join(words)
 
 
 def test_similarity_estimates_jaccard() -> None:

@@ -4,7 +4,6 @@ records of a JSON Lines file), duplicates at document and chunk level, chunk met
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,10 +13,9 @@ from ingest.cleaning import clean_document
 from ingest.config import ChunkerConfig, IngestConfig
 from ingest.loaders import load_file
 from ingest.pipeline import Ingestor, Progress
-from retriever.embedder import Embedder
 from retriever.models import Chunk
 from retriever.store import KnowledgeBase
-from tests.conftest import make_settings, shared_file
+from tests.conftest import shared_file
 from tests.ingest.documents import make_pdf
 
 
@@ -26,15 +24,6 @@ def write(folder: Path, name: str, content: bytes | str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
     return path
-
-
-@pytest.fixture
-def any_kb(tmp_path: Path, database_url: str, embedder: Embedder) -> Iterator[KnowledgeBase]:
-    """A knowledge base on SQLite, then on PostgreSQL."""
-    settings = make_settings(tmp_path / "data", database_url=database_url)
-    knowledge_base = KnowledgeBase(settings.retriever_config(), embedder)
-    yield knowledge_base
-    knowledge_base.close()
 
 
 def test_bad_files_fail_alone_and_the_rest_is_ingested(kb: KnowledgeBase, tmp_path: Path) -> None:

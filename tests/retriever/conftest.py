@@ -1,4 +1,4 @@
-"""Fixtures for the knowledge-base tests."""
+"""Fixtures for the knowledge-base tests, and taking a database back to an earlier schema revision."""
 
 from __future__ import annotations
 
@@ -6,10 +6,31 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from alembic import command
+from sqlalchemy import Engine
 
 from retriever.config import RetrieverConfig
 from retriever.embedder import Embedder
+from retriever.schema import RETRIEVER_CHAIN, MigrationChain, SchemaError, upgrade_schema
 from retriever.store import KnowledgeBase
+
+
+def downgrade_schema(engine: Engine, chain: MigrationChain, revision: str) -> None:
+    """The chain's tables as the release at `revision` left them (what an upgrade then starts from)."""
+    config = chain.config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, revision)
+
+
+def refused_then_upgraded(engine: Engine, config: RetrieverConfig, embedder: Embedder, revision: str) -> None:
+    """A knowledge base on a database whose retriever tables are at `revision` is refused with the upgrade
+    hint; `upgrade_schema` then brings them to the newest revision (and the engine is disposed of)."""
+    head = RETRIEVER_CHAIN.head()
+    with pytest.raises(SchemaError, match=f"at revision {revision}, not {head}: run `archivist db upgrade`"):
+        KnowledgeBase(config, embedder)
+    assert upgrade_schema(engine, RETRIEVER_CHAIN) == (revision, head)
+    engine.dispose()
 
 
 @pytest.fixture

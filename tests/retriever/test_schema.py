@@ -28,6 +28,7 @@ from retriever.schema import (
     current_revision,
     upgrade_schema,
 )
+from tests.retriever.conftest import downgrade_schema
 
 CHAINS: list[tuple[MigrationChain, MetaData]] = [
     (RETRIEVER_CHAIN, Base.metadata),
@@ -74,13 +75,12 @@ def _made_before_migrations(database_url: str) -> None:
     """The tables as an earlier version made them (no version tables, a column added later missing), with a
     collection and a document in them."""
     engine = make_engine(database_url)
-    Base.metadata.create_all(engine)
-    later = ("ingest_jobs", "ingest_job_files")  # tables of revisions after the first
-    AppBase.metadata.create_all(
-        engine, tables=[t for t in AppBase.metadata.sorted_tables if t.name not in later]
-    )
+    later = ("chunk_bands", "ingest_jobs", "ingest_job_files")  # tables of revisions after the first
+    for metadata in (Base.metadata, AppBase.metadata):
+        metadata.create_all(engine, tables=[t for t in metadata.sorted_tables if t.name not in later])
     with engine.begin() as connection:
         connection.execute(text("ALTER TABLE documents DROP COLUMN clean_text"))
+        connection.execute(text("ALTER TABLE collections DROP COLUMN band_rows"))  # of a later revision
         connection.execute(
             text("INSERT INTO collections (id, name, version, language, embedder, created_at) "
                  "VALUES (1, 'notes', 3, '', '', CURRENT_TIMESTAMP)")
@@ -104,11 +104,11 @@ def test_a_database_made_before_migrations_is_refused_until_upgraded(cli_databas
     upgrade = runner.invoke(cli, ["db", "upgrade"])
     assert upgrade.exit_code == 0, upgrade.output
     assert (
-        "retriever tables: none -> 0001" in upgrade.output
+        "retriever tables: none -> 0003" in upgrade.output
         and "service tables: none -> 0002" in upgrade.output
     )
     again = runner.invoke(cli, ["db", "upgrade"]).output
-    assert "already at revision 0001" in again and "already at revision 0002" in again
+    assert "already at revision 0003" in again and "already at revision 0002" in again
     assert runner.invoke(cli, ["db", "status"]).exit_code == 0
     db = open_both(cli_database)
     try:
@@ -193,14 +193,10 @@ def test_service_tables_one_revision_behind_are_refused_then_upgraded_with_their
     database_url: str,
 ) -> None:
     """A database of the release before ingest jobs moved to SQL (service revision 0001) with a key in it."""
-    from alembic import command
-
     open_both(database_url).dispose()
     engine = make_engine(database_url)
-    config = SERVICE_CHAIN.config()
+    downgrade_schema(engine, SERVICE_CHAIN, "0001")
     with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.downgrade(config, "0001")
         connection.execute(
             text("INSERT INTO api_keys (id, name, prefix, key_hash, created_at) "
                  "VALUES (5, 'reader', 'ak_abc', 'h5', CURRENT_TIMESTAMP)")

@@ -18,6 +18,7 @@ from retriever.store import (
     NotFoundError,
 )
 from retriever.vector_index import IndexMismatchError, VectorIndex
+from tests.retriever.conftest import downgrade_schema, refused_then_upgraded
 
 
 def drafts(texts: list[str]) -> list[ChunkDraft]:
@@ -168,6 +169,7 @@ def test_a_sqlite_database_made_before_autoincrement_is_rebuilt_with_it(
     kb = KnowledgeBase(config, embedder)
     document_id = add(kb, "a", ["Alpha text about the sea.", "More about tides."])
     ids = chunk_ids(kb, document_id)
+    downgrade_schema(kb.db.engine, RETRIEVER_CHAIN, "0001")  # no table yet refers to chunks
     with kb.db.engine.begin() as connection:  # the chunks table as an earlier version created it
         created = connection.execute(text("SELECT sql FROM sqlite_master WHERE name = 'chunks'")).scalar()
         connection.execute(text("ALTER TABLE chunks RENAME TO chunks_old"))
@@ -194,5 +196,65 @@ def test_a_sqlite_database_made_before_autoincrement_is_rebuilt_with_it(
         )
         add(reopened, "a", ["Beta text about mountains."])
         assert min(chunk_ids(reopened, document_id)) > max(ids)
+    finally:
+        reopened.close()
+
+
+def test_the_id_of_a_deleted_newest_document_is_never_given_again(store: KnowledgeBase) -> None:
+    add(store, "older", ["Penguins live in the southern hemisphere."])
+    newest = add(store, "newest", ["Volcanoes erupt molten basalt."])
+    store.delete_document(newest)
+    assert add(store, "next", ["Glaciers carve fjords."]) > newest
+
+
+def test_a_sqlite_documents_table_without_autoincrement_is_rebuilt_with_every_row_kept(
+    tmp_path: Path, embedder: Embedder
+) -> None:
+    """Revision 0001 made the documents table without AUTOINCREMENT, so a deleted newest document's id was
+    given again; the upgrade rebuilds the table and keeps its rows and the chunks that refer to them."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from retriever.db import make_engine
+    from retriever.schema import RETRIEVER_CHAIN
+
+    config = RetrieverConfig(database_url=f"sqlite:///{tmp_path / 'old.db'}", index_dir=tmp_path / "index")
+    engine = make_engine(config.database_url)
+    set_revision = text(f"UPDATE {RETRIEVER_CHAIN.version_table} SET version_num = :revision")
+    migrations = RETRIEVER_CHAIN.config()
+    with engine.begin() as connection:
+        migrations.attributes["connection"] = connection
+        command.upgrade(migrations, "0002")
+        # Opened by this code, which writes the same rows as the release at 0002 did.
+        connection.execute(set_revision, {"revision": RETRIEVER_CHAIN.head()})
+    kb = KnowledgeBase(config, embedder)
+    kept = add(kb, "kept", ["Alpha text about the sea.", "More about tides."])
+    newest = add(kb, "newest", ["Volcanoes erupt molten basalt."])
+    kb.delete_document(newest)
+    assert add(kb, "next", ["Glaciers carve fjords."]) == newest  # the id given again, as it was
+    kb.close()
+    with engine.begin() as connection:
+        connection.execute(set_revision, {"revision": "0002"})
+    refused_then_upgraded(engine, config, embedder, "0002")
+
+    reopened = KnowledgeBase(config, embedder)
+    try:
+        with reopened.db.engine.connect() as connection:
+            rebuilt = connection.execute(
+                text("SELECT sql FROM sqlite_master WHERE name = 'documents'")
+            ).scalar()
+            indexes = {row[1] for row in connection.execute(text("PRAGMA index_list('documents')"))}
+            referenced = {row[2] for row in connection.execute(text("PRAGMA foreign_key_list('chunks')"))}
+            assert connection.execute(text("PRAGMA foreign_key_check")).all() == []
+        assert "AUTOINCREMENT" in str(rebuilt) and referenced == {"documents"}
+        assert {"ix_documents_collection_id", "ix_documents_source_file", "ix_documents_text_hash"} <= indexes
+        assert [d.id for d in reopened.list_documents("c")] == [kept, newest]
+        assert [c.text for c in reopened.get_chunks(kept)] == [
+            "Alpha text about the sea.",
+            "More about tides.",
+        ]
+        assert reopened.search("glaciers", "c", 1)[0].document_id == newest
+        reopened.delete_document(newest)
+        assert add(reopened, "last", ["Icebergs calve."]) > newest
     finally:
         reopened.close()
