@@ -108,7 +108,7 @@ class Settings(BaseSettings):
         "tuned on training articles (docs/finetuning.md)",
     )
     answer_copy_spans: bool = Field(
-        False,
+        True,
         description="RAG answers copy their words from the passages: a span of one passage (or the no-answer "
         "reply), then the citation; false: the model writes freely (llm.copying)",
     )

@@ -50,7 +50,8 @@ def runner() -> FailingRunner:
 def broken(generator, runner: FailingRunner) -> Iterator[EngineGenerator]:  # type: ignore[no-untyped-def]
     tokenizer = generator.tokenizer
     scheduler = Scheduler(BlockManager(256, 16), 4, 512, 4096)
-    engine = LLMEngine(runner, tokenizer.decode, tokenizer.stop_token_ids, scheduler, encode=tokenizer.encode)
+    engine = LLMEngine(runner, tokenizer.decode, tokenizer.stop_token_ids, scheduler, encode=tokenizer.encode,
+                       copy_table=lambda: tokenizer.copy_table)  # fmt: skip
     broken = EngineGenerator(engine, tokenizer, "broken-model")
     yield broken
     broken.shutdown()
