@@ -37,12 +37,11 @@ def test_answers_refuse_only_by_the_configured_margin() -> None:
     assert AnswerStyle.of(Settings(answer_refusal_penalty=0.0)).params(16, None).opening_bias == ()
 
 
-def test_answers_copy_from_the_passages_when_configured() -> None:
+def test_answers_copy_from_the_passages_unless_turned_off() -> None:
     sources = [Source(1, hit(1, "Alpha.")), Source(2, hit(2, "Beta."))]
-    copied = AnswerStyle.of(Settings(answer_copy_spans=True)).params(16, None, sources=sources).copy_spans
+    copied = AnswerStyle.of(Settings()).params(16, None, sources=sources).copy_spans  # on by default
     assert copied is not None and copied.sources == ("Alpha.", "Beta.") and copied.replies == (NO_ANSWER,)
     assert (
         AnswerStyle.of(Settings(answer_copy_spans=False)).params(16, None, sources=sources).copy_spans is None
     )
-    assert AnswerStyle.of(Settings()).params(16, None, sources=sources).copy_spans is None  # off by default
     assert AnswerStyle.of(Settings(answer_copy_spans=True)).params(16, None).copy_spans is None  # no passages
