@@ -76,7 +76,7 @@ class Answering:
             self._store(prepared, prepared.answer)
             return prepared
 
-        pipeline = RagPipeline(kb, generator, max_new_tokens, settings.min_relevance)
+        pipeline = RagPipeline(kb, generator, max_new_tokens, settings.min_relevance, style=style)
         started = time.perf_counter()
         filters = body.filters.search_filters() if body.filters else None
         question = prepared.standalone
@@ -84,12 +84,11 @@ class Answering:
         retrieve_ms = (time.perf_counter() - started) * 1000
         services.metrics.retrieve.observe(retrieve_ms / 1000)
         if relevance < settings.min_relevance:
-            prepared.answer = pipeline.refuse(prepared.standalone, prepared.sources, relevance, retrieve_ms)
-            services.metrics.answers.labels("no_answer").inc()
-            if key is not None:
-                services.cache.put(key, prepared.answer)
-            self._store(prepared, prepared.answer)
-            return prepared
+            answer = pipeline.refuse(prepared.standalone, prepared.sources, relevance, retrieve_ms)
+            return self._settled(prepared, answer, "no_answer", key)
+        if style.extracts(question, prepared.sources):
+            answer = pipeline.extract(question, prepared.sources, relevance, {"retrieve_ms": retrieve_ms})
+            return self._settled(prepared, answer, "extracted" if answer.grounded else "ungrounded", key)
 
         try:
             ticket = services.gate().admit()
@@ -123,6 +122,16 @@ class Answering:
             yield event
 
     # -- internals ---------------------------------------------------------------------------------------
+
+    def _settled(self, prepared: Prepared, answer: Answer, kind: str, key: CacheKey | None) -> Prepared:
+        """An answer known without generating (refused for lack of relevance, or extracted): counted,
+        cached and stored like a generated one."""
+        prepared.answer = answer
+        self.services.metrics.answers.labels(kind).inc()
+        if key is not None:
+            self.services.cache.put(key, answer)
+        self._store(prepared, answer)
+        return prepared
 
     def _place(self, body: QueryCreate, principal: Principal, history: Sequence[str]) -> Prepared:
         """Which collection is asked, in which conversation, and the question made standalone."""

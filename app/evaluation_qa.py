@@ -74,8 +74,9 @@ class QAReport:
     ingest_seconds: float
     setup: dict[str, Any]
     hits: dict[str, dict[str, float]]  # mode -> kind (and "all") -> hit@5
-    # answering style ("copied", "free text") -> kind (and "all") -> {"keyword": share of answers holding an
-    # accepted keyword, "refused": share answered NO_ANSWER}; only with `generate`.
+    # answering style (`AnswerStyle.label`: "copied, CJK extracted", "copied", "free text") -> kind (and
+    # "all") -> {"keyword": share of answers holding an accepted keyword, "refused": share answered
+    # NO_ANSWER}; only with `generate`.
     generation: dict[str, dict[str, dict[str, float]]] | None = None
     # Per question: rank of its first hit per mode (None: not in the top MAX_K); per style, the answers.
     ranks: dict[str, dict[str, int | None]] = field(default_factory=dict, repr=False)
@@ -271,11 +272,11 @@ def run_qa_evaluation(
             generator = load_generator(eval_settings)
             llm = generator.name
             generation = {}
-            for style, _ in answer_styles(eval_settings, free_text):
+            for style, _ in answer_styles(eval_settings, free_text, cjk=data.get("language") == "zh"):
                 pipeline = RagPipeline(
                     kb, generator, eval_settings.max_new_tokens, eval_settings.min_relevance, style=style
                 )
-                label = "copied" if style.copy_spans else "free text"
+                label = style.label
                 answers[label], generation[label] = answer_questions(
                     pipeline, questions, eval_settings.top_k, step(f"generation, {label}")
                 )

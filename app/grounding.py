@@ -27,7 +27,7 @@ from typing import Literal
 from app.settings import Settings
 from retriever.language import CJK, CJK_SHARE, cjk_share
 from retriever.lexical import CJK_CHARACTERS, CJK_RUN, TOKEN, cjk_bigrams, cjk_terms
-from retriever.store import KnowledgeBase, SearchHit
+from retriever.store import CollectionProfile, KnowledgeBase, SearchHit
 
 NO_ANSWER = "The documents do not contain the answer to this question."
 # Why a reply is NO_ANSWER: no passage relevant enough, so the model was not asked (`relevance`); the model
@@ -148,6 +148,11 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
     return spans
 
 
+def profile_of(kb: KnowledgeBase, hit: SearchHit) -> CollectionProfile:
+    """How the collection a hit comes from is embedded and searched."""
+    return kb.profile(kb.get_document(hit.document_id).collection)
+
+
 def best_relevance(kb: KnowledgeBase, question: str, hits: Sequence[SearchHit]) -> float:
     """How relevant the best passage is to the question, on the scale of the `min_relevance` threshold
     (calibrated as the cosine of the default English embedder), whatever ranked the passages: dense,
@@ -165,7 +170,7 @@ def best_relevance(kb: KnowledgeBase, question: str, hits: Sequence[SearchHit]) 
     """
     if not hits:
         return -1.0
-    profile = kb.profile(kb.get_document(hits[0].document_id).collection)
+    profile = profile_of(kb, hits[0])
     collection_cjk = profile.language == CJK
     if collection_cjk and not profile.embedder.multilingual:
         return _rescaled(_coverage(question, hits), CJK_COVERAGE_RELEVANT)

@@ -6,8 +6,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from app.extraction import closest_sentence, reads_as_cjk
 from app.generation import GenerationFailedError
-from app.grounding import NO_ANSWER, PassageText, Refusal, best_relevance, ground
+from app.grounding import NO_ANSWER, PassageText, Refusal, best_relevance, ground, profile_of
 from app.settings import Settings
 from llm.base import ChatMessage, GenerationResult, Generator, SamplingParams, collect
 from llm.copying import CopySpans
@@ -59,12 +60,30 @@ class AnswerStyle:
     presence_penalty: float = 0.0
     refusal_penalty: float = 0.0
     copy_spans: bool = False
+    # The model cannot read CJK: a CJK question, or one answered from CJK passages, gets an extracted answer
+    # (`app.extraction`) instead of a generated one.
+    extract_cjk: bool = False
 
     @classmethod
     def of(cls, settings: Settings) -> AnswerStyle:
         return cls(
-            settings.answer_presence_penalty, settings.answer_refusal_penalty, settings.answer_copy_spans
+            settings.answer_presence_penalty,
+            settings.answer_refusal_penalty,
+            settings.answer_copy_spans,
+            not settings.model_reads_cjk(),
         )
+
+    @property
+    def label(self) -> str:
+        """How answers are made, for evaluation reports."""
+        made = "copied" if self.copy_spans else "free text"
+        return f"{made}, CJK extracted" if self.extract_cjk else made
+
+    def extracts(self, question: str, sources: Sequence[Source]) -> bool:
+        """Whether this question, answered from these passages, gets an extracted answer."""
+        if not (self.extract_cjk and sources):
+            return False
+        return reads_as_cjk(question) or reads_as_cjk(sources[0].hit.text)
 
     def params(
         self,
@@ -157,6 +176,28 @@ class RagPipeline:
             refusal="relevance",
         )
 
+    def extract(
+        self, question: str, sources: list[Source], relevance: float, timings: dict[str, float]
+    ) -> Answer:
+        """The extracted answer (`app.extraction`): the sentence of the best passage closest to the question,
+        cited and highlighted; no model time. A best passage of headings only gets the no-answer reply."""
+        started = time.perf_counter()
+        best = sources[0]
+        found = closest_sentence(profile_of(self.kb, best.hit).embedder, question, best.n, best.hit.text)
+        timings = {**timings, "generate_ms": 0.0, "extract_ms": (time.perf_counter() - started) * 1000}
+        if found is None:
+            return Answer(NO_ANSWER, sources, [], "no_answer", timings, grounded=False, relevance=relevance,
+                          question=question, refusal="unsupported")  # fmt: skip
+        return Answer(
+            answer=f"{found.text} [{found.n}]",
+            sources=sources,
+            cited=[found.n],
+            timings=timings,
+            highlights={found.n: found.span},
+            relevance=relevance,
+            question=question,
+        )
+
     def conclude(
         self,
         question: str,
@@ -210,7 +251,10 @@ class RagPipeline:
         relevance: float = 1.0,
         timings: dict[str, float] | None = None,
     ) -> Answer:
-        """Generate and ground an answer from given passages (retrieved, or chosen by an evaluation)."""
+        """Generate and ground an answer from given passages (retrieved, or chosen by an evaluation); or
+        extract it, where the model cannot read them (`AnswerStyle.extracts`)."""
+        if self.style.extracts(question, sources):
+            return self.extract(question, sources, relevance, timings or {})
         params = self.style.params(self.max_new_tokens, self.adapter, sources=sources)
         result = collect(self.generator.stream(build_messages(question, sources), params))
         result.text = result.text.strip()

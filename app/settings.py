@@ -112,6 +112,12 @@ class Settings(BaseSettings):
         description="RAG answers copy their words from the passages: a span of one passage (or the no-answer "
         "reply), then the citation; false: the model writes freely (llm.copying)",
     )
+    llm_reads_cjk: bool | None = Field(
+        None,
+        description="Whether the model reads Chinese, Japanese and Korean; where it does not, a question or "
+        "passages in CJK get the passage sentence closest to the question as the answer (app.extraction). "
+        "Unset: false for the default model (SmolLM2, English only), true for any other",
+    )
     llm_adapters: list[Path] = Field(
         [], description="More LoRA adapter folders, chosen per request by folder name (JSON list)"
     )
@@ -352,6 +358,12 @@ class Settings(BaseSettings):
             default_adapter=default.name if default else None,
             merge_default_adapter=self.llm_merge_default_adapter,
         )
+
+    def model_reads_cjk(self) -> bool:
+        """ARCHIVIST_LLM_READS_CJK, else whether the model is another than the default SmolLM2."""
+        if self.llm_reads_cjk is not None:
+            return self.llm_reads_cjk
+        return self.llm_path is not None or self.llm_backend == "openai"
 
     def default_adapter(self) -> Path | None:
         """The adapter answers use by default: ARCHIVIST_LLM_ADAPTER, else the shipped RAG adapter when
