@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.api import create_app
+from app.evaluation import answer_styles
 from app.extraction import closest_sentence
 from app.services import Services
 from retriever.embedder import load_multilingual_embedder
@@ -81,3 +82,15 @@ def test_the_default_model_gets_chinese_answers_extracted_and_generates_english_
     reader = client_for(llm_reads_cjk=True)  # a model that reads Chinese answers it itself
     generated = reader.post("/v1/query", json={"question": "GPT-3有多少参数？", "collection": "zh"}).json()
     assert generated["usage"]["completion_tokens"] > 0
+
+
+def test_only_the_default_model_is_taken_not_to_read_cjk_and_the_evaluation_compares(tmp_path: Path) -> None:
+    assert not make_settings(tmp_path).model_reads_cjk()
+    assert make_settings(tmp_path, llm_path=tmp_path / "qwen3.gguf").model_reads_cjk()
+    assert make_settings(tmp_path, llm_reads_cjk=True).model_reads_cjk()
+    chinese = answer_styles(make_settings(tmp_path), free_text=True, cjk=True)
+    assert [(style.label, suffix) for style, suffix in chinese] == [
+        ("copied, CJK extracted", ""), ("copied", " (generated)"), ("free text", " (free text)"),
+    ]  # fmt: skip
+    english = answer_styles(make_settings(tmp_path), free_text=True)
+    assert [style.label for style, _ in english] == ["copied, CJK extracted", "free text, CJK extracted"]
