@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from app.models import ApiKey, ApiKeyGrant
 from retriever.db import Database
-from retriever.store import NotFoundError, validate_collection_name
+from retriever.records import NotFoundError, validate_collection_name
 
 KEY_PREFIX = "ak_"
 WILDCARD = "*"

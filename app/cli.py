@@ -227,7 +227,7 @@ cli.add_typer(documents_cli, name="documents")
 @contextmanager
 def _knowledge_base() -> Iterator[KnowledgeBase]:
     from app.services import load_knowledge_base
-    from retriever.store import InvalidNameError, NotFoundError
+    from retriever.records import InvalidNameError, NotFoundError
 
     kb = load_knowledge_base(_settings(), open_indexes=False)
     try:
@@ -319,7 +319,7 @@ def ask(
     from app.services import ContextWindowError, load_knowledge_base, load_rag_generator
     from llm.base import UnknownAdapterError
     from llm.engine.sanity import CorruptModelError
-    from retriever.store import NotFoundError
+    from retriever.records import NotFoundError
 
     if not question.strip():
         console.print("[red]error:[/red] the question is empty")
@@ -763,7 +763,7 @@ def keys_create(
     """Create a key and print it once: only its hash is stored."""
     from datetime import datetime, timedelta, timezone
 
-    from retriever.store import InvalidNameError
+    from retriever.records import InvalidNameError
 
     expires = datetime.now(timezone.utc) + timedelta(days=expires_days) if expires_days else None
     with _key_store() as store:
@@ -787,7 +787,7 @@ def keys_list() -> None:
 @keys_cli.command("revoke")
 def keys_revoke(key_id: Annotated[int, typer.Argument(help="Key id (see `archivist keys list`)")]) -> None:
     """Revoke a key: it stops working at once."""
-    from retriever.store import NotFoundError
+    from retriever.records import NotFoundError
 
     with _key_store() as store:
         try:
@@ -896,8 +896,8 @@ def db_status() -> None:
 def main() -> None:
     from sqlalchemy.exc import ArgumentError, OperationalError
 
+    from retriever.records import ServiceUnavailableError
     from retriever.schema import SchemaError
-    from retriever.store import ServiceUnavailableError
 
     logging.basicConfig(level=os.environ.get("ARCHIVIST_LOG_LEVEL", "WARNING"))
     # What any command that opens the database can meet: one line and exit 2 instead of a traceback.

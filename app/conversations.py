@@ -15,7 +15,7 @@ from sqlalchemy import select
 from app.auth import Principal
 from app.models import Conversation, Message
 from retriever.db import Database
-from retriever.store import NotFoundError, validate_collection_name
+from retriever.records import NotFoundError, validate_collection_name
 
 TITLE_CHARS = 80
 

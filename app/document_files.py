@@ -9,7 +9,7 @@ import hashlib
 from pathlib import Path
 
 from app.uploads import kept_path
-from retriever.store import DocumentInfo, NotFoundError
+from retriever.records import DocumentInfo, NotFoundError
 
 
 def original_file(document: DocumentInfo, upload_dir: Path) -> Path:

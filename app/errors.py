@@ -18,7 +18,7 @@ from app.schemas import ErrorPublic
 from app.uploads import UploadNameError, UploadTooLargeError
 from llm.base import ContextOverflowError
 from llm.remote import BackendUnavailableError
-from retriever.store import InvalidNameError, NotFoundError, ServiceUnavailableError
+from retriever.records import InvalidNameError, NotFoundError, ServiceUnavailableError
 
 
 class NotReadyError(RuntimeError):

@@ -47,7 +47,8 @@ from app.rag import RagPipeline
 from app.settings import Settings
 from ingest.cleaning import clean_text
 from ingest.pipeline import Ingestor
-from retriever.store import KnowledgeBase, SearchHit
+from retriever.records import SearchHit
+from retriever.store import KnowledgeBase
 
 FORMAT = "archivist-qa/1"
 HIT_AT = 5

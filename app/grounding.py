@@ -27,7 +27,8 @@ from typing import Literal
 from app.settings import Settings
 from retriever.language import CJK, CJK_SHARE, cjk_share
 from retriever.lexical import CJK_CHARACTERS, CJK_RUN, TOKEN, cjk_bigrams, cjk_terms
-from retriever.store import CollectionProfile, KnowledgeBase, SearchHit
+from retriever.records import CollectionProfile, SearchHit
+from retriever.store import KnowledgeBase
 
 NO_ANSWER = "The documents do not contain the answer to this question."
 # Why a reply is NO_ANSWER: no passage relevant enough, so the model was not asked (`relevance`); the model

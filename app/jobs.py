@@ -43,7 +43,7 @@ from app.uploads import (
 )
 from ingest.pipeline import Duplicate, FileResult, Ingestor, Progress, Source
 from retriever.db import Database
-from retriever.store import NotFoundError
+from retriever.records import NotFoundError
 
 log = logging.getLogger(__name__)
 

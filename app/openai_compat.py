@@ -29,7 +29,7 @@ from app.openai_schemas import (
 from app.rag import Answer
 from app.sse import sse
 from app.views import source_public
-from retriever.store import NotFoundError
+from retriever.records import NotFoundError
 
 OPENAI_FINISH = {
     "stop": "stop",

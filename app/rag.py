@@ -15,7 +15,8 @@ from llm.copying import CopySpans
 from retriever.config import SearchMode
 from retriever.context import assemble_context
 from retriever.filters import SearchFilters
-from retriever.store import KnowledgeBase, SearchHit
+from retriever.records import SearchHit
+from retriever.store import KnowledgeBase
 
 SYSTEM_PROMPT = (
     "You are Archivist. Answer the question from the numbered passages only. Reply with the shortest "

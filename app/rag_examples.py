@@ -15,7 +15,8 @@ from app.evaluation import COLLECTION, Question, first_hit_rank
 from app.grounding import NO_ANSWER
 from app.rag import Source
 from retriever.context import assemble_context
-from retriever.store import KnowledgeBase, SearchHit
+from retriever.records import SearchHit
+from retriever.store import KnowledgeBase
 
 CANDIDATES = 20  # hits retrieved per question, from which distractors are drawn
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from app.auth import Principal
 from app.schemas import SearchCreate
 from retriever.config import SearchMode
-from retriever.store import SearchHit
+from retriever.records import SearchHit
 
 if TYPE_CHECKING:
     from app.services import Services

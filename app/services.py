@@ -29,8 +29,9 @@ from llm.base import Generator
 from llm.locate import default_llm_path
 from retriever.db import Database
 from retriever.embedder import load_embedder
+from retriever.records import SearchHit
 from retriever.schema import check_schema
-from retriever.store import KnowledgeBase, SearchHit
+from retriever.store import KnowledgeBase
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from app.cache import AnswerCache, CacheCounters, CacheKey
 from app.limits import RateLimiter, TooBusyError
 from app.rag import Answer, Source
 from app.settings import Settings
-from retriever.store import SearchHit, ServiceUnavailableError
+from retriever.records import SearchHit, ServiceUnavailableError
 
 log = logging.getLogger(__name__)
 

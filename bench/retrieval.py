@@ -51,7 +51,8 @@ from bench.machine import cpu_name, git_revision, load_average, percentiles, tim
 from retriever.config import RetrieverConfig  # noqa: E402
 from retriever.embedder import Embedder  # noqa: E402
 from retriever.models import Chunk  # noqa: E402
-from retriever.store import ChunkDraft, DocumentDraft, KnowledgeBase  # noqa: E402
+from retriever.records import ChunkDraft, DocumentDraft  # noqa: E402
+from retriever.store import KnowledgeBase  # noqa: E402
 from retriever.vector_index import VectorIndex  # noqa: E402
 
 SQUAD = ROOT.parent / "shared" / "data" / "squad" / "squad-v1.1-dev-a.json"

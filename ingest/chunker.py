@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ingest.config import ChunkerConfig
-from retriever.store import ChunkDraft
+from retriever.records import ChunkDraft
 
 TokenCounter = Callable[[Sequence[str]], list[int]]
 Piece = tuple[int, int, int, bool]  # start, end, tokens, whether counted exactly

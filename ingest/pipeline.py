@@ -35,7 +35,8 @@ from ingest.cleaning import clean_document
 from ingest.config import ChunkerConfig, IngestConfig
 from ingest.dedup import NearDuplicateIndex, Signature, best_match, signature, text_hash
 from ingest.loaders import LoadedDocument, LoadError, display_name, is_supported, load_file, read_file
-from retriever.store import DocumentDraft, DocumentFingerprint, DocumentWrite, KnowledgeBase
+from retriever.records import DocumentDraft, DocumentFingerprint, DocumentWrite
+from retriever.store import KnowledgeBase
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import replace
 
-from retriever.store import SearchHit
+from retriever.records import SearchHit
 
 WORD = re.compile(r"\w+")
 

@@ -30,7 +30,7 @@ from pymilvus import DataType, MilvusClient, MilvusException
 
 from retriever.config import RetrieverConfig
 from retriever.filters import SearchFilters, _utc
-from retriever.store import VectorStoreUnavailableError
+from retriever.records import VectorStoreUnavailableError
 
 TIMEOUT_S = 10.0  # a Milvus that does not answer a call within this is treated as down
 WRITE_BATCH = 1000  # rows per upsert or delete

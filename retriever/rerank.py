@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from retriever.embedder import EmbedderNotFoundError
-from retriever.store import SearchHit, passage_text
+from retriever.records import SearchHit, passage_text
 
 
 class Reranker:

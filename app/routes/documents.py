@@ -25,7 +25,7 @@ from app.schemas import (
 )
 from app.services import Services
 from app.uploads import safe_filename, store_and_ingest
-from retriever.store import DocumentInfo, NotFoundError
+from retriever.records import DocumentInfo, NotFoundError
 
 router = APIRouter(prefix="/v1/documents", tags=["documents"])
 

@@ -10,7 +10,7 @@ from app.deps import PrincipalDep, ServicesDep
 from app.jobs import Job
 from app.schemas import FileResultPublic, JobList, JobPublic
 from ingest.pipeline import FileResult
-from retriever.store import NotFoundError
+from retriever.records import NotFoundError
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 

@@ -16,7 +16,8 @@ from app.rag import Source
 from app.services import Services
 from app.views import source_public
 from retriever.models import Document
-from retriever.store import KnowledgeBase, SearchHit
+from retriever.records import SearchHit
+from retriever.store import KnowledgeBase
 from tests.app.corpus import ADMIN, ANIMALS, GLACIER, GUIDE, KEEPER, REPORT, Corpus, no_model_settings, upload
 from tests.app.test_search import search
 

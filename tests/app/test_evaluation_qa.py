@@ -22,7 +22,7 @@ from app.evaluation_qa import (
 )
 from app.settings import Settings
 from ingest.cleaning import clean_text
-from retriever.store import SearchHit
+from retriever.records import SearchHit
 from tests.conftest import REPO_ROOT, shared_file
 
 CHINESE_SET = REPO_ROOT / "app" / "evalsets" / "zh-llm-notes.json"

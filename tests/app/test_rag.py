@@ -5,7 +5,7 @@ from __future__ import annotations
 from app.grounding import NO_ANSWER, parse_citations
 from app.rag import AnswerStyle, Source, build_messages
 from app.settings import Settings
-from retriever.store import SearchHit
+from retriever.records import SearchHit
 
 
 def hit(n: int, text: str) -> SearchHit:

@@ -24,7 +24,8 @@ from app.rag import Answer, Source
 from app.services import Services
 from app.settings import Settings
 from app.shared_state import SharedAnswerCache, SharedStateError, answer_from_json, answer_to_json, connect
-from retriever.store import KnowledgeBase, SearchHit
+from retriever.records import SearchHit
+from retriever.store import KnowledgeBase
 from tests.app.live import free_port
 from tests.app.test_streaming import LAVA, OWLS
 from tests.conftest import make_settings

@@ -16,8 +16,8 @@ from app.models import ApiKey, AppBase, Message
 from app.schema import SERVICE_CHAIN
 from app.services import Services
 from retriever.db import Database
+from retriever.records import InvalidNameError, NotFoundError
 from retriever.schema import SchemaError, upgrade_schema
-from retriever.store import InvalidNameError, NotFoundError
 from tests.conftest import make_settings
 
 

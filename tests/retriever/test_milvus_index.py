@@ -28,12 +28,8 @@ from retriever.config import RetrieverConfig, SearchMode  # noqa: E402
 from retriever.embedder import Embedder  # noqa: E402
 from retriever.filters import SearchFilters  # noqa: E402
 from retriever.milvus_index import MilvusIndex  # noqa: E402
-from retriever.store import (  # noqa: E402
-    ChunkDraft,
-    DocumentDraft,
-    KnowledgeBase,
-    VectorStoreUnavailableError,
-)
+from retriever.records import ChunkDraft, DocumentDraft, VectorStoreUnavailableError  # noqa: E402
+from retriever.store import KnowledgeBase  # noqa: E402
 from tests.app.live import free_port  # noqa: E402
 
 PETS = ["Cats purr when they are content.", "A cat sleeps sixteen hours a day."]

@@ -11,7 +11,8 @@ import pytest
 from retriever.config import RetrieverConfig
 from retriever.embedder import Embedder
 from retriever.filters import SearchFilters
-from retriever.store import ChunkDraft, DocumentDraft, KnowledgeBase
+from retriever.records import ChunkDraft, DocumentDraft
+from retriever.store import KnowledgeBase
 from retriever.vector_index import IndexMismatchError
 
 PETS = [

@@ -9,14 +9,8 @@ import pytest
 
 from retriever.config import RetrieverConfig
 from retriever.embedder import Embedder
-from retriever.store import (
-    ChunkDraft,
-    DocumentDraft,
-    DocumentWrite,
-    InvalidNameError,
-    KnowledgeBase,
-    NotFoundError,
-)
+from retriever.records import ChunkDraft, DocumentDraft, DocumentWrite, InvalidNameError, NotFoundError
+from retriever.store import KnowledgeBase
 from retriever.vector_index import IndexMismatchError, VectorIndex
 from tests.retriever.conftest import downgrade_schema, refused_then_upgraded
 
