@@ -26,7 +26,7 @@ from ingest.pipeline import Progress as IngestProgress
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-    from app.auth import KeyInfo, KeyStore
+    from app.ops.auth import KeyInfo, KeyStore
     from retriever.schema import MigrationChain
     from retriever.store import KnowledgeBase
 
@@ -314,8 +314,8 @@ def ask(
     ] = None,
 ) -> None:
     """Answer a question from a collection and list the numbered sources."""
-    from app.generation import GenerationFailedError
-    from app.rag import AnswerStyle, RagPipeline
+    from app.rag.generation import GenerationFailedError
+    from app.rag.pipeline import AnswerStyle, RagPipeline
     from app.services import ContextWindowError, load_knowledge_base, load_rag_generator
     from llm.base import UnknownAdapterError
     from llm.engine.sanity import CorruptModelError
@@ -366,7 +366,7 @@ def generate(
     """Stream the model's reply to one message, without retrieval (checks the generation backend)."""
     import time
 
-    from app.generation import GenerationFailedError
+    from app.rag.generation import GenerationFailedError
     from app.services import load_generator
     from llm.base import ChatMessage, ContextOverflowError, SamplingParams, UnknownAdapterError
     from llm.engine.sanity import CorruptModelError
@@ -408,8 +408,8 @@ def serve(
     """Start the REST API. API keys are required unless it listens on a loopback address only."""
     import uvicorn
 
-    from app.api import create_app
-    from app.logs import configure_logging
+    from app.api.app import create_app
+    from app.ops.logs import configure_logging
 
     settings = _settings()
     if host:
@@ -434,11 +434,11 @@ def serve(
 @cli.command()
 def worker() -> None:
     """Run ingest jobs from the broker (ARCHIVIST_BROKER_URL) until stopped; start as many as needed."""
-    from app.jobs import JobStore
-    from app.logs import configure_logging
+    from app.ops.jobs import JobStore
+    from app.ops.logs import configure_logging
+    from app.ops.worker import Dispatcher, run_worker
     from app.schema import SERVICE_CHAIN
     from app.services import load_knowledge_base
-    from app.worker import Dispatcher, run_worker
     from retriever.db import Database
     from retriever.schema import check_schema
 
@@ -474,7 +474,7 @@ def engine_serve(
     replicas (ARCHIVIST_LLM_BACKEND=openai, ARCHIVIST_LLM_URL) or any OpenAI client."""
     import uvicorn
 
-    from app.logs import configure_logging
+    from app.ops.logs import configure_logging
     from app.services import load_generator, shut_down
     from llm.server import create_engine_app
 
@@ -568,8 +568,14 @@ def evaluate(
     """Build a fresh knowledge base from a SQuAD file and report recall@k, MRR@10 and latency per mode
     (and answers with --generate); or do the same for a question set in the archivist-qa/1 format
     (app/evalsets/) over the documents it names, reporting hit@5 per mode and kind of question."""
-    from app.evaluation import EvaluationError, markdown_table, run_evaluation, split_name, write_outputs
-    from app.evaluation_qa import is_qa_set
+    from app.quality.evaluation import (
+        EvaluationError,
+        markdown_table,
+        run_evaluation,
+        split_name,
+        write_outputs,
+    )
+    from app.quality.evaluation_qa import is_qa_set
 
     if perplexity is not None:
         _evaluate_perplexity(perplexity)
@@ -636,8 +642,8 @@ def _evaluate_question_set(
     import dataclasses
     import json
 
-    from app.evaluation import EvaluationError
-    from app.evaluation_qa import qa_markdown_table, run_qa_evaluation
+    from app.quality.evaluation import EvaluationError
+    from app.quality.evaluation_qa import qa_markdown_table, run_qa_evaluation
 
     if documents is None:
         console.print(f"[red]error:[/red] {path} is a question set: give its documents' folder, --documents")
@@ -669,8 +675,8 @@ def finetune(
     seed: Annotated[int, typer.Option(help="Seed of the example sampling and the initialisation")] = 0,
 ) -> None:
     """Train a LoRA adapter that teaches the LLM the RAG answer format (short answer + [n] citation)."""
-    from app.evaluation import EvaluationError
-    from app.finetune import FinetuneError, FinetuneOptions, run_finetune
+    from app.quality.evaluation import EvaluationError
+    from app.quality.finetune import FinetuneError, FinetuneOptions, run_finetune
 
     settings = _settings()
     options = FinetuneOptions(
@@ -716,7 +722,7 @@ cli.add_typer(keys_cli, name="keys")
 
 @contextmanager
 def _key_store() -> Iterator[KeyStore]:
-    from app.auth import KeyStore
+    from app.ops.auth import KeyStore
     from app.schema import SERVICE_CHAIN
     from retriever.db import Database
     from retriever.schema import check_schema

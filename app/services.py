@@ -13,17 +13,17 @@ from collections.abc import Callable
 from functools import partial
 from itertools import cycle, islice
 
-from app.answering import Answering
-from app.auth import KeyStore
-from app.conversations import ConversationStore
-from app.errors import NotReadyError
-from app.jobs import JobManager, JobStore
-from app.limits import GenerationGate
-from app.metrics import Metrics
-from app.rag import fit_sources
+from app.api.errors import NotReadyError
+from app.ops.auth import KeyStore
+from app.ops.jobs import JobManager, JobStore
+from app.ops.limits import GenerationGate
+from app.ops.metrics import Metrics
+from app.ops.shared_state import limits_and_cache
+from app.rag.answering import Answering
+from app.rag.conversations import ConversationStore
+from app.rag.pipeline import fit_sources
 from app.schema import SERVICE_CHAIN
 from app.settings import Settings
-from app.shared_state import limits_and_cache
 from ingest.pipeline import Ingestor
 from llm.base import Generator
 from llm.locate import default_llm_path
@@ -164,7 +164,7 @@ def job_dispatcher(settings: Settings) -> Callable[[str], None] | None:
     here, when the settings name one; None runs them in this process."""
     if settings.broker_url is None:
         return None
-    from app.worker import Dispatcher  # Celery is imported only where a broker is used
+    from app.ops.worker import Dispatcher  # Celery is imported only where a broker is used
 
     return Dispatcher(settings.broker_url.get_secret_value(), settings.broker_queue)
 

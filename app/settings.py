@@ -115,7 +115,8 @@ class Settings(BaseSettings):
     llm_reads_cjk: bool | None = Field(
         None,
         description="Whether the model reads Chinese, Japanese and Korean; where it does not, a question or "
-        "passages in CJK get the passage sentence closest to the question as the answer (app.extraction). "
+        "passages in CJK get the passage sentence closest to the question as the answer "
+        "(app.rag.extraction). "
         "Unset: false for the default model (SmolLM2, English only), true for any other",
     )
     llm_adapters: list[Path] = Field(

@@ -4,7 +4,7 @@ Adjacent or overlapping chunks of one document are merged into one passage (the 
 span instead of two fragments that repeat the overlap), and a passage whose words nearly all appear in a
 better-ranked passage is dropped (the same text ingested twice under two names would otherwise take two
 slots of a small context window). Fitting the result into the model's token budget is the RAG pipeline's
-job (`app.rag.fit_sources`), since only it knows the prompt and the model's tokenizer.
+job (`app.rag.pipeline.fit_sources`), since only it knows the prompt and the model's tokenizer.
 """
 
 from __future__ import annotations

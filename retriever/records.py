@@ -24,7 +24,7 @@ class NotFoundError(LookupError):
 
 class ServiceUnavailableError(RuntimeError):
     """A service the processes share cannot be reached (Milvus here; Redis and the job broker in
-    `app.shared_state`): the CLI exits 2, a route answers 503 with Retry-After."""
+    `app.ops.shared_state`): the CLI exits 2, a route answers 503 with Retry-After."""
 
     RETRY_AFTER_S = 5
 

@@ -12,7 +12,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from app.api import create_app
+from app.api.app import create_app
 from app.services import Services
 from app.settings import Settings, get_settings
 from retriever.store import KnowledgeBase

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.api import create_app
+from app.api.app import create_app
 from app.services import Services
 from llm.locate import DEFAULT_ADAPTER_DIR, default_adapter_path
 from retriever.store import KnowledgeBase

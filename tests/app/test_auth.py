@@ -17,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from app.api import create_app
+from app.api.app import create_app
 from app.models import ApiKey
 from app.services import Services
 from app.settings import Settings

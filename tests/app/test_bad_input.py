@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.api import create_app
+from app.api.app import create_app
 from app.services import Services
 from retriever.store import KnowledgeBase
 from tests.app.state import snapshot

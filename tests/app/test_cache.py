@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from app.cache import AnswerCache, CacheKey, normalize_question
-from app.rag import Answer
+from app.rag.cache import AnswerCache, CacheKey, normalize_question
+from app.rag.pipeline import Answer
 from tests.app.test_streaming import LAVA, OWLS, read_events
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from app.api import create_app
+from app.api.app import create_app
 from app.cli import cli
 from app.services import Services
 from retriever.store import KnowledgeBase

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from app.rewrite import standalone_history, standalone_question
+from app.rag.rewrite import standalone_history, standalone_question
 from app.services import Services
 
 COMPANIES = {

@@ -11,10 +11,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
-from app.api import create_app
-from app.rag import Source
+from app.api.app import create_app
+from app.api.views import source_public
+from app.rag.pipeline import Source
 from app.services import Services
-from app.views import source_public
 from retriever.models import Document
 from retriever.records import SearchHit
 from retriever.store import KnowledgeBase

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from app.cli import cli
-from app.evaluation import (
+from app.quality.evaluation import (
     EvaluationError,
     cleaned_offset,
     exact_match,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from app.evaluation import EvaluationError, GoldSpan
-from app.evaluation_qa import (
+from app.quality.evaluation import EvaluationError, GoldSpan
+from app.quality.evaluation_qa import (
     ALL,
     evidence_spans,
     has_keyword,

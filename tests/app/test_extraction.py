@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.api import create_app
-from app.evaluation import answer_styles
-from app.extraction import closest_sentence
+from app.api.app import create_app
+from app.quality.evaluation import answer_styles
+from app.rag.extraction import closest_sentence
 from app.services import Services
 from retriever.embedder import load_multilingual_embedder
 from retriever.store import KnowledgeBase

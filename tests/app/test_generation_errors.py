@@ -17,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from app.api import create_app
+from app.api.app import create_app
 from app.cli import cli
 from app.services import Services
 from llm.engine.block_manager import BlockManager

@@ -11,8 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from app.grounding import NO_ANSWER, PassageText, best_relevance, calibrate_threshold, ground, sentence_spans
-from app.rag import RagPipeline, no_answer_rate
+from app.rag.grounding import (
+    NO_ANSWER,
+    PassageText,
+    best_relevance,
+    calibrate_threshold,
+    ground,
+    sentence_spans,
+)
+from app.rag.pipeline import RagPipeline, no_answer_rate
 from app.settings import Settings
 from ingest.pipeline import Ingestor, discover
 from retriever.embedder import Embedder

@@ -23,9 +23,9 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from sqlalchemy import select
 
-from app.api import create_app
-from app.jobs import JobStore, job_folder
+from app.api.app import create_app
 from app.models import IngestJob
+from app.ops.jobs import JobStore, job_folder
 from app.services import Services
 from app.settings import Settings
 from retriever.models import Chunk, Collection, Document

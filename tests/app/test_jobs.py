@@ -94,7 +94,7 @@ def test_a_starting_process_removes_only_abandoned_staging_folders(tmp_path) -> 
     import subprocess
     import sys
 
-    from app.uploads import ABANDONED_AFTER_SECONDS, remove_abandoned_staging, staging_folder
+    from app.ops.uploads import ABANDONED_AFTER_SECONDS, remove_abandoned_staging, staging_folder
 
     mine = staging_folder(tmp_path)  # this live process's upload in progress
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)

@@ -12,9 +12,9 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from app.api import create_app
-from app.generation import GenerationRun, GenerationTimeoutError
-from app.limits import GenerationGate, RateLimiter, TooBusyError
+from app.api.app import create_app
+from app.ops.limits import GenerationGate, RateLimiter, TooBusyError
+from app.rag.generation import GenerationRun, GenerationTimeoutError
 from app.services import Services
 from llm.base import ChatMessage, SamplingParams
 from retriever.store import KnowledgeBase

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.api import create_app
-from app.logs import JsonFormatter
+from app.api.app import create_app
+from app.ops.logs import JsonFormatter
 from app.services import Services
 from llm.base import ChatMessage, GenerationEvent, Generator, SamplingParams
 from retriever.store import KnowledgeBase

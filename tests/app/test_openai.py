@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from app.api import create_app
+from app.api.app import create_app
 from app.services import Services
 from retriever.store import KnowledgeBase
 from tests.app.live import serve

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from app.grounding import NO_ANSWER, parse_citations
-from app.rag import AnswerStyle, Source, build_messages
+from app.rag.grounding import NO_ANSWER, parse_citations
+from app.rag.pipeline import AnswerStyle, Source, build_messages
 from app.settings import Settings
 from retriever.records import SearchHit
 

@@ -17,7 +17,7 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 
-from app.api import create_app
+from app.api.app import create_app
 from app.services import Services
 from llm.base import ChatMessage, SamplingParams, collect
 from llm.remote import BackendUnavailableError, RemoteGenerator

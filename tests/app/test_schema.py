@@ -18,7 +18,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from app.api import create_app
+from app.api.app import create_app
 from app.services import Services
 from retriever.store import KnowledgeBase
 from tests.conftest import make_settings

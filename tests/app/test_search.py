@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from app.api import create_app
+from app.api.app import create_app
 from app.services import Services
 from retriever.store import KnowledgeBase
 from tests.app.corpus import (

@@ -18,12 +18,18 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.api import create_app
-from app.cache import CacheKey
-from app.rag import Answer, Source
+from app.api.app import create_app
+from app.ops.shared_state import (
+    SharedAnswerCache,
+    SharedStateError,
+    answer_from_json,
+    answer_to_json,
+    connect,
+)
+from app.rag.cache import CacheKey
+from app.rag.pipeline import Answer, Source
 from app.services import Services
 from app.settings import Settings
-from app.shared_state import SharedAnswerCache, SharedStateError, answer_from_json, answer_to_json, connect
 from retriever.records import SearchHit
 from retriever.store import KnowledgeBase
 from tests.app.live import free_port

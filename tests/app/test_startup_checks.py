@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from app.api import create_app
+from app.api.app import create_app
 from app.cli import cli
 from app.services import Services, check_context_window
 from llm.locate import default_llm_path

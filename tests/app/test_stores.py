@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, inspect, select, text
 
-from app.auth import LOCAL_ADMIN, AuthError, KeyStore, Principal, hash_key
-from app.conversations import ConversationStore
 from app.models import ApiKey, AppBase, Message
+from app.ops.auth import LOCAL_ADMIN, AuthError, KeyStore, Principal, hash_key
+from app.rag.conversations import ConversationStore
 from app.schema import SERVICE_CHAIN
 from app.services import Services
 from retriever.db import Database

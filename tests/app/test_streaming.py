@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from app.api import create_app
+from app.api.app import create_app
 from app.services import Services
 from app.settings import Settings
 from retriever.store import KnowledgeBase

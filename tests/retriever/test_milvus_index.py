@@ -23,7 +23,7 @@ milvus_lite = pytest.importorskip(
 
 from pymilvus import MilvusClient, MilvusException  # noqa: E402
 
-from app.errors import status_of  # noqa: E402
+from app.api.errors import status_of  # noqa: E402
 from retriever.config import RetrieverConfig, SearchMode  # noqa: E402
 from retriever.embedder import Embedder  # noqa: E402
 from retriever.filters import SearchFilters  # noqa: E402

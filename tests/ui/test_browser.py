@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.api import create_app
+from app.api.app import create_app
 from app.services import Services
 from retriever.store import KnowledgeBase
 from tests.app.live import free_port, serve

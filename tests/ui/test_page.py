@@ -9,8 +9,8 @@ import httpx
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app.api import create_app
-from app.grounding import NO_ANSWER
+from app.api.app import create_app
+from app.rag.grounding import NO_ANSWER
 from app.services import Services
 from retriever.store import KnowledgeBase
 from tests.app.live import free_port, serve
