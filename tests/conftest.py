@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from app.settings import Settings
+from llm.config import EngineConfig
 from retriever.embedder import Embedder
 from retriever.store import KnowledgeBase
 
@@ -41,12 +43,13 @@ def embedder() -> Embedder:
     return Embedder()
 
 
-def service_engine():  # type: ignore[no-untyped-def]
-    """The default backend of the service tests: our engine on the default model, decoding eagerly."""
-    from llm.config import EngineConfig
+def service_engine(served: EngineConfig | None = None):  # type: ignore[no-untyped-def]
+    """The backend of the service tests: our engine as `served` configures it (default: the default model
+    without adapters), decoding eagerly, with a context of 4096 tokens for 16 sequences."""
     from llm.engine import load_engine
 
-    return load_engine(EngineConfig(max_model_len=4096, max_num_seqs=16, enforce_eager=True))
+    config = served or EngineConfig()
+    return load_engine(replace(config, max_model_len=4096, max_num_seqs=16, enforce_eager=True))
 
 
 @pytest.fixture(scope="session")
