@@ -119,6 +119,13 @@ class Settings(BaseSettings):
         "(app.rag.extraction). "
         "Unset: false for the default model (SmolLM2, English only), true for any other",
     )
+    llm_explains: bool | None = Field(
+        None,
+        description="Whether the model answers how and why questions in its own words; where it does not, "
+        "such a question (not one of quantity, 'how many') gets the passage sentence closest to it as the "
+        "answer (app.rag.extraction). Unset: false for the default model (its adapter learned SQuAD's short "
+        "spans), true for any other",
+    )
     llm_adapters: list[Path] = Field(
         [], description="More LoRA adapter folders, chosen per request by folder name (JSON list)"
     )
@@ -360,11 +367,17 @@ class Settings(BaseSettings):
             merge_default_adapter=self.llm_merge_default_adapter,
         )
 
+    def serves_default_model(self) -> bool:
+        """Whether answers come from the default SmolLM2 in this process (no other model, no LLM server)."""
+        return self.llm_path is None and self.llm_backend != "openai"
+
     def model_reads_cjk(self) -> bool:
         """ARCHIVIST_LLM_READS_CJK, else whether the model is another than the default SmolLM2."""
-        if self.llm_reads_cjk is not None:
-            return self.llm_reads_cjk
-        return self.llm_path is not None or self.llm_backend == "openai"
+        return self.llm_reads_cjk if self.llm_reads_cjk is not None else not self.serves_default_model()
+
+    def model_explains(self) -> bool:
+        """ARCHIVIST_LLM_EXPLAINS, else whether the model is another than the default SmolLM2."""
+        return self.llm_explains if self.llm_explains is not None else not self.serves_default_model()
 
     def default_adapter(self) -> Path | None:
         """The adapter answers use by default: ARCHIVIST_LLM_ADAPTER, else the shipped RAG adapter when

@@ -13,8 +13,8 @@ CJK text is compared the way the BM25 index tokenizes it (`retriever.lexical`): 
 the index holds for it, the overlapping bigrams and the characters of each run of CJK characters, and an
 answer must bring its bigrams (a character counts alone only where it stands alone, like the 年 of
 "1998年"), so a Chinese answer shares terms with the passage it comes from but not with any passage that
-merely has its characters. Sentences end at 。！？； (or the ASCII forms cleaning gives the last three)
-with no space after them.
+merely has its characters. Sentences are split by `app.rag.sentences` (。！？； end one with no space
+after them; a hard-wrapped line does not).
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from app.rag.sentences import sentence_spans
 from app.settings import Settings
 from retriever.language import CJK, CJK_SHARE, cjk_share
-from retriever.lexical import CJK_CHARACTERS, CJK_RUN, TOKEN, cjk_bigrams, cjk_terms
+from retriever.lexical import CJK_RUN, TOKEN, cjk_bigrams, cjk_terms
 from retriever.records import CollectionProfile, SearchHit
 from retriever.store import KnowledgeBase
 
@@ -37,7 +38,6 @@ NO_ANSWER = "The documents do not contain the answer to this question."
 Refusal = Literal["relevance", "model", "degenerate", "unsupported"]
 # Share of an answer sentence's new content words that a passage must contain to support it.
 MIN_SUPPORT = 0.5
-SENTENCE_END = re.compile(rf"(?<=[.!?])\s+|(?<=[。！？；])\s*|(?<=[!?;])(?=[{CJK_CHARACTERS}])|\n+")
 CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
 # The prompt's passage header, "[2] (from Some Title)": an answer never needs to repeat it.
 HEADER_ECHO = re.compile(r"\[\d+\]\s*\(from\s", re.IGNORECASE)
@@ -135,18 +135,6 @@ def degenerate(text: str) -> bool:
     keys = [key for key in keys if key]
     repeated = len(keys) - len(set(keys))
     return len(keys) >= MIN_SENTENCES and repeated >= MAX_REPEATED * len(keys)
-
-
-def sentence_spans(text: str) -> list[tuple[int, int]]:
-    spans = []
-    start = 0
-    for match in SENTENCE_END.finditer(text):
-        if text[start : match.start()].strip():
-            spans.append((start, match.start()))
-        start = match.end()
-    if text[start:].strip():
-        spans.append((start, len(text)))
-    return spans
 
 
 def profile_of(kb: KnowledgeBase, hit: SearchHit) -> CollectionProfile:

