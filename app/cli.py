@@ -556,7 +556,11 @@ def evaluate(
     ] = "all",
     base: Annotated[bool, typer.Option(help="With --generate, also score the model without adapters")] = True,
     free_text: Annotated[
-        bool, typer.Option(help="With --generate, also score answers not copied from the passages")
+        bool,
+        typer.Option(help="With --generate, also score answers generated where extracted, and not copied"),
+    ] = False,
+    how_why: Annotated[
+        bool, typer.Option(help="Only the questions that ask how or why (not how many, how long...)")
     ] = False,
     output: Annotated[
         Path | None, typer.Option(help="Path prefix of the .json and .png (default: DATA_DIR/eval/FILE)")
@@ -598,7 +602,7 @@ def evaluate(
             return
         try:
             report = run_evaluation(
-                settings, squad, sample, generate, seed, advance, split_name(split), base, free_text
+                settings, squad, sample, generate, seed, advance, split_name(split), base, free_text, how_why
             )
         except EvaluationError as error:
             console.print(f"[red]error:[/red] {error}")
