@@ -113,6 +113,8 @@ def _sentences(passage: str) -> Sequence[tuple[tuple[int, int], str]]:
         if text.startswith("|") and TABLE_RULE.fullmatch(following):
             header = text
             continue
-        scored = f"{header}\n{text}" if header and text.startswith("|") else text
+        if not text.startswith("|"):
+            header = ""  # the table ended; a later one without a header row has none
+        scored = f"{header}\n{text}" if header else text
         candidates.append(((start, end), scored))
     return candidates

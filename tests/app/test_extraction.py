@@ -167,3 +167,11 @@ def test_the_default_model_answers_how_and_why_with_a_passage_sentence(client_fo
     assert counted["usage"]["completion_tokens"] > 0  # a question of quantity is generated
     explainer = client_for(llm_explains=True)  # a model that explains answers it itself
     assert explainer.post("/v1/query", json=question).json()["usage"]["completion_tokens"] > 0
+
+
+def test_a_table_row_is_scored_with_its_own_tables_header_only() -> None:
+    from app.rag.extraction import _sentences
+
+    passage = "| model | context |\n| --- | --- |\n| GPT-4 | 128K |\n\nPrices follow.\n\n| GPT-4 | $10 |"
+    scored = [text for _, text in _sentences(passage)]
+    assert scored == ["| model | context |\n| GPT-4 | 128K |", "Prices follow.", "| GPT-4 | $10 |"]
