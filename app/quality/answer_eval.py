@@ -1,5 +1,6 @@
 """Answer quality for `archivist eval --generate`: the LLM's answers scored with SQuAD's exact match and F1,
-once per answering setup (the base model, and each served LoRA adapter), all in the same run.
+and by whether they hold a gold answer at all (which compares an extracted sentence with a short span), once
+per answering setup (the base model, and each served LoRA adapter), all in the same run.
 
 Three views of the same questions:
 * end to end: hybrid retrieval of the configured top-k, the relevance gate, generation and grounding, as the
@@ -21,14 +22,17 @@ from typing import get_args
 
 import numpy as np
 
-from app.quality.evaluation import COLLECTION, Question, exact_match, f1_score
+from app.quality.evaluation import COLLECTION, Question, exact_match, f1_score, holds_answer
 from app.quality.rag_examples import build_examples
 from app.rag.grounding import CITATION, Refusal
 from app.rag.pipeline import Answer, RagPipeline
 from retriever.filters import SearchFilters
 from retriever.store import KnowledgeBase
 
-ROWS = ("exact_match", "f1", "refused", "gold_exact_match", "gold_f1", "wrong_refused", "seconds_per_answer")
+ROWS = (
+    "exact_match", "f1", "holds", "refused", "gold_exact_match", "gold_f1", "wrong_refused",
+    "seconds_per_answer",
+)  # fmt: skip
 CAUSES = get_args(Refusal)
 
 
@@ -46,7 +50,7 @@ def evaluate_answers(
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
     """The scores of one answering setup (`pipeline`, with its adapter) on `questions`."""
-    em, f1, refused, seconds = [], [], [], []
+    em, f1, holds, refused, seconds = [], [], [], [], []
     causes: list[str | None] = []
     for number, question in enumerate(questions, start=1):
         started = time.perf_counter()
@@ -54,6 +58,7 @@ def evaluate_answers(
         seconds.append(time.perf_counter() - started)
         em.append(exact_match(prediction(answer), question.answers))
         f1.append(f1_score(prediction(answer), question.answers))
+        holds.append(answer.grounded and holds_answer(prediction(answer), question.answers))
         refused.append(not answer.grounded)
         causes.append(answer.refusal)
         if progress is not None:
@@ -78,6 +83,7 @@ def evaluate_answers(
         "questions": len(questions),
         "exact_match": mean(em),
         "f1": mean(f1),
+        "holds": mean(holds),
         "refused": mean(refused),
         "gold_questions": len(gold_em),
         "gold_exact_match": mean(gold_em),
@@ -91,9 +97,9 @@ def evaluate_answers(
 def answers_table(llm: str, generation: dict[str, dict[str, float]]) -> list[str]:
     """Markdown rows, one per answering setup."""
     lines = [
-        f"| LLM {llm} | questions | EM | F1 | refused | gold+2 EM | gold+2 F1 | wrong collection refused "
-        "| s/answer |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| LLM {llm} | questions | EM | F1 | holds the answer | refused | gold+2 EM | gold+2 F1 "
+        "| wrong collection refused | s/answer |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for setup, scores in generation.items():
         cells = [

@@ -282,6 +282,13 @@ def exact_match(prediction: str, truths: Sequence[str]) -> float:
     return float(any(normalize_answer(prediction) == normalize_answer(truth) for truth in truths))
 
 
+def holds_answer(prediction: str, truths: Sequence[str]) -> float:
+    """Whether the prediction contains one of the answers as whole words (normalized): the measure that
+    compares a sentence with a short span, which exact match and F1 score by length as much as by content."""
+    predicted = f" {normalize_answer(prediction)} "
+    return float(any(gold and f" {gold} " in predicted for gold in map(normalize_answer, truths)))
+
+
 def f1_score(prediction: str, truths: Sequence[str]) -> float:
     def f1(truth: str) -> float:
         predicted, gold = normalize_answer(prediction).split(), normalize_answer(truth).split()

@@ -16,6 +16,7 @@ from app.quality.evaluation import (
     cleaned_offset,
     exact_match,
     f1_score,
+    holds_answer,
     markdown_table,
     run_evaluation,
     split_articles,
@@ -80,6 +81,9 @@ def test_squad_scoring() -> None:
     assert exact_match("Broncos", ["Denver Broncos"]) == 0.0
     assert f1_score("the Denver Broncos team", ["Denver Broncos"]) == pytest.approx(0.8)
     assert f1_score("nothing", ["Denver Broncos", "Broncos"]) == 0.0
+    assert holds_answer("They beat the Denver Broncos in 2016.", ["Denver Broncos", "Broncos"]) == 1.0
+    assert holds_answer("The Broncos' rivals", ["Denver Broncos"]) == 0.0
+    assert holds_answer("abroncos", ["Broncos"]) == 0.0 and holds_answer("anything", [""]) == 0.0
 
 
 def test_evaluation_run_reports_every_mode(settings: Settings, tmp_path: Path) -> None:
@@ -95,7 +99,7 @@ def test_evaluation_run_reports_every_mode(settings: Settings, tmp_path: Path) -
     assert {"base model", "base model (free text)"} <= set(report.generation)
     base = report.generation["base model"]
     assert base["questions"] == 3 and base["gold_questions"] == 3
-    for name in ("exact_match", "f1", "refused", "gold_f1", "wrong_refused"):
+    for name in ("exact_match", "f1", "holds", "refused", "gold_f1", "wrong_refused"):
         assert 0.0 <= base[name] <= 1.0
     table = markdown_table(report)
     assert "| hybrid |" in table and "| base model | 3 |" in table
