@@ -14,6 +14,7 @@ from typing import Any
 import streamlit as st
 
 from ui.client import ApiError, ArchivistClient
+from ui.marking import highlighted
 
 st.set_page_config(page_title="Archivist", page_icon="📚")
 MODES = ["hybrid", "dense", "lexical"]
@@ -26,15 +27,6 @@ def get_client(base_url: str | None, api_key: str | None) -> ArchivistClient:
 
 # Plain bold text: an emoji mark renders as an empty box where the browser has no emoji font.
 CITED = "**cited**"
-
-
-def highlighted(source: dict[str, Any]) -> str:
-    """The passage as HTML-escaped markdown, the span that supports the answer marked."""
-    text, span = source["text"], source.get("highlight")
-    if not span:
-        return html.escape(text)
-    start, end = span["start"], span["end"]
-    return f"{html.escape(text[:start])}<mark>{html.escape(text[start:end])}</mark>{html.escape(text[end:])}"
 
 
 # Characters Markdown reads as inline formatting (and `$` as math), written as HTML entities so that

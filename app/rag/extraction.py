@@ -10,8 +10,8 @@ Two kinds of question get one when the model is the default SmolLM2 (`AnswerStyl
   passage of a documentation set often only quotes the question, in an example). A sentence that opens a
   code block (it ends with a colon) brings the block's command along.
 
-A sentence that quotes the whole question is never the answer; nor are headings (a line opening with `#`)
-and the header rows of tables.
+A sentence that quotes the whole question is never the answer; nor are headings (a line opening with `#`),
+the header rows of tables and the lines of code blocks (a command quoting another question is no answer).
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ HOW_OR_WHY = re.compile(rf"\s*(?:how\b(?!\s+(?:{QUANTITY})\b)|why\b)", re.IGNORE
 # A fenced code block right after a sentence (blank lines between allowed), up to its closing fence.
 CODE_AFTER_COLON = re.compile(r"\s*\n(?P<fence>```|~~~)[^\n]*\n(?P<code>.*?)(?:\n(?P=fence)|\Z)", re.DOTALL)
 WORD = re.compile(r"\w+")
+# A fenced code block, to its closing fence or the passage's end: its lines are code, not sentences.
+CODE_BLOCK = re.compile(r"^[ \t]*(```|~~~)[^\n]*\n.*?(?:^[ \t]*\1[ \t]*$|\Z)", re.MULTILINE | re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -95,9 +97,12 @@ def _sentences(passage: str) -> Sequence[tuple[tuple[int, int], str]]:
     """The passage's sentences (`app.rag.sentences`: a table row or a list item is one too), each
     trimmed of surrounding whitespace, with the text it is scored by: a table's data row is scored with the
     table's header row before it (a row of bare values says little alone); headings, header rows and the
-    rows of dashes under them are left out."""
+    rows of dashes under them, and the lines of code blocks are left out."""
+    code = [block.span() for block in CODE_BLOCK.finditer(passage)]
     lines = []
     for start, end in sentence_spans(passage):
+        if any(low <= start < high for low, high in code):
+            continue
         text = passage[start:end]
         start += len(text) - len(text.lstrip())
         end -= len(text) - len(text.rstrip())

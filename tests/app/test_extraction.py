@@ -175,3 +175,11 @@ def test_a_table_row_is_scored_with_its_own_tables_header_only() -> None:
     passage = "| model | context |\n| --- | --- |\n| GPT-4 | 128K |\n\nPrices follow.\n\n| GPT-4 | $10 |"
     scored = [text for _, text in _sentences(passage)]
     assert scored == ["| model | context |\n| GPT-4 | 128K |", "Prices follow.", "| GPT-4 | $10 |"]
+
+
+def test_code_lines_are_no_answer_alone(embedder: Embedder) -> None:
+    passage = (
+        'Examples:\n\n```\narchivist ask "How do I delete a document?"\n```\n\nDeleting removes its chunks.'
+    )
+    found = closest_sentence(embedder, "How are deleted documents kept out of answers?", [(1, passage)])
+    assert found is not None and found.text == "Deleting removes its chunks."

@@ -1,0 +1,30 @@
+"""The cited passage's markdown: the supporting span marked in prose and inside fenced code blocks, where
+markdown would show a `<mark>` or an escaped quote as text."""
+
+from __future__ import annotations
+
+from ui.marking import highlighted
+
+PASSAGE = 'Ask it:\n\n```\narchivist ask "Why?"\n```\n\nThe answer is <printed> first.'
+
+
+def source(start: int, end: int) -> dict[str, object]:
+    return {"text": PASSAGE, "highlight": {"start": start, "end": end}}
+
+
+def test_a_span_in_prose_is_marked_and_the_text_escaped() -> None:
+    start = PASSAGE.index("The answer")
+    marked = highlighted(source(start, len(PASSAGE)))
+    assert marked.endswith("<mark>The answer is &lt;printed&gt; first.</mark>")
+    assert highlighted({"text": "a < b"}) == "a &lt; b"
+
+
+def test_code_blocks_become_html_blocks_with_their_part_of_the_span_marked() -> None:
+    start = PASSAGE.index("archivist")
+    marked = highlighted(source(start, PASSAGE.index("\n```\n\n")))
+    assert "```" not in marked
+    assert "\n<pre><code><mark>archivist ask &quot;Why?&quot;</mark></code></pre>\n" in marked
+    across = highlighted(source(0, PASSAGE.index("\n```\n\n")))  # a sentence with the command it introduces
+    assert across.startswith("<mark>Ask it:</mark>\n\n\n<pre><code><mark>archivist ask")
+    unmarked = highlighted({"text": "Run:\n```\nmake run\n"})  # a chunk that ends inside its block
+    assert unmarked == "Run:\n\n<pre><code>make run</code></pre>\n"
