@@ -1,8 +1,10 @@
 """A cited passage as markdown for the chat page, the span that supports the answer marked.
 
-The passage is HTML-escaped so that its text shows as it is. Markdown shows the inside of a fenced code
-block literally, so a `<mark>` (or an escaped quote) there would show as text: each fenced block becomes an
-HTML `<pre><code>` block instead, with its part of the span marked inside it.
+The passage is HTML-escaped so that its text shows as it is. Markdown shows the inside of code literally,
+so a `<mark>` or an escaped `<` there would show as text: each fenced block becomes an HTML `<pre><code>`
+block and each inline code span an HTML `<code>`, with their part of the span marked inside them. A mark
+never covers what makes a line a list item, heading or quote, nor a table row's `|`, which markdown must
+see at the start of the line to read it.
 """
 
 from __future__ import annotations
@@ -14,20 +16,42 @@ from typing import Any
 # A fenced code block: its opening fence line, its code (group 2), its closing fence or the passage's end
 # (a chunk may end inside a block).
 FENCED = re.compile(r"^[ \t]*(```|~~~)[^\n]*\n(.*?)(?:^[ \t]*\1[ \t]*$|\Z)", re.MULTILINE | re.DOTALL)
+# Within prose: an inline code span (its code in group 2), or a table cell's border.
+INLINE = re.compile(r"(`+)(.+?)\1|\|", re.DOTALL)
+# What opens a list item, a heading or a quote line.
+BLOCK_PREFIX = re.compile(r"[ \t]*(?:[-*+][ \t]+|\d{1,3}[.)][ \t]+|#{1,6}[ \t]+|>[ \t]*)")
 
 
 def highlighted(source: dict[str, Any]) -> str:
     """The passage of an API source as markdown with its `highlight` span marked."""
     text, span = source["text"], source.get("highlight")
     start, end = (span["start"], span["end"]) if span else (0, 0)
+    if start < end and (start == 0 or text[start - 1] == "\n"):
+        prefix = BLOCK_PREFIX.match(text, start, end)
+        start = prefix.end() if prefix else start
     parts, position = [], 0
     for block in FENCED.finditer(text):
-        parts.append(_marked(text, position, block.start(), start, end))
+        parts.append(_prose(text, position, block.start(), start, end))
         code_start, code_end = block.span(2)
         code = _marked(text, code_start, code_end, start, end).rstrip("\n")
         parts.append(f"\n<pre><code>{code}</code></pre>\n")
         position = block.end()
-    parts.append(_marked(text, position, len(text), start, end))
+    parts.append(_prose(text, position, len(text), start, end))
+    return "".join(parts)
+
+
+def _prose(text: str, low: int, high: int, start: int, end: int) -> str:
+    """`text[low:high]`, outside code blocks, escaped and marked piece by piece around its inline code."""
+    parts, position = [], low
+    for piece in INLINE.finditer(text, low, high):
+        parts.append(_marked(text, position, piece.start(), start, end))
+        if piece.group(0) == "|":
+            parts.append("|")
+        else:
+            code_start, code_end = piece.span(2)
+            parts.append(f"<code>{_marked(text, code_start, code_end, start, end)}</code>")
+        position = piece.end()
+    parts.append(_marked(text, position, high, start, end))
     return "".join(parts)
 
 

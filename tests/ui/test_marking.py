@@ -28,3 +28,14 @@ def test_code_blocks_become_html_blocks_with_their_part_of_the_span_marked() -> 
     assert across.startswith("<mark>Ask it:</mark>\n\n\n<pre><code><mark>archivist ask")
     unmarked = highlighted({"text": "Run:\n```\nmake run\n"})  # a chunk that ends inside its block
     assert unmarked == "Run:\n\n<pre><code>make run</code></pre>\n"
+
+
+def test_inline_code_list_markers_and_table_rows_stay_markdown() -> None:
+    text = "Files go under `uploads/<collection>/`.\n- `DELETE /v1/x` deletes it.\n| a | b |\n"
+    item = text.index("- ")
+    marked = highlighted({"text": text, "highlight": {"start": item, "end": text.index("\n|")}})
+    assert "<code>uploads/&lt;collection&gt;/</code>" in marked  # inline code shows its text as it is
+    assert "\n- <code><mark>DELETE /v1/x</mark></code> <mark>deletes it.</mark>\n" in marked
+    row = text.index("| a")
+    marked_row = highlighted({"text": text, "highlight": {"start": row, "end": len(text) - 1}})
+    assert marked_row.endswith("\n| <mark>a</mark> | <mark>b</mark> |\n")
