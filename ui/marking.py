@@ -1,8 +1,9 @@
 """A cited passage as markdown for the chat page, the span that supports the answer marked.
 
 The passage is HTML-escaped so that its text shows as it is. Markdown shows the inside of code literally,
-so a `<mark>` or an escaped `<` there would show as text: each fenced block becomes an HTML `<pre><code>`
-block and each inline code span an HTML `<code>`, with their part of the span marked inside them. A mark
+so a `<mark>` or an escaped `<` there would show as text: each line of a fenced block and each inline code
+span becomes an HTML `<code>` element, with its part of the span marked inside it (the page's code-block
+element shows plain text only). A mark
 never covers what makes a line a list item, heading or quote, nor a table row's `|`, which markdown must
 see at the start of the line to read it.
 """
@@ -32,12 +33,22 @@ def highlighted(source: dict[str, Any]) -> str:
     parts, position = [], 0
     for block in FENCED.finditer(text):
         parts.append(_prose(text, position, block.start(), start, end))
-        code_start, code_end = block.span(2)
-        code = _marked(text, code_start, code_end, start, end).rstrip("\n")
-        parts.append(f"\n<pre><code>{code}</code></pre>\n")
+        parts.append(f"\n<div>{_code_lines(text, *block.span(2), start, end)}</div>\n")
         position = block.end()
     parts.append(_prose(text, position, len(text), start, end))
     return "".join(parts)
+
+
+def _code_lines(text: str, low: int, high: int, start: int, end: int) -> str:
+    """The lines of a code block as inline code, one per line: the page's code-block element shows only
+    plain text, so a mark inside it would not show."""
+    lines, position = [], low
+    for line in text[low:high].rstrip("\n").split("\n"):
+        lines.append(
+            f"<code>{_marked(text, position, position + len(line), start, end)}</code>" if line else ""
+        )
+        position += len(line) + 1
+    return "<br>".join(lines)
 
 
 def _prose(text: str, low: int, high: int, start: int, end: int) -> str:

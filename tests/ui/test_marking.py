@@ -23,11 +23,11 @@ def test_code_blocks_become_html_blocks_with_their_part_of_the_span_marked() -> 
     start = PASSAGE.index("archivist")
     marked = highlighted(source(start, PASSAGE.index("\n```\n\n")))
     assert "```" not in marked
-    assert "\n<pre><code><mark>archivist ask &quot;Why?&quot;</mark></code></pre>\n" in marked
+    assert "\n<div><code><mark>archivist ask &quot;Why?&quot;</mark></code></div>\n" in marked
     across = highlighted(source(0, PASSAGE.index("\n```\n\n")))  # a sentence with the command it introduces
-    assert across.startswith("<mark>Ask it:</mark>\n\n\n<pre><code><mark>archivist ask")
-    unmarked = highlighted({"text": "Run:\n```\nmake run\n"})  # a chunk that ends inside its block
-    assert unmarked == "Run:\n\n<pre><code>make run</code></pre>\n"
+    assert across.startswith("<mark>Ask it:</mark>\n\n\n<div><code><mark>archivist ask")
+    unmarked = highlighted({"text": "Run:\n```\nmake run\n\nmake test"})  # a chunk ending inside its block
+    assert unmarked == "Run:\n\n<div><code>make run</code><br><br><code>make test</code></div>\n"
 
 
 def test_inline_code_list_markers_and_table_rows_stay_markdown() -> None:
