@@ -231,8 +231,8 @@ def run_job(
     on_result: Callable[[FileResult], None] | None = None,
     runner: str | None = None,
 ) -> None:
-    """Ingest the files of job `job_id` that have no result yet, record each result, end the job and
-    delete its folder. An exception from the ingest fails the job; a killed process leaves it running,
+    """Ingest the files of job `job_id` that have no result yet, record each result, delete the job's
+    folder and end the job. An exception from the ingest fails the job; a killed process leaves it running,
     with its folder, for whoever runs it again. `runner` names who runs it now, when that changes."""
     job = store.start(job_id, runner)
     if job is None:
@@ -259,11 +259,15 @@ def run_job(
 
     try:
         ingestor.ingest(sources, job.collection, on_result=result, on_progress=progress)
-        store.finish(job_id, "done")
     except Exception as error:  # the job fails; whoever runs jobs goes on with the next one
         log.exception("ingest job %s failed", job_id)
+        shutil.rmtree(folder, ignore_errors=True)
         store.finish(job_id, "failed", f"{type(error).__name__}: {error}")
+        return
+    # The folder goes first, so that a job seen done has no staged file left; a process killed in between
+    # leaves the job running with every file recorded, and whoever runs it again only ends it.
     shutil.rmtree(folder, ignore_errors=True)
+    store.finish(job_id, "done")
 
 
 class JobManager:
