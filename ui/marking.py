@@ -3,9 +3,8 @@
 The passage is HTML-escaped so that its text shows as it is. Markdown shows the inside of code literally,
 so a `<mark>` or an escaped `<` there would show as text: each line of a fenced block and each inline code
 span becomes an HTML `<code>` element, with its part of the span marked inside it (the page's code-block
-element shows plain text only). A mark
-never covers what makes a line a list item, heading or quote, nor a table row's `|`, which markdown must
-see at the start of the line to read it.
+element shows plain text only). A mark never covers what makes a line a list item, heading or quote, nor
+a table row's `|`, which markdown must see at the start of the line to read it.
 """
 
 from __future__ import annotations

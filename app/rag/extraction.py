@@ -32,8 +32,6 @@ HOW_OR_WHY = re.compile(rf"\s*(?:how\b(?!\s+(?:{QUANTITY})\b)|why\b)", re.IGNORE
 # A fenced code block right after a sentence (blank lines between allowed), up to its closing fence.
 CODE_AFTER_COLON = re.compile(r"\s*\n(?P<fence>```|~~~)[^\n]*\n(?P<code>.*?)(?:\n(?P=fence)|\Z)", re.DOTALL)
 WORD = re.compile(r"\w+")
-# A fenced code block, to its closing fence or the passage's end: its lines are code, not sentences.
-CODE_BLOCK = re.compile(r"^[ \t]*(```|~~~)[^\n]*\n.*?(?:^[ \t]*\1[ \t]*$|\Z)", re.MULTILINE | re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -98,11 +96,8 @@ def _sentences(passage: str) -> Sequence[tuple[tuple[int, int], str]]:
     trimmed of surrounding whitespace, with the text it is scored by: a table's data row is scored with the
     table's header row before it (a row of bare values says little alone); headings, header rows and the
     rows of dashes under them, and the lines of code blocks are left out."""
-    code = [block.span() for block in CODE_BLOCK.finditer(passage)]
     lines = []
-    for start, end in sentence_spans(passage):
-        if any(low <= start < high for low, high in code):
-            continue
+    for start, end in sentence_spans(passage, code=False):
         text = passage[start:end]
         start += len(text) - len(text.lstrip())
         end -= len(text) - len(text.rstrip())

@@ -21,9 +21,10 @@ ITEM = re.compile(r"\s*(?:[-*+]\s|\d{1,3}[.)]\s)\s*")  # the marker opening a li
 BLOCK_LINE = re.compile(r"\s*[#|>]")  # a heading, a table row, a quote line
 
 
-def line_runs(text: str) -> list[tuple[int, int]]:
+def line_runs(text: str, code: bool = True) -> list[tuple[int, int]]:
     """The runs of lines that read on as one (a paragraph of prose, a list item with its continuation
-    lines) and the block lines that stand alone, as character offsets; blank and fence lines are left out."""
+    lines) and the block lines that stand alone, as character offsets; blank and fence lines are left out,
+    and without `code` the lines inside code fences too."""
     runs: list[tuple[int, int]] = []
     in_fence = continues = False  # continues: whether an unmarked prose line extends the last run
     position = 0
@@ -35,7 +36,8 @@ def line_runs(text: str) -> list[tuple[int, int]]:
         elif not line.strip():
             continues = False
         elif in_fence or BLOCK_LINE.match(line):
-            runs.append((start, end))
+            if code or not in_fence:
+                runs.append((start, end))
             continues = False
         elif ITEM.match(line):
             runs.append((start, end))
@@ -48,10 +50,11 @@ def line_runs(text: str) -> list[tuple[int, int]]:
     return runs
 
 
-def sentence_spans(text: str) -> list[tuple[int, int]]:
-    """The sentences of `text` as character offsets, each without the whitespace that ends it."""
+def sentence_spans(text: str, code: bool = True) -> list[tuple[int, int]]:
+    """The sentences of `text` as character offsets, each without the whitespace that ends it; without
+    `code`, the lines of code fences are left out."""
     spans = []
-    for run_start, run_end in line_runs(text):
+    for run_start, run_end in line_runs(text, code):
         start = run_start
         item = ITEM.match(text, run_start, run_end)  # "2. " opens an item; it does not end a sentence
         for match in SENTENCE_END.finditer(text, item.end() if item else run_start, run_end):

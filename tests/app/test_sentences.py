@@ -68,3 +68,8 @@ def test_offsets_point_into_the_text_with_windows_line_ends() -> None:
     text = "First line\r\ngoes on.\r\n\r\n# Title\r\n"
     spans = sentence_spans(text)
     assert [text[start:end] for start, end in spans] == ["First line\r\ngoes on.", "# Title"]
+
+
+def test_code_lines_can_be_left_out() -> None:
+    text = "Run:\n```\nmake run\n```\nThen ask."
+    assert [text[start:end] for start, end in sentence_spans(text, code=False)] == ["Run:", "Then ask."]
