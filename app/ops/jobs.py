@@ -257,17 +257,16 @@ def run_job(
         if on_result is not None:
             on_result(found)
 
+    failure = ""
     try:
         ingestor.ingest(sources, job.collection, on_result=result, on_progress=progress)
     except Exception as error:  # the job fails; whoever runs jobs goes on with the next one
         log.exception("ingest job %s failed", job_id)
-        shutil.rmtree(folder, ignore_errors=True)
-        store.finish(job_id, "failed", f"{type(error).__name__}: {error}")
-        return
-    # The folder goes first, so that a job seen done has no staged file left; a process killed in between
+        failure = f"{type(error).__name__}: {error}"
+    # The folder goes first, so that a job seen ended has no staged file left; a process killed in between
     # leaves the job running with every file recorded, and whoever runs it again only ends it.
     shutil.rmtree(folder, ignore_errors=True)
-    store.finish(job_id, "done")
+    store.finish(job_id, "failed" if failure else "done", failure)
 
 
 class JobManager:
