@@ -16,6 +16,7 @@ from llm.copying import CopySpans
 
 Role = Literal["system", "user", "assistant"]
 NO_ADAPTER = "none"  # the adapter name that asks for the base model, whatever the generator's default
+MAX_TOP_LOGPROBS = 20  # alternatives per token a request may ask for, as OpenAI allows
 FinishReason = Literal["stop", "length", "cancelled", "error"]
 
 
@@ -46,6 +47,9 @@ class SamplingParams:
     opening_bias: tuple[tuple[str, float], ...] = ()
     # The reply copies its words from these texts (`llm.copying`); None: any text.
     copy_spans: CopySpans | None = None
+    # Report each generated token's log-probability with this many most likely alternatives (0: the chosen
+    # token only; None: no log-probabilities), in `GenerationEvent.logprobs`.
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -65,6 +69,8 @@ class SamplingParams:
             problems.append("presence_penalty must be finite")
         if any(not text or not math.isfinite(bias) for text, bias in self.opening_bias):
             problems.append("opening_bias needs non-empty texts and finite biases")
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
+            problems.append(f"logprobs must be between 0 and {MAX_TOP_LOGPROBS}")
         if problems:
             raise ValueError("invalid sampling parameters: " + "; ".join(problems))
 
@@ -82,14 +88,27 @@ def opening_bias_by_token(params: SamplingParams, encode: Callable[[str], list[i
     return bias
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's text and log-probability under the model's own distribution (before temperature,
+    penalties and constraints), with the most likely alternatives at its position, best first."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
 @dataclass
 class GenerationEvent:
-    """One streamed piece of an answer. The last event of a stream has `finish_reason` set."""
+    """One streamed piece of an answer. The last event of a stream has `finish_reason` set. `logprobs`: the
+    tokens generated since the previous event, where `SamplingParams.logprobs` asked for them; such an event
+    may carry a token and no text yet (half a character, or the start of a possible stop string)."""
 
     text: str
     finish_reason: FinishReason | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass

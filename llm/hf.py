@@ -118,6 +118,8 @@ class HFGenerator:
 
         if params.adapter not in (None, NO_ADAPTER):
             raise UnknownAdapterError(f"the transformers backend serves no adapters, not {params.adapter!r}")
+        if params.logprobs is not None:
+            raise ValueError("the transformers backend reports no logprobs; the engine backend does")
         prompt_ids = self.encode_chat(messages)
         if len(prompt_ids) + params.max_new_tokens > self.context_window:
             raise ContextOverflowError(

@@ -31,6 +31,7 @@ from llm.base import (
     FinishReason,
     GenerationEvent,
     SamplingParams,
+    TokenLogprob,
     UnknownAdapterError,
 )
 
@@ -48,6 +49,8 @@ class BackendUnavailableError(RuntimeError):
 
 class RemoteGenerator:
     """A `Generator` whose model runs on OpenAI-compatible servers at `urls` (each with or without `/v1`)."""
+
+    reports_logprobs = True  # asked of the server (`logprobs`, `top_logprobs`); one that cannot answers 400
 
     def __init__(
         self,
@@ -177,6 +180,8 @@ class RemoteGenerator:
         body.update({key: value for key, (value, default) in extras.items() if value != default})
         if params.copy_spans is not None:  # `archivist engine serve`'s too
             body["copy_spans"] = dataclasses.asdict(params.copy_spans)
+        if params.logprobs is not None:
+            body.update(logprobs=True, top_logprobs=params.logprobs)
         return body
 
     def stream(self, messages: Sequence[ChatMessage], params: SamplingParams) -> Iterator[GenerationEvent]:
@@ -230,6 +235,19 @@ def _raise_for_request(response: httpx.Response, url: str) -> None:
     raise ValueError(f"the LLM server at {url} refused the request (HTTP {response.status_code}): {message}")
 
 
+def _token_logprobs(logprobs: dict[str, Any] | None) -> tuple[TokenLogprob, ...]:
+    """A chat chunk's `logprobs.content` as events carry it."""
+    entries = (logprobs or {}).get("content") or []
+    return tuple(
+        TokenLogprob(
+            entry["token"],
+            float(entry["logprob"]),
+            tuple((top["token"], float(top["logprob"])) for top in entry.get("top_logprobs") or ()),
+        )
+        for entry in entries
+    )
+
+
 def _events(response: httpx.Response, url: str) -> Iterator[GenerationEvent]:
     """The server's chunks as events; the last carries the finish reason and the token counts."""
     finish: FinishReason = "stop"
@@ -246,9 +264,11 @@ def _events(response: httpx.Response, url: str) -> Iterator[GenerationEvent]:
                 yield GenerationEvent("", "error")
                 return
             for choice in chunk.get("choices") or []:
-                if text := (choice.get("delta") or {}).get("content"):
+                text = (choice.get("delta") or {}).get("content") or ""
+                tokens = _token_logprobs(choice.get("logprobs"))
+                if text or tokens:
                     completion_tokens += 1
-                    yield GenerationEvent(text)
+                    yield GenerationEvent(text, logprobs=tokens)
                 if choice.get("finish_reason"):
                     finish = "length" if choice["finish_reason"] == "length" else "stop"
             if usage := chunk.get("usage"):

@@ -7,10 +7,13 @@ can use the model.
 - `POST /v1/chat/completions`: streamed (server-sent events, `stream_options.include_usage`) or not, with
   `max_tokens`, `temperature`, `top_p`, `top_k`, `min_p`, `presence_penalty`, `repetition_penalty`, `seed`,
   `stop`, `opening_bias` (the RAG service's refusal margin, `SamplingParams.opening_bias`) and `copy_spans`
-  (its answers copied from the passages, `SamplingParams.copy_spans`). Closing the stream cancels the
-  generation. `logprobs`, `n > 1` and `frequency_penalty` are refused, not ignored.
+  (its answers copied from the passages, `SamplingParams.copy_spans`), and `logprobs` with `top_logprobs`
+  (the engine backend; another answers 400): each generated token's log-probability under the model's own
+  distribution, before temperature, penalties and constraints. Closing the stream cancels the generation.
+  `n > 1` and `frequency_penalty` are refused, not ignored.
 - `POST /v1/completions`: the same for a raw `prompt`, continued without the chat template (the engine
-  backend; another answers 400).
+  backend; another answers 400); `logprobs` is there the number of alternatives, in the legacy layout
+  (`tokens`, `token_logprobs`, `top_logprobs`, `text_offset`).
 - `GET /healthz`, and `GET /metrics`: the engine's counters as Prometheus gauges.
 
 With an API key set, every route but `/healthz` wants it as `Authorization: Bearer <key>`.
@@ -22,21 +25,24 @@ import hmac
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from llm.base import (
+    MAX_TOP_LOGPROBS,
     NO_ADAPTER,
     ChatMessage,
     ContextOverflowError,
     GenerationEvent,
     Generator,
     SamplingParams,
+    TokenLogprob,
     UnknownAdapterError,
     served_adapters,
 )
@@ -92,17 +98,31 @@ class SamplingRequest(BaseModel):
     seed: int | None = None
     stop: str | list[str] | None = None
     n: int = 1
-    logprobs: bool = False
     opening_bias: list[tuple[str, float]] = Field(default_factory=list)
     copy_spans: CopySpansIn | None = None
+
+    def logprobs_wanted(self) -> int | None:
+        """How many alternatives per token to report (0: the chosen token only); None: no logprobs."""
+        raise NotImplementedError
 
 
 class ChatRequest(SamplingRequest):
     messages: list[MessageIn] = Field(min_length=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    def logprobs_wanted(self) -> int | None:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ApiError(400, "top_logprobs needs logprobs: true")
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class CompletionRequest(SamplingRequest):
     prompt: str = Field(min_length=1)
+    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    def logprobs_wanted(self) -> int | None:
+        return self.logprobs
 
 
 def _adapter(model: str, name: str, adapters: tuple[str, ...]) -> str | None:
@@ -114,11 +134,14 @@ def _adapter(model: str, name: str, adapters: tuple[str, ...]) -> str | None:
     return adapter if plus else None
 
 
-def sampling_params(request: SamplingRequest, adapter: str | None, max_tokens: int) -> SamplingParams:
+def sampling_params(
+    request: SamplingRequest, adapter: str | None, max_tokens: int, reports_logprobs: bool
+) -> SamplingParams:
+    logprobs = request.logprobs_wanted()
     unsupported = [
         what
         for what, asked in (
-            ("logprobs", request.logprobs),
+            ("logprobs (with this backend)", logprobs is not None and not reports_logprobs),
             ("n > 1", request.n != 1),
             ("frequency_penalty", request.frequency_penalty != 0),
         )
@@ -141,6 +164,7 @@ def sampling_params(request: SamplingRequest, adapter: str | None, max_tokens: i
             adapter=adapter,
             opening_bias=tuple(request.opening_bias),
             copy_spans=request.copy_spans.spans() if request.copy_spans else None,
+            logprobs=logprobs,
         )
     except ValueError as error:
         raise ApiError(400, str(error)) from error
@@ -150,6 +174,10 @@ def create_engine_app(generator: Generator, api_key: str | None = None, max_toke
     """The server over `generator`; `max_tokens` is the reply length when a request gives none."""
     name, window = generator.name, generator.context_window
     adapters = served_adapters(generator)
+    reports_logprobs = bool(getattr(generator, "reports_logprobs", False))
+
+    def params_of(request: SamplingRequest) -> SamplingParams:
+        return sampling_params(request, _adapter(request.model, name, adapters), max_tokens, reports_logprobs)
 
     def authorized(request: Request) -> None:
         if api_key is None:
@@ -169,6 +197,16 @@ def create_engine_app(generator: Generator, api_key: str | None = None, max_toke
             {"error": {"message": str(error), "type": error.kind, "code": error.status}},
             status_code=error.status,
         )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        """A 400 in OpenAI's shape naming each field at fault (never echoing the input, which may not even
+        be JSON-encodable: NaN, lone surrogates)."""
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in problem['loc'] if part != 'body') or 'body'}: {problem['msg']}"
+            for problem in error.errors()
+        )
+        return await api_error(request, ApiError(400, f"invalid request: {problems}"))
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -192,7 +230,7 @@ def create_engine_app(generator: Generator, api_key: str | None = None, max_toke
 
     @app.post("/v1/chat/completions", dependencies=keyed, response_model=None)
     def chat_completions(request: ChatRequest) -> JSONResponse | StreamingResponse:
-        params = sampling_params(request, _adapter(request.model, name, adapters), max_tokens)
+        params = params_of(request)
         messages = [
             ChatMessage("system" if m.role == "developer" else m.role, m.content) for m in request.messages
         ]
@@ -204,7 +242,7 @@ def create_engine_app(generator: Generator, api_key: str | None = None, max_toke
         complete = getattr(generator, "complete", None)
         if not callable(complete):
             raise ApiError(400, "this backend serves chat completions only: use /v1/chat/completions")
-        params = sampling_params(request, _adapter(request.model, name, adapters), max_tokens)
+        params = params_of(request)
         return _respond(request, lambda: complete(request.prompt, params), TEXT)
 
     return app
@@ -236,12 +274,45 @@ def _respond(
     except ValueError as error:
         raise ApiError(400, str(error)) from error
     completion = f"{shape.prefix}-{uuid.uuid4().hex}"
+    logprobs = request.logprobs_wanted() is not None
     if request.stream:
         usage = request.stream_options is not None and request.stream_options.include_usage
         return StreamingResponse(
-            _sse(events, completion, request.model, usage, shape), media_type="text/event-stream"
+            _sse(events, completion, request.model, usage, shape, logprobs), media_type="text/event-stream"
         )
-    return _whole(events, completion, request.model, shape)
+    return _whole(events, completion, request.model, shape, logprobs)
+
+
+_LOWEST_LOGPROB = -9999.0  # what a log-probability of minus infinity is reported as (JSON has no infinity)
+
+
+def _logprobs(shape: Shape, tokens: Sequence[TokenLogprob], offset: int = 0) -> dict[str, Any]:
+    """Tokens with their log-probabilities as OpenAI lays them out: per token for chat completions; the
+    legacy parallel lists for text completions, whose `text_offset` counts from `offset`."""
+
+    def value(logprob: float) -> float:
+        return max(logprob, _LOWEST_LOGPROB)
+
+    if shape.chat:
+
+        def entry(token: str, logprob: float) -> dict[str, Any]:
+            return {"token": token, "logprob": value(logprob), "bytes": list(token.encode())}
+
+        return {
+            "content": [
+                {**entry(t.token, t.logprob), "top_logprobs": [entry(*a) for a in t.top]} for t in tokens
+            ]
+        }
+    offsets = []
+    for token in tokens:
+        offsets.append(offset)
+        offset += len(token.token)
+    return {
+        "tokens": [t.token for t in tokens],
+        "token_logprobs": [value(t.logprob) for t in tokens],
+        "top_logprobs": [{a: value(lp) for a, lp in t.top} for t in tokens],
+        "text_offset": offsets,
+    }
 
 
 def _usage(event: GenerationEvent) -> dict[str, int]:
@@ -253,10 +324,14 @@ def _usage(event: GenerationEvent) -> dict[str, int]:
     }
 
 
-def _whole(events: Iterator[GenerationEvent], completion: str, model: str, shape: Shape) -> JSONResponse:
+def _whole(
+    events: Iterator[GenerationEvent], completion: str, model: str, shape: Shape, logprobs: bool
+) -> JSONResponse:
     pieces, last = [], GenerationEvent("")
+    tokens: list[TokenLogprob] = []
     for event in events:
         pieces.append(event.text)
+        tokens.extend(event.logprobs)
         last = event
     if last.finish_reason == "error":
         raise ApiError(500, "the engine failed while generating; see the engine's log", "server_error")
@@ -264,21 +339,27 @@ def _whole(events: Iterator[GenerationEvent], completion: str, model: str, shape
     content: dict[str, Any] = (
         {"message": {"role": "assistant", "content": text}} if shape.chat else {"text": text}
     )
-    choice = {"index": 0, **content, "finish_reason": last.finish_reason or "stop"}
+    choice = {"index": 0, **content, "logprobs": _logprobs(shape, tokens) if logprobs else None,
+              "finish_reason": last.finish_reason or "stop"}  # fmt: skip
     body = {"id": completion, "object": shape.whole, "created": int(time.time()), "model": model,
             "choices": [choice], "usage": _usage(last)}  # fmt: skip
     return JSONResponse(body)
 
 
 def _sse(
-    events: Iterator[GenerationEvent], completion: str, model: str, usage: bool, shape: Shape
+    events: Iterator[GenerationEvent], completion: str, model: str, usage: bool, shape: Shape, logprobs: bool
 ) -> Iterator[str]:
     """The events as server-sent chunks. Leaving early (the client went away) closes `events`, which
     cancels the generation."""
     created = int(time.time())
+    offset = 0  # of the next token in the text so far (text completions' `text_offset`)
 
-    def chunk(delta: dict[str, str], finish: str | None = None, **extra: Any) -> str:
-        content = {"delta": delta} if shape.chat else {"text": delta.get("content", "")}
+    def chunk(
+        delta: dict[str, str], finish: str | None = None, tokens: Sequence[TokenLogprob] = (), **extra: Any
+    ) -> str:
+        content: dict[str, Any] = {"delta": delta} if shape.chat else {"text": delta.get("content", "")}
+        if logprobs and (delta or finish):
+            content["logprobs"] = _logprobs(shape, tokens, offset) if tokens else None
         choices = [{"index": 0, **content, "finish_reason": finish}] if delta or finish else []
         body = {"id": completion, "object": shape.chunk, "created": created, "model": model,
                 "choices": choices, **extra}  # fmt: skip
@@ -288,8 +369,9 @@ def _sse(
         if shape.chat:
             yield chunk({"role": "assistant", "content": ""})
         for event in events:
-            if event.text:
-                yield chunk({"content": event.text})
+            if event.text or event.logprobs:
+                yield chunk({"content": event.text}, tokens=event.logprobs)
+                offset += sum(len(t.token) for t in event.logprobs)
             if event.finish_reason == "error":
                 error = {
                     "message": "the engine failed while generating; see the engine's log",

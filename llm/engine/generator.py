@@ -22,9 +22,10 @@ from llm.base import (
     FinishReason,
     GenerationEvent,
     SamplingParams,
+    TokenLogprob,
     UnknownAdapterError,
 )
-from llm.engine.engine import LLMEngine, RequestOutput
+from llm.engine.engine import LLMEngine, RequestOutput, Sample
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ _STOP = object()
 
 
 class EngineGenerator:
+    reports_logprobs = True  # honours `SamplingParams.logprobs`
+
     def __init__(
         self,
         engine: LLMEngine,
@@ -176,7 +179,9 @@ class EngineGenerator:
             if kind == "add":
                 try:
                     params, adapter = handle.params, handle.adapter
-                    request = self.engine.add_request(handle.prompt_ids, params, adapter=adapter)
+                    request = self.engine.add_request(
+                        handle.prompt_ids, params, logprobs=params.logprobs, adapter=adapter
+                    )
                 except Exception as exc:
                     handle.events.put(exc)
                     continue
@@ -194,19 +199,36 @@ class EngineGenerator:
         if handle is None:
             return
         handle.completion_tokens += len(output.token_ids)
+        logprobs = self._logprobs(output)
         if output.finished:
             del self._live[output.request.request_id]
-            handle.events.put(self._final_event(handle, output.request.finish_reason or "stop", output.text))
-        elif output.text:
-            handle.events.put(GenerationEvent(text=output.text))
+            reason = output.request.finish_reason or "stop"
+            handle.events.put(self._final_event(handle, reason, output.text, logprobs))
+        elif output.text or logprobs:
+            handle.events.put(GenerationEvent(text=output.text, logprobs=logprobs))
+
+    def _logprobs(self, output: RequestOutput) -> tuple[TokenLogprob, ...]:
+        """The step's token with its log-probabilities, where the request asked for them; a stop token ends
+        the reply and is not part of it."""
+        request = output.request
+        if request.logprobs is None or not request.token_logprobs:
+            return ()
+        sample: Sample = request.token_logprobs[-1]
+        if sample.token_id in request.stop_token_ids or sample.logprob is None:
+            return ()
+        top = tuple((self.engine.decode([token]), logprob) for token, logprob in sample.top_logprobs or ())
+        return (TokenLogprob(self.engine.decode([sample.token_id]), sample.logprob, top),)
 
     @staticmethod
-    def _final_event(handle: _Stream, reason: FinishReason, text: str = "") -> GenerationEvent:
+    def _final_event(
+        handle: _Stream, reason: FinishReason, text: str = "", logprobs: tuple[TokenLogprob, ...] = ()
+    ) -> GenerationEvent:
         return GenerationEvent(
             text=text,
             finish_reason=reason,
             prompt_tokens=len(handle.prompt_ids),
             completion_tokens=handle.completion_tokens,
+            logprobs=logprobs,
         )
 
     def _fail_all(self) -> None:

@@ -110,14 +110,74 @@ def test_text_completions_continue_the_prompt_as_the_engine_in_process_does(
     assert "".join(chunk.choices[0].text for chunk in streamed if chunk.choices) == expected.text
 
 
+def test_logprobs_in_process_are_the_models_score_of_the_reply(generator) -> None:  # type: ignore[no-untyped-def]
+    """Each generated token with its log-probability, equal to the model's score of the whole reply read back
+    in one prefill (within bfloat16's reach: decode reads the cached keys and values, scoring computes them
+    afresh; a token off by one position would be off by far more); greedy and unconstrained, the chosen
+    token is the best of its alternatives."""
+    events = list(generator.stream(HELLO, SamplingParams(max_new_tokens=16, logprobs=3)))
+    tokens = [token for event in events for token in event.logprobs]
+    text = "".join(event.text for event in events)
+    assert text and "".join(t.token for t in tokens) == text
+    assert len(tokens) == events[-1].completion_tokens - (events[-1].finish_reason == "stop")  # not the EOS
+    for token in tokens:
+        assert len(token.top) == 3 and token.top[0] == (token.token, token.logprob)
+        assert [lp for _, lp in token.top] == sorted((lp for _, lp in token.top), reverse=True)
+    prompt, reply = generator.tokenizer.apply_chat_template(HELLO), generator.tokenizer.encode(text)
+    assert [generator.engine.decode([i]) for i in reply] == [t.token for t in tokens]
+    scored = generator.engine.runner.score(prompt + reply)[len(prompt) - 1 :].tolist()
+    assert [t.logprob for t in tokens] == pytest.approx(scored, abs=0.15)
+
+
+def test_logprobs_through_the_server_and_the_openai_backend_equal_those_in_process(
+    engine_url: str, generator
+) -> None:  # type: ignore[no-untyped-def]
+    expected = [
+        t for e in generator.stream(HELLO, SamplingParams(max_new_tokens=16, logprobs=2)) for t in e.logprobs
+    ]
+    client = openai.OpenAI(base_url=f"{engine_url}/v1", api_key=KEY)
+    asked = {"model": generator.name, "messages": [{"role": "user", "content": HELLO[0].content}],
+             "max_tokens": 16, "temperature": 0, "logprobs": True, "top_logprobs": 2}  # fmt: skip
+    whole = client.chat.completions.create(**asked)
+    content = whole.choices[0].logprobs.content
+    assert [c.token for c in content] == [t.token for t in expected]
+    assert [c.logprob for c in content] == pytest.approx([t.logprob for t in expected], abs=1e-3)
+    assert all(c.bytes == list(c.token.encode()) and len(c.top_logprobs) == 2 for c in content)
+    streamed = list(client.chat.completions.create(**asked, stream=True))
+    pieces = [c.choices[0].logprobs.content for c in streamed if c.choices and c.choices[0].logprobs]
+    assert [token.token for piece in pieces for token in piece] == [t.token for t in expected]
+    plain = client.chat.completions.create(**{**asked, "logprobs": False, "top_logprobs": None})
+    assert plain.choices[0].logprobs is None
+    text = client.completions.create(model=generator.name, prompt="The three primary colours are",
+                                     max_tokens=8, temperature=0, logprobs=2)  # fmt: skip
+    legacy = text.choices[0].logprobs
+    assert "".join(legacy.tokens) == text.choices[0].text and len(legacy.token_logprobs) == len(legacy.tokens)
+    assert legacy.text_offset == [sum(len(t) for t in legacy.tokens[:i]) for i in range(len(legacy.tokens))]
+    assert all(1 <= len(top) <= 2 for top in legacy.top_logprobs)
+    remote = RemoteGenerator([engine_url], api_key=KEY)
+    through = [
+        t for e in remote.stream(HELLO, SamplingParams(max_new_tokens=16, logprobs=2)) for t in e.logprobs
+    ]
+    assert [t.token for t in through] == [t.token for t in expected]
+    assert [[a for a, _ in t.top] for t in through] == [[a for a, _ in t.top] for t in expected]
+    assert [lp for t in through for _, lp in t.top] == pytest.approx(
+        [lp for t in expected for _, lp in t.top], abs=1e-3
+    )
+
+
 def test_the_engine_server_refuses_what_it_cannot_do(engine_url: str) -> None:
     client = openai.OpenAI(base_url=f"{engine_url}/v1", api_key=KEY)
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{engine_url}/v1", api_key="wrong").models.list()
     with pytest.raises(openai.NotFoundError, match="does not exist"):
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
-    with pytest.raises(openai.BadRequestError, match="logprobs"):
-        client.chat.completions.create(model=client.models.list().data[0].id, logprobs=True,
+    with pytest.raises(openai.BadRequestError, match="top_logprobs needs logprobs"):
+        client.chat.completions.create(model=client.models.list().data[0].id, top_logprobs=2,
+                                       messages=[{"role": "user", "content": "hi"}])  # fmt: skip
+    with pytest.raises(
+        openai.BadRequestError, match="top_logprobs: Input should be less than or equal to 20"
+    ):
+        client.chat.completions.create(model=client.models.list().data[0].id, logprobs=True, top_logprobs=21,
                                        messages=[{"role": "user", "content": "hi"}])  # fmt: skip
     with pytest.raises(openai.BadRequestError, match="copy_spans"):
         client.chat.completions.create(model=client.models.list().data[0].id, extra_body={"copy_spans": {}},
