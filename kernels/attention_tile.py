@@ -4,6 +4,9 @@
   first row) or paged (through the sequence's block-table row into `(num_blocks, BLOCK_SIZE, ...)` caches).
   Gathering row by row lets a key tile span several cache blocks, so the tile size is independent of the
   cache's block size.
+* `load_tile`: a key or value tile, zeroed past the sequence and past the head size. Head sizes that are not a
+  power of two (96, 80) run on tiles padded to the next one; the zero columns add nothing to the scores and
+  are never stored. The masks are compile-time switches, so a full tile of a power-of-two head loads bare.
 * `attend_tile`: one online-softmax step (FlashAttention-2) in the log2 domain: scores are pre-multiplied by
   `softmax_scale * log2(e)` so `exp2` can be used. The running max starts at a large finite negative value
   (not -inf) so that a row with no visible key in a tile gets `p = 0`, `alpha = 1` instead of NaN.
@@ -24,6 +27,22 @@ def kv_row_offsets(table_row_ptr, pos, mask, stride_kt, stride_kb, stride_ks, PA
         return block * stride_kb + (pos % BLOCK_SIZE).to(tl.int64) * stride_ks
     else:
         return pos.to(tl.int64) * stride_kt
+
+
+@triton.jit
+def load_tile(ptrs, seq_mask, dim_mask, MASK_SEQ: tl.constexpr, MASK_DIM: tl.constexpr):
+    """Load `ptrs`, with zeros where `seq_mask` (MASK_SEQ) or `dim_mask` (MASK_DIM) is false."""
+    if MASK_SEQ:
+        if MASK_DIM:
+            tile = tl.load(ptrs, mask=seq_mask & dim_mask, other=0.0)
+        else:
+            tile = tl.load(ptrs, mask=seq_mask, other=0.0)
+    else:
+        if MASK_DIM:
+            tile = tl.load(ptrs, mask=dim_mask, other=0.0)
+        else:
+            tile = tl.load(ptrs)
+    return tile
 
 
 @triton.jit

@@ -11,7 +11,8 @@ Layout:
   `(p - W, p]`. Query head `h` reads kv head `h // GROUP`.
 * output `(total_q, n_heads, head_dim)` in q's dtype. Last dimensions must be contiguous; the rest go through
   `stride_*`. Packed k and v each have their own strides (the engine slices them out of one fused qkv
-  projection); the paged caches share one layout.
+  projection); the paged caches share one layout. Any head_dim up to 256: one that is not a power of two
+  runs on padded tiles (`attention_tile`).
 
 Grid: `(cdiv(max_seqlen_q, BLOCK_M), n_heads, batch)`. Each program walks the key blocks its query tile can
 see in three ranges: a masked lower edge (window), an unmasked middle where every key is visible to every row,
@@ -26,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.attention_tile import attend_tile, finish_rows, init_state, kv_row_offsets
+from kernels.attention_tile import attend_tile, finish_rows, init_state, kv_row_offsets, load_tile
 from kernels.validation import (
     FLOAT_DTYPES,
     check_block_table,
@@ -37,6 +38,7 @@ from kernels.validation import (
     check_same_device,
     data_checks_enabled,
     dot_precision,
+    padded_head_dim,
     require,
 )
 
@@ -47,10 +49,13 @@ def _prefill_range(
     k_base, v_base, table_row_ptr, k_len, window, qk_scale,
     stride_kt, stride_vt, stride_kb, stride_ks,
     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, PAGED: tl.constexpr, MASKED: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     """Fold key positions [start, end) into the running state, BLOCK_N at a time."""
-    offs_d = tl.arange(0, HEAD_DIM)
+    offs_d = tl.arange(0, HEAD_PAD)
+    in_head = offs_d < HEAD_DIM
+    PAD: tl.constexpr = HEAD_PAD != HEAD_DIM
     for start_n in range(start, end, BLOCK_N):
         pos_n = start_n + tl.arange(0, BLOCK_N)
         in_seq = pos_n < k_len
@@ -61,18 +66,16 @@ def _prefill_range(
             v_rows = rows
         else:  # packed k and v may be slices of one fused projection, with different row strides
             v_rows = pos_n.to(tl.int64) * stride_vt
+        k_ptrs = k_base + rows[None, :] + offs_d[:, None]
+        v_ptrs = v_base + v_rows[:, None] + offs_d[None, :]
+        k_t = load_tile(k_ptrs, in_seq[None, :], in_head[:, None], MASKED, PAD)
+        v = load_tile(v_ptrs, in_seq[:, None], in_head[None, :], MASKED, PAD)
+        visible = in_seq[None, :]  # unless MASKED, unused: every key of the tile is visible to every row
         if MASKED:
-            k_t = tl.load(k_base + rows[None, :] + offs_d[:, None], mask=in_seq[None, :], other=0.0)
-            v = tl.load(v_base + v_rows[:, None] + offs_d[None, :], mask=in_seq[:, None], other=0.0)
-            visible = in_seq[None, :]
             if CAUSAL:
                 visible = visible & (pos_n[None, :] <= pos_m[:, None])
             if HAS_WINDOW:
                 visible = visible & (pos_n[None, :] > pos_m[:, None] - window)
-        else:
-            k_t = tl.load(k_base + rows[None, :] + offs_d[:, None])
-            v = tl.load(v_base + v_rows[:, None] + offs_d[None, :])
-            visible = in_seq[None, :]  # unused: every key of an unmasked tile is visible to every row
         acc, m_i, l_i = attend_tile(acc, m_i, l_i, q, k_t, v, visible, qk_scale, MASKED, DOT_PRECISION)
     return acc, m_i, l_i
 
@@ -83,9 +86,9 @@ def _flash_prefill_kernel(
     qk_scale, window,
     stride_qt, stride_qh, stride_kt, stride_kb, stride_ks, stride_kh, stride_vt, stride_vh,
     stride_ot, stride_oh, stride_tb,
-    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
-    PAGED: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr, CAUSAL: tl.constexpr,
+    HAS_WINDOW: tl.constexpr, PAGED: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     start_m = tl.program_id(0)
     head = tl.program_id(1)
@@ -99,10 +102,11 @@ def _flash_prefill_kernel(
     kv_head = head // GROUP
 
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, HEAD_DIM)
+    offs_d = tl.arange(0, HEAD_PAD)
     q_rows = (q_start + offs_m).to(tl.int64)
+    rows_and_dims = (offs_m[:, None] < q_len) & (offs_d[None, :] < HEAD_DIM)
     q = tl.load(q_ptr + q_rows[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
-                mask=offs_m[:, None] < q_len, other=0.0)  # fmt: skip
+                mask=rows_and_dims, other=0.0)  # fmt: skip
 
     # Positions of this tile's first and last query row among the keys (rows past q_len are never stored).
     p0 = k_len - q_len + start_m * BLOCK_M
@@ -131,33 +135,36 @@ def _flash_prefill_kernel(
     k_base = k_ptr + k_offset
     v_base = v_ptr + v_offset
     table_row = table_ptr + seq.to(tl.int64) * stride_tb
-    acc, m_i, l_i = init_state(BLOCK_M, HEAD_DIM)
+    acc, m_i, l_i = init_state(BLOCK_M, HEAD_PAD)
     acc, m_i, l_i = _prefill_range(
         acc, m_i, l_i, q, pos_m, lo, mid_lo, k_base, v_base, table_row, k_len, window, qk_scale,
         stride_kt, stride_vt, stride_kb, stride_ks,
-        CAUSAL, HAS_WINDOW, PAGED, True, HEAD_DIM, BLOCK_SIZE, BLOCK_N, DOT_PRECISION,
+        CAUSAL, HAS_WINDOW, PAGED, True, HEAD_DIM, HEAD_PAD, BLOCK_SIZE, BLOCK_N, DOT_PRECISION,
     )  # fmt: skip
     acc, m_i, l_i = _prefill_range(
         acc, m_i, l_i, q, pos_m, mid_lo, mid_hi, k_base, v_base, table_row, k_len, window, qk_scale,
         stride_kt, stride_vt, stride_kb, stride_ks,
-        CAUSAL, HAS_WINDOW, PAGED, False, HEAD_DIM, BLOCK_SIZE, BLOCK_N, DOT_PRECISION,
+        CAUSAL, HAS_WINDOW, PAGED, False, HEAD_DIM, HEAD_PAD, BLOCK_SIZE, BLOCK_N, DOT_PRECISION,
     )  # fmt: skip
     acc, m_i, l_i = _prefill_range(
         acc, m_i, l_i, q, pos_m, mid_hi, hi, k_base, v_base, table_row, k_len, window, qk_scale,
         stride_kt, stride_vt, stride_kb, stride_ks,
-        CAUSAL, HAS_WINDOW, PAGED, True, HEAD_DIM, BLOCK_SIZE, BLOCK_N, DOT_PRECISION,
+        CAUSAL, HAS_WINDOW, PAGED, True, HEAD_DIM, HEAD_PAD, BLOCK_SIZE, BLOCK_N, DOT_PRECISION,
     )  # fmt: skip
     out = finish_rows(acc, l_i)
     tl.store(out_ptr + q_rows[:, None] * stride_ot + head * stride_oh + offs_d[None, :],
-             out.to(out_ptr.dtype.element_ty), mask=offs_m[:, None] < q_len)  # fmt: skip
+             out.to(out_ptr.dtype.element_ty), mask=rows_and_dims)  # fmt: skip
 
 
-def _blocks(head_dim: int, on_gpu: bool) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages). The interpreter gets small tiles so that small test shapes
-    still cross several key blocks and exercise all three ranges."""
+def _blocks(head_pad: int, on_gpu: bool) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for a padded head size. The interpreter gets small tiles so
+    that small test shapes still cross several key blocks and exercise all three ranges. Heads of 256 take
+    half the query rows and keys per tile, so the accumulator and the staged key/value tiles still fit."""
     if not on_gpu:
         return 16, 16, 1, 1
-    return (128, 64, 4, 3) if head_dim == 64 else (128, 64, 8, 3)
+    if head_pad <= 64:
+        return 128, 64, 4, 3
+    return (128, 64, 8, 3) if head_pad <= 128 else (64, 32, 8, 2)
 
 
 def varlen_attention(
@@ -244,7 +251,8 @@ def varlen_attention(
     out = torch.empty_like(q)
     if max_seqlen_q == 0 or q.shape[0] == 0:
         return out
-    block_m, block_n, num_warps, num_stages = _blocks(head_dim, q.is_cuda)
+    head_pad = padded_head_dim(head_dim)
+    block_m, block_n, num_warps, num_stages = _blocks(head_pad, q.is_cuda)
     table = block_table if block_table is not None else cu_seqlens_k  # unread when PAGED is False
     grid = (triton.cdiv(max_seqlen_q, block_m), n_heads, batch)
     _flash_prefill_kernel[grid](
@@ -253,8 +261,9 @@ def varlen_attention(
         q.stride(0), q.stride(1),
         0 if paged else k.stride(0), k.stride(0) if paged else 0, k.stride(1) if paged else 0, k.stride(-2),
         0 if paged else v.stride(0), v.stride(-2), out.stride(0), out.stride(1), table.stride(0),
-        GROUP=n_heads // n_kv_heads, HEAD_DIM=head_dim, CAUSAL=causal, HAS_WINDOW=sliding_window is not None,
-        PAGED=paged, BLOCK_SIZE=k.shape[1] if paged else 1, BLOCK_M=block_m, BLOCK_N=block_n,
+        GROUP=n_heads // n_kv_heads, HEAD_DIM=head_dim, HEAD_PAD=head_pad, CAUSAL=causal,
+        HAS_WINDOW=sliding_window is not None, PAGED=paged, BLOCK_SIZE=k.shape[1] if paged else 1,
+        BLOCK_M=block_m, BLOCK_N=block_n,
         DOT_PRECISION=dot_precision(q.dtype), num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     return out

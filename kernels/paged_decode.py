@@ -7,7 +7,8 @@ Layout:
 * caches `(num_blocks, BLOCK_SIZE, n_kv_heads, head_dim)`; `block_tables (batch, max_blocks)` int32;
   `context_lens (batch,)` int32 counts the keys including the current token, which sits at position
   `context_lens[i] - 1`. Window W keeps keys at positions `>= context_lens[i] - W`.
-* Last dimensions contiguous; everything else through `stride_*`.
+* Last dimensions contiguous; everything else through `stride_*`. Any head_dim up to 256: one that is not a
+  power of two runs on padded tiles (`attention_tile`).
 
 Grid `(batch, n_kv_heads, num_splits)`: a program takes the `GROUP = n_heads // n_kv_heads` query heads that
 share one kv head as the rows of its tile, so every key/value tile is loaded once per group, not once per
@@ -25,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.attention_tile import attend_tile, finish_rows, init_state, kv_row_offsets
+from kernels.attention_tile import attend_tile, finish_rows, init_state, kv_row_offsets, load_tile
 from kernels.validation import (
     FLOAT_DTYPES,
     check_block_table,
@@ -36,6 +37,7 @@ from kernels.validation import (
     check_same_device,
     data_checks_enabled,
     dot_precision,
+    padded_head_dim,
     require,
 )
 
@@ -46,8 +48,9 @@ def _paged_decode_kernel(
     qk_scale, window, partition_size,
     stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_tb, stride_ob, stride_oh,
     stride_pb, stride_ph, stride_ps, stride_lb, stride_lh,
-    GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-    BLOCK_N: tl.constexpr, HAS_WINDOW: tl.constexpr, SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, HAS_WINDOW: tl.constexpr, SPLIT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     seq = tl.program_id(0).to(tl.int64)
     kv_head = tl.program_id(1)
@@ -55,10 +58,13 @@ def _paged_decode_kernel(
     ctx = tl.load(ctx_ptr + seq)
 
     offs_g = tl.arange(0, BLOCK_G)
-    offs_d = tl.arange(0, HEAD_DIM)
+    offs_d = tl.arange(0, HEAD_PAD)
+    in_head = offs_d < HEAD_DIM
+    PAD: tl.constexpr = HEAD_PAD != HEAD_DIM
     heads = kv_head * GROUP + offs_g
+    rows_and_dims = (offs_g[:, None] < GROUP) & in_head[None, :]
     q = tl.load(q_ptr + seq * stride_qb + heads[:, None] * stride_qh + offs_d[None, :],
-                mask=offs_g[:, None] < GROUP, other=0.0)  # fmt: skip
+                mask=rows_and_dims, other=0.0)  # fmt: skip
 
     first = 0
     if HAS_WINDOW:
@@ -73,13 +79,15 @@ def _paged_decode_kernel(
 
     kv_offset = kv_head * stride_kh
     table_row_ptr = table_ptr + seq * stride_tb
-    acc, m_i, l_i = init_state(BLOCK_G, HEAD_DIM)
+    acc, m_i, l_i = init_state(BLOCK_G, HEAD_PAD)
     for start_n in range(loop_start, end, BLOCK_N):
         pos_n = start_n + tl.arange(0, BLOCK_N)
         visible = (pos_n >= tl.maximum(start, first)) & (pos_n < end)
         rows = kv_row_offsets(table_row_ptr, pos_n, visible, 0, stride_kb, stride_ks, True, BLOCK_SIZE)
-        k_t = tl.load(k_ptr + kv_offset + rows[None, :] + offs_d[:, None], mask=visible[None, :], other=0.0)
-        v = tl.load(v_ptr + kv_offset + rows[:, None] + offs_d[None, :], mask=visible[:, None], other=0.0)
+        k_ptrs = k_ptr + kv_offset + rows[None, :] + offs_d[:, None]
+        v_ptrs = v_ptr + kv_offset + rows[:, None] + offs_d[None, :]
+        k_t = load_tile(k_ptrs, visible[None, :], in_head[:, None], True, PAD)
+        v = load_tile(v_ptrs, visible[:, None], in_head[None, :], True, PAD)
         acc, m_i, l_i = attend_tile(acc, m_i, l_i, q, k_t, v, visible[None, :], qk_scale, True, DOT_PRECISION)
 
     out = finish_rows(acc, l_i)
@@ -88,34 +96,36 @@ def _paged_decode_kernel(
         # log2-sum-exp of this partition; -inf when it saw no key (past the context or before the window).
         lse = tl.where(l_i > 0.0, m_i + tl.log2(tl.where(l_i > 0.0, l_i, 1.0)), float("-inf"))
         part_offs = seq * stride_pb + heads * stride_ph + part * stride_ps
-        tl.store(part_out_ptr + part_offs[:, None] + offs_d[None, :], out, mask=row_mask[:, None])
+        tl.store(part_out_ptr + part_offs[:, None] + offs_d[None, :], out, mask=rows_and_dims)
         tl.store(part_lse_ptr + seq * stride_lb + heads * stride_lh + part, lse, mask=row_mask)
     else:
         tl.store(out_ptr + seq * stride_ob + heads[:, None] * stride_oh + offs_d[None, :],
-                 out.to(out_ptr.dtype.element_ty), mask=row_mask[:, None])  # fmt: skip
+                 out.to(out_ptr.dtype.element_ty), mask=rows_and_dims)  # fmt: skip
 
 
 @triton.jit
 def _reduce_kernel(
     part_out_ptr, part_lse_ptr, out_ptr, num_splits,
     stride_pb, stride_ph, stride_ps, stride_lb, stride_lh, stride_ob, stride_oh,
-    HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr,
+    HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr, BLOCK_S: tl.constexpr,
 ):  # fmt: skip
     """Merge the split-K partitions of one (sequence, head): weights exp2(lse_s - max lse)."""
     seq = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
     offs_s = tl.arange(0, BLOCK_S)
-    offs_d = tl.arange(0, HEAD_DIM)
+    offs_d = tl.arange(0, HEAD_PAD)
+    in_head = offs_d < HEAD_DIM
     base = seq * stride_pb + head * stride_ph
     lse = tl.load(part_lse_ptr + seq * stride_lb + head * stride_lh + offs_s, mask=offs_s < num_splits,
                   other=float("-inf"))  # fmt: skip
     lse_max = tl.max(lse, 0)
     weights = tl.exp2(lse - tl.where(lse_max == float("-inf"), 0.0, lse_max))
     parts = tl.load(part_out_ptr + base + offs_s[:, None] * stride_ps + offs_d[None, :],
-                    mask=offs_s[:, None] < num_splits, other=0.0)  # fmt: skip
+                    mask=(offs_s[:, None] < num_splits) & in_head[None, :], other=0.0)  # fmt: skip
     total = tl.sum(weights, 0)
     out = tl.sum(parts * weights[:, None], 0) / tl.where(total > 0.0, total, 1.0)
-    tl.store(out_ptr + seq * stride_ob + head * stride_oh + offs_d, out.to(out_ptr.dtype.element_ty))
+    out_ptrs = out_ptr + seq * stride_ob + head * stride_oh + offs_d
+    tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=in_head)
 
 
 # The reduce kernel holds all partitions of a head in one tile, so keep the default partition count modest.
@@ -196,7 +206,9 @@ def paged_decode_attention(
         return out
     # The table's capacity bounds every context without a GPU→CPU read of context_lens.
     max_context = max(block_tables.shape[1], 1) * block_size
-    block_n = 64 if q.is_cuda else 16
+    head_pad = padded_head_dim(head_dim)
+    # Heads of 256 take half the keys per tile, so the key and value tiles stay as large in shared memory.
+    block_n = (64 if head_pad <= 128 else 32) if q.is_cuda else 16
     splits = num_splits or _default_splits(batch, n_kv_heads, max_context, q.device)
     partition = triton.cdiv(triton.cdiv(max_context, splits), block_n) * block_n
     splits = triton.cdiv(max_context, partition)
@@ -214,7 +226,8 @@ def paged_decode_attention(
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1),
         part_out.stride(0), part_out.stride(1), part_out.stride(2), part_lse.stride(0), part_lse.stride(1),
-        GROUP=group, BLOCK_G=block_g, HEAD_DIM=head_dim, BLOCK_SIZE=block_size, BLOCK_N=block_n,
+        GROUP=group, BLOCK_G=block_g, HEAD_DIM=head_dim, HEAD_PAD=head_pad, BLOCK_SIZE=block_size,
+        BLOCK_N=block_n,
         HAS_WINDOW=sliding_window is not None, SPLIT=split, DOT_PRECISION=dot_precision(q.dtype), **common,
     )  # fmt: skip
     if split:
@@ -222,6 +235,6 @@ def paged_decode_attention(
             part_out, part_lse, out, splits,
             part_out.stride(0), part_out.stride(1), part_out.stride(2),
             part_lse.stride(0), part_lse.stride(1), out.stride(0), out.stride(1),
-            HEAD_DIM=head_dim, BLOCK_S=triton.next_power_of_2(splits), **common,
+            HEAD_DIM=head_dim, HEAD_PAD=head_pad, BLOCK_S=triton.next_power_of_2(splits), **common,
         )  # fmt: skip
     return out

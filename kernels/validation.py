@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-SUPPORTED_HEAD_DIMS = (64, 128)
+MAX_HEAD_DIM = 256  # Gemma 3's; larger heads would not fit a tile's accumulator in registers
 
 _data_checks = True
 
@@ -61,10 +61,14 @@ def check_same_device(**tensors: torch.Tensor | None) -> None:
 
 def check_head_dim(head_dim: int) -> None:
     require(
-        head_dim in SUPPORTED_HEAD_DIMS,
-        f"head_dim {head_dim} is not supported by the Triton attention kernels "
-        f"(supported: {SUPPORTED_HEAD_DIMS})",
+        1 <= head_dim <= MAX_HEAD_DIM,
+        f"head_dim {head_dim} is not supported by the Triton attention kernels (1 to {MAX_HEAD_DIM} are)",
     )
+
+
+def padded_head_dim(head_dim: int) -> int:
+    """The power of two (at least 16, as `tl.dot` needs) that the attention kernels' tiles span for a head."""
+    return max(16, 1 << (head_dim - 1).bit_length())
 
 
 def check_linear_inputs(

@@ -58,6 +58,9 @@ CPU_CASES = [
     Case((5, 17), (30, 17), 3, 1, block_size=16),  # queries after a cached prefix, read through a block table
     Case((4, 1, 19), (50, 33, 19), 8, 2, head_dim=128, block_size=32, window=21),
     Case((24, 9), (24, 9), 6, 2, window=11, fused=True),
+    Case((21, 4), (21, 4), 4, 2, head_dim=96, fused=True),  # Phi-3's head: tiles padded to 128
+    Case((3, 18), (40, 18), 4, 1, head_dim=256, block_size=16, window=13),  # Gemma 3's, paged
+    Case((19,), (19,), 2, 2, head_dim=80),
 ]
 
 GPU_CASES = [
@@ -66,6 +69,8 @@ GPU_CASES = [
     Case((256, 1), (4096, 1500), 32, 8, head_dim=128, block_size=16),
     Case((1024,), (1024,), 16, 4, window=256),
     Case((700, 300), (700, 300), 9, 3, fused=True),
+    Case((1024, 77), (1024, 77), 8, 1, head_dim=256, window=512),  # Gemma 3 1B's layout
+    Case((256, 31), (2048, 31), 32, 32, head_dim=96, block_size=16),  # Phi-3-mini's
 ]
 
 
@@ -132,7 +137,7 @@ def test_valid_inputs_pass(monkeypatch: pytest.MonkeyPatch) -> None:
     assert_close(flash_prefill.varlen_attention(**call), reference.varlen_attention(**call), torch.float32)
 
 
-HD96 = torch.randn(6, 16, 2, 96, device=DEVICE)
+HD320 = torch.randn(6, 16, 2, 320, device=DEVICE)
 
 
 def bad(name: str, match: str, **over: object) -> object:
@@ -150,11 +155,11 @@ def bad(name: str, match: str, **over: object) -> object:
             q=torch.randn(7, 64, 4, device=DEVICE).transpose(1, 2),
         ),
         bad(
-            "head-dim-96",
-            "head_dim 96 is not supported",
-            q=torch.randn(7, 4, 96, device=DEVICE),
-            k=HD96,
-            v=HD96,
+            "head-dim-320",
+            "head_dim 320 is not supported",
+            q=torch.randn(7, 4, 320, device=DEVICE),
+            k=HD320,
+            v=HD320,
         ),
         bad("gqa-ratio", "multiple of n_kv_heads", q=torch.randn(7, 3, 64, device=DEVICE)),
         bad("cu-int64", "cu_seqlens_q must have dtype", cu_seqlens_q=torch.tensor([0, 4, 7], device=DEVICE)),

@@ -29,12 +29,17 @@ CPU_CASES = [
     ((33, 2), 8, 2, 128, 32, None, None),
     ((70, 5), 8, 2, 64, 16, 20, 4),  # window + split-K: partitions before the window stay empty
     ((129,), 4, 1, 128, 32, 7, 1),
+    ((40, 3), 8, 2, 96, 16, None, 2),  # Phi-3's head: tiles padded to 128, split-K partials padded too
+    ((35, 1), 4, 1, 256, 16, 9, 1),  # Gemma 3's head, with a sliding window
+    ((20,), 2, 2, 80, 16, None, None),
 ]
 
 GPU_CASES = [
     ((4096,) * 32, 32, 8, 128, 16, None, None),
     ((1, 17, 3000, 4096), 9, 3, 64, 16, None, None),
     ((8000, 100), 32, 8, 128, 32, 1024, None),
+    ((4096, 33), 8, 1, 256, 16, 512, None),  # Gemma 3 1B's layout
+    ((3000, 7), 32, 32, 96, 16, None, None),  # Phi-3-mini's
 ]
 
 
@@ -99,7 +104,7 @@ def test_valid_inputs_pass() -> None:
     )
 
 
-HD32 = torch.randn(6, 16, 2, 32, device=DEVICE)
+HD320 = torch.randn(6, 16, 2, 320, device=DEVICE)
 
 
 def bad(name: str, match: str, **over: object) -> object:
@@ -120,11 +125,11 @@ def bad(name: str, match: str, **over: object) -> object:
             q=torch.randn(2, 64, 4, device=DEVICE).transpose(1, 2),
         ),
         bad(
-            "head-dim-32",
-            "head_dim 32 is not supported",
-            q=torch.randn(2, 4, 32, device=DEVICE),
-            k_cache=HD32,
-            v_cache=HD32,
+            "head-dim-320",
+            "head_dim 320 is not supported",
+            q=torch.randn(2, 4, 320, device=DEVICE),
+            k_cache=HD320,
+            v_cache=HD320,
         ),
         bad("gqa-ratio", "multiple of n_kv_heads", q=torch.randn(2, 3, 64, device=DEVICE)),
         bad(

@@ -50,15 +50,38 @@ def run(engine: LLMEngine, backend: str, batches: list[list[list[int]]], new_tok
     params = SamplingParams(max_new_tokens=new_tokens, temperature=0.0)
     with dispatch.use_backend(backend):
         for prompts in batches:
-            for request in engine.generate(prompts, params, logprobs=0, ignore_eos=True):
+            for request in engine.generate(prompts, params, logprobs=2, ignore_eos=True):
                 samples = request.token_logprobs
-                yield [s.token_id for s in samples], [s.logprob for s in samples]
+                yield (
+                    [s.token_id for s in samples],
+                    [s.logprob for s in samples],
+                    [s.top_logprobs for s in samples],
+                )
 
 
 def assert_same_answers(reference: list, triton: list, atol: float) -> None:
-    for (ref_tokens, ref_logprobs), (tri_tokens, tri_logprobs) in zip(reference, triton, strict=True):
-        assert tri_tokens == ref_tokens
-        torch.testing.assert_close(torch.tensor(tri_logprobs), torch.tensor(ref_logprobs), atol=atol, rtol=0)
+    """Same greedy tokens and log-probabilities within `atol`. The random tiny models' next-token
+    distributions are nearly flat, so two tokens may tie within the dtype's rounding: the answers may part
+    only at such a tie (the token Triton chose is within `atol` of the reference's best), and are compared up
+    to there."""
+    for (ref_tokens, ref_logprobs, ref_top), (tri_tokens, tri_logprobs, _) in zip(
+        reference, triton, strict=True
+    ):
+        assert len(tri_tokens) == len(ref_tokens)
+        same = next(
+            (i for i, (a, b) in enumerate(zip(ref_tokens, tri_tokens, strict=True)) if a != b),
+            len(ref_tokens),
+        )
+        if same < len(ref_tokens):
+            alternatives = dict(ref_top[same])
+            chosen = tri_tokens[same]
+            assert chosen in alternatives and ref_logprobs[same] - alternatives[chosen] <= atol, (
+                ref_tokens,
+                tri_tokens,
+            )
+        torch.testing.assert_close(
+            torch.tensor(tri_logprobs[:same]), torch.tensor(ref_logprobs[:same]), atol=atol, rtol=0
+        )
 
 
 def prompts(seed: int) -> list[list[list[int]]]:

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 VOCAB = 512
-# (transformers family, config): GQA at head_dim 64 and 128, with and without a sliding window.
+# (transformers family, config): GQA at head_dim 64 and 128, with and without a sliding window; and the head
+# sizes the attention kernels pad (Phi-3's 96) or tile smaller (Gemma 3's 256).
 FAMILIES = {
     "llama-gqa-hd64": (
         "LlamaForCausalLM",
@@ -26,6 +27,14 @@ FAMILIES = {
     "qwen2-bias-hd64": (
         "Qwen2ForCausalLM",
         {"num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 64},
+    ),
+    "llama-gqa-hd96": (
+        "LlamaForCausalLM",
+        {"num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 96},
+    ),
+    "mistral-window-hd256": (
+        "MistralForCausalLM",
+        {"num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 256, "sliding_window": 20},
     ),
 }
 
