@@ -94,8 +94,9 @@ class LoraDelta(nn.Module):
         return F.linear(shrunk.view(-1, self.num_adapters * self.width), self.b)
 
 
-def _part_rows(linear: Linear, parts: Sequence[str], model: LlamaForCausalLM) -> list[tuple[str, int, int]]:
-    """(projection, first row, row count) of each projection fused into `linear`."""
+def _part_rows(linear: Linear, path: str, model: LlamaForCausalLM) -> list[tuple[str, int, int]]:
+    """(projection, first row, row count) of each projection fused into the linear at `path`; where several
+    are, also the fused projection as a Phi-3 checkpoint names it (`qkv_proj`, `gate_up_proj`), all rows."""
     cfg = model.config
     sizes = {
         "q_proj": cfg.q_size,
@@ -105,10 +106,12 @@ def _part_rows(linear: Linear, parts: Sequence[str], model: LlamaForCausalLM) ->
         "up_proj": cfg.intermediate_size,
     }
     rows, start = [], 0
-    for part in parts:
+    for part in FUSED[path]:
         count = sizes.get(part, linear.out_features)
         rows.append((part, start, count))
         start += count
+    if len(rows) > 1:
+        rows.append((path.rpartition(".")[2], 0, linear.out_features))
     return rows
 
 
@@ -168,7 +171,7 @@ def _factors(
 ) -> dict[int, list[Factor]]:
     """slot -> the factors each adapter has for the projections fused into layer `index`'s `path`."""
     linear = _linear(model, index, path)
-    rows = _part_rows(linear, FUSED[path], model)
+    rows = _part_rows(linear, path, model)
     factors: dict[int, list[Factor]] = {}
     for slot, adapter in enumerate(adapters, start=1):
         parts = factors[slot] = []

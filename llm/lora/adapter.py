@@ -3,7 +3,8 @@
 An adapter adds `scale * B @ A` to some linear layers, with `A` (rank, in) and `B` (out, rank) and `scale =
 lora_alpha / r` (or `lora_alpha / sqrt(r)` with rsLoRA). PEFT names the tensors after the module they adapt,
 e.g. `base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight`; this module reads and writes those
-names for the seven projections of a llama-style decoder and nothing else.
+names for the seven projections of a llama-style decoder, and reads adapters of the fused `qkv_proj` and
+`gate_up_proj` of Phi-3-style checkpoints, and nothing else.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from pathlib import Path
 import torch
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Phi-3 checkpoints fuse q/k/v into `qkv_proj` and gate/up into `gate_up_proj`; their adapters adapt those.
+FUSED_PROJECTIONS = ("qkv_proj", "gate_up_proj")
+ADAPTABLE = PROJECTIONS + FUSED_PROJECTIONS
 MLP_PROJECTIONS = frozenset(PROJECTIONS[4:])
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -76,11 +80,11 @@ def load_adapter(path: str | Path, name: str | None = None) -> LoraAdapter:
         match = _KEY.search(key)
         if match is None:
             raise AdapterError(
-                f"{weights_path}: tensor {key!r} adapts a module other than {', '.join(PROJECTIONS)}"
+                f"{weights_path}: tensor {key!r} adapts a module other than {', '.join(ADAPTABLE)}"
             )
         layer, module, half = int(match[1]), match[2], match[3]
-        if module not in PROJECTIONS:
-            raise AdapterError(f"{weights_path}: cannot adapt {module!r}, only {', '.join(PROJECTIONS)}")
+        if module not in ADAPTABLE:
+            raise AdapterError(f"{weights_path}: cannot adapt {module!r}, only {', '.join(ADAPTABLE)}")
         halves.setdefault((layer, module), {})[half] = tensor.float()
     weights: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
     for (layer, module), pair in halves.items():
@@ -95,7 +99,7 @@ def load_adapter(path: str | Path, name: str | None = None) -> LoraAdapter:
         weights[(layer, module)] = (a.contiguous(), (b * scale).contiguous())
     if not weights:
         raise AdapterError(f"{weights_path}: holds no LoRA weights")
-    modules = tuple(sorted({module for _, module in weights}, key=PROJECTIONS.index))
+    modules = tuple(sorted({module for _, module in weights}, key=ADAPTABLE.index))
     return LoraAdapter(name or folder.name, rank, float(config.get("lora_alpha", rank)), modules, weights)
 
 

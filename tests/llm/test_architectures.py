@@ -174,6 +174,42 @@ def test_gemma3_on_triton_kernels_matches_reference(checkpoints):
     )
 
 
+@pytest.mark.parametrize("fmt", ["safetensors", "gguf"])
+def test_phi3_lora_on_fused_projections_matches_peft(checkpoints, fmt, tmp_path):
+    """A PEFT adapter of Phi-3's own modules (the fused `qkv_proj` and `gate_up_proj`, `o_proj`, `down_proj`)
+    served by the engine: the tokens and log-probabilities of transformers + peft, from both formats."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    hf, paths = checkpoints["phi3-longrope-partial"]
+    torch.manual_seed(1)
+    targets = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+    adapted = get_peft_model(copy.deepcopy(hf), LoraConfig(r=4, lora_alpha=8, target_modules=targets))
+    with torch.no_grad():
+        for name, parameter in adapted.named_parameters():
+            if "lora_B" in name:  # zero at initialization: the adapter would change nothing
+                parameter.normal_(0.0, 0.5)
+    adapted.save_pretrained(tmp_path / "phi3-lora")
+    adapted.eval()
+    engine, _, _ = create_engine(
+        EngineConfig(model_path=paths[fmt], dtype="float32", cpu_weights="dequantized", enforce_eager=True,
+                     block_size=16, num_kv_blocks=16, max_model_len=128, adapters=(tmp_path / "phi3-lora",))
+    )  # fmt: skip
+    ids = prompt(2)
+    params = SamplingParams(max_new_tokens=NEW_TOKENS, temperature=0.0)
+    base, lora = engine.generate([ids, ids], params, logprobs=0, ignore_eos=True, adapters=[0, 1])
+    tokens = [s.token_id for s in lora.token_logprobs]
+    assert tokens != [s.token_id for s in base.token_logprobs]
+    with torch.no_grad():
+        ref = adapted(torch.tensor([ids + tokens])).logits[0, len(ids) - 1 : -1].float().log_softmax(-1)
+    assert tokens == ref.argmax(-1).tolist()
+    expected = ref.gather(1, torch.tensor(tokens)[:, None])[:, 0]
+    torch.testing.assert_close(
+        torch.tensor([s.logprob for s in lora.token_logprobs]), expected, atol=LOGPROB_ATOL, rtol=0
+    )
+
+
 @pytest.mark.parametrize("long", [False, True])
 def test_longrope_frequencies_match_transformers(long):
     """Short factors for contexts within original_max_position_embeddings, long ones beyond (chosen by the
