@@ -215,6 +215,59 @@ def test_rag_answers_through_the_servers_equal_those_of_the_engine_in_process(
             assert streamed.status_code == 200 and "event: done" in streamed.read().decode()
 
 
+@pytest.fixture(scope="module")
+def llama_cpp_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """llama.cpp's own OpenAI-compatible server (`python -m llama_cpp.server`) on the default model's GGUF."""
+    pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python[server] is not installed")
+    from llm.locate import default_llm_path
+
+    port = free_port()
+    log = (tmp_path_factory.mktemp("llama-cpp") / "server.log").open("wb")
+    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(default_llm_path()),
+               "--port", str(port), "--n_ctx", "4096"]  # fmt: skip
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while True:
+        assert server.poll() is None and time.monotonic() < deadline, "llama.cpp's server did not start"
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    yield f"http://127.0.0.1:{port}"
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def test_the_openai_backend_on_llama_cpps_server(
+    tmp_path: Path, kb: KnowledgeBase, llama_cpp_url: str
+) -> None:
+    """Another engine's server as the backend: it ignores our extensions (the refusal margin, copied spans)
+    and the service still answers, streamed or not, with passages; logprobs come back in OpenAI's layout."""
+    remote = RemoteGenerator([llama_cpp_url])
+    events = list(remote.stream(HELLO, SamplingParams(max_new_tokens=12, logprobs=2)))
+    text = "".join(event.text for event in events)
+    tokens = [token for event in events for token in event.logprobs]
+    assert (
+        text and "".join(t.token for t in tokens) == text and events[-1].finish_reason in ("stop", "length")
+    )
+    assert all(len(t.top) == 2 and t.logprob <= 0 for t in tokens)
+    settings = make_settings(
+        tmp_path / "data", llm_backend="openai", llm_url=llama_cpp_url, answer_cache_size=0
+    )
+    with TestClient(create_app(Services(settings, kb=kb))) as client:
+        deadline = time.monotonic() + 60
+        while (ready := client.get("/readyz")).status_code != 200:
+            assert time.monotonic() < deadline, ready.text
+            time.sleep(0.2)
+        assert client.post("/v1/documents", files={"file": ("owls.md", OWLS)}).status_code == 201
+        answered = client.post("/v1/query", json=QUESTION)
+        assert answered.status_code == 200, answered.text
+        assert answered.json()["answer"] and answered.json()["sources"]
+        with client.stream("POST", "/v1/query", json={**QUESTION, "stream": True}) as streamed:
+            assert streamed.status_code == 200 and "event: done" in streamed.read().decode()
+
+
 def test_no_server_answering_is_a_503_naming_them_and_readyz_says_why(
     tmp_path: Path,
     kb: KnowledgeBase,
