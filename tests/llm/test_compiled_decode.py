@@ -92,8 +92,10 @@ def generate(engine, prompts: list[list[int]], adapters: list[int]) -> list[Requ
 def test_the_engine_compiled_its_decode_step(compiled_engine):
     engine, _ = compiled_engine
     assert engine.runner.compiled_decode is not None
-    # Batch 1 and batch >= 2: one graph each, shared by every region of layers (not one per region).
-    assert GRAPHS_COMPILED == [2]
+    # Batch 1 and batch >= 2: one graph each, shared by every region of layers (not one per region); and the
+    # one-row product of the tied group-32 int8 head.
+    assert engine.runner.model.lm_head.grouped.gemv is not None
+    assert GRAPHS_COMPILED == [3]
 
 
 def test_the_engine_answers_before_its_decode_step_is_compiled(compiled_engine):
@@ -126,16 +128,17 @@ def test_steps_needing_a_lora_mask_the_graphs_lack_run_eager():
     that carries one (a token on the base model or another adapter) runs eager, and the other way round."""
     from llm.engine.compiled_decode import CompiledDecode
     from llm.layers.context import StepContext
+    from llm.layers.linear import Linear
 
     def step(mask: torch.Tensor | None) -> StepContext:
         empty = torch.zeros(1, dtype=torch.int32)
         return StepContext(True, empty.long(), empty[:, None], empty, lora_mask=mask)
 
     without_mask, with_mask = step(None), step(torch.ones(1, 1))
-    merged = CompiledDecode(SimpleNamespace(layers=[]), max_batch=4, mask_width=0)  # type: ignore[arg-type]
+    merged = CompiledDecode(SimpleNamespace(layers=[], lm_head=Linear(4, 4)), max_batch=4, mask_width=0)  # type: ignore[arg-type]
     assert merged.serves(without_mask, 1) and not merged.serves(with_mask, 1)
     assert not merged.serves(without_mask, 5)  # past the compiled batch sizes
-    unmerged = CompiledDecode(SimpleNamespace(layers=[]), max_batch=4, mask_width=1)  # type: ignore[arg-type]
+    unmerged = CompiledDecode(SimpleNamespace(layers=[], lm_head=Linear(4, 4)), max_batch=4, mask_width=1)  # type: ignore[arg-type]
     assert unmerged.serves(with_mask, 1) and not unmerged.serves(without_mask, 1)
 
 
