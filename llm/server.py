@@ -234,7 +234,9 @@ def create_engine_app(generator: Generator, api_key: str | None = None, max_toke
         messages = [
             ChatMessage("system" if m.role == "developer" else m.role, m.content) for m in request.messages
         ]
-        return _respond(request, lambda: generator.stream(messages, params), CHAT)
+        return _respond(
+            request, lambda: generator.stream(messages, params), CHAT, params.logprobs is not None
+        )
 
     @app.post("/v1/completions", dependencies=keyed, response_model=None)
     def completions(request: CompletionRequest) -> JSONResponse | StreamingResponse:
@@ -243,7 +245,7 @@ def create_engine_app(generator: Generator, api_key: str | None = None, max_toke
         if not callable(complete):
             raise ApiError(400, "this backend serves chat completions only: use /v1/chat/completions")
         params = params_of(request)
-        return _respond(request, lambda: complete(request.prompt, params), TEXT)
+        return _respond(request, lambda: complete(request.prompt, params), TEXT, params.logprobs is not None)
 
     return app
 
@@ -263,7 +265,7 @@ TEXT = Shape("cmpl", "text_completion", "text_completion", chat=False)
 
 
 def _respond(
-    request: SamplingRequest, start: Callable[[], Iterator[GenerationEvent]], shape: Shape
+    request: SamplingRequest, start: Callable[[], Iterator[GenerationEvent]], shape: Shape, logprobs: bool
 ) -> JSONResponse | StreamingResponse:
     try:
         events = start()
@@ -274,7 +276,6 @@ def _respond(
     except ValueError as error:
         raise ApiError(400, str(error)) from error
     completion = f"{shape.prefix}-{uuid.uuid4().hex}"
-    logprobs = request.logprobs_wanted() is not None
     if request.stream:
         usage = request.stream_options is not None and request.stream_options.include_usage
         return StreamingResponse(
