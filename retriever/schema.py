@@ -65,7 +65,7 @@ RETRIEVER_CHAIN = MigrationChain(
     "retriever",
     Path(__file__).parent / "migrations",
     "alembic_version_retriever",
-    ("collections", "documents", "chunks", "chunk_bands"),
+    ("collections", "documents", "chunks", "chunk_bands", "document_bands"),
 )
 
 UPGRADE_HINT = "run `archivist db upgrade` (back the database up first)"

@@ -23,7 +23,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from retriever import bands
@@ -36,7 +36,7 @@ from retriever.fusion import fuse
 from retriever.index_cache import DenseIndex, IndexCache
 from retriever.language import CJK, dense_weight, detect_language
 from retriever.lexical import LexicalIndex
-from retriever.models import Chunk, Collection, Document, DocumentState
+from retriever.models import Chunk, Collection, Document, DocumentBand, DocumentState
 from retriever.records import (
     ChunkDraft,
     ChunkInfo,
@@ -339,8 +339,8 @@ class KnowledgeBase:
     def _write_document(
         self, session: Session, collection_id: int, band_rows: int, write: DocumentWrite
     ) -> tuple[int, bool, list[int], list[int]]:
-        """Insert or replace one document, its chunks and their band keys (`band_rows` wide); returns (id,
-        replaced, removed chunk ids, new chunk ids)."""
+        """Insert or replace one document, its chunks and the band keys of both (`band_rows` wide); returns
+        (id, replaced, removed chunk ids, new chunk ids)."""
         draft = write.draft
         document = session.scalar(
             select(Document).where(
@@ -368,8 +368,14 @@ class KnowledgeBase:
         session.flush()
         vectors = np.ascontiguousarray(write.vectors, dtype=np.float32)
         new_ids = self._insert_chunks(session, document.id, write.chunks, vectors)
+        connection = session.connection()
         signatures = zip(new_ids, (chunk.minhash for chunk in write.chunks), strict=True)
-        bands.write_keys(session.connection(), collection_id, band_rows, signatures)
+        bands.write_keys(connection, bands.CHUNKS, collection_id, band_rows, signatures)
+        if replaced:
+            connection.execute(delete(DocumentBand).where(DocumentBand.document_id == document.id))
+        bands.write_keys(
+            connection, bands.DOCUMENTS, collection_id, band_rows, [(document.id, draft.minhash)]
+        )
         return document.id, replaced, old_ids, new_ids
 
     @staticmethod
@@ -443,41 +449,88 @@ class KnowledgeBase:
         session.execute(delete(Document).where(Document.id.in_(ids)))
         return chunk_ids
 
-    def fingerprints(self, collection: str) -> list[DocumentFingerprint]:
-        """Every ready document of a collection with its hashes (none when the collection is new)."""
-        with self.db.session() as session:
-            rows = session.execute(
-                select(
-                    Document.id,
-                    Document.source_file,
-                    Document.source_path,
-                    Document.title,
-                    Document.content_hash,
-                    Document.text_hash,
-                    Document.minhash,
-                )
-                .join(Collection)
-                .where(Collection.name == collection, Document.state == DocumentState.ready)
-                .order_by(Document.id)
-            ).all()
-        return [
-            DocumentFingerprint(id_, source_file or source_path, source_path, title, content, text, minhash)
-            for id_, source_file, source_path, title, content, text, minhash in rows
+    def fingerprints(
+        self, collection: str, files: Sequence[str] = (), folders: Sequence[str] = ()
+    ) -> list[DocumentFingerprint]:
+        """The ready documents of a collection that come from one of `files` or from a file under one of
+        `folders` (paths ending in the separator), with their hashes, by id: the documents an ingest of those
+        files may update or prune, read without the rest of the collection."""
+        query = (
+            select(
+                Document.id,
+                Document.source_file,
+                Document.source_path,
+                Document.title,
+                Document.content_hash,
+                Document.text_hash,
+            )
+            .join(Collection)
+            .where(Collection.name == collection, Document.state == DocumentState.ready)
+        )
+        wanted, under = set(files), tuple(folders)
+        unique = sorted(wanted)
+        # SQL narrows (a document stored before `source_file` existed has only its `source_path`; LIKE
+        # ignores ASCII case on SQLite); Python decides.
+        conditions = [
+            or_(Document.source_file.in_(page), Document.source_path.in_(page))
+            for page in (unique[start : start + 450] for start in range(0, len(unique), 450))
         ]
+        conditions += [
+            or_(
+                Document.source_file.startswith(folder, autoescape=True),
+                Document.source_path.startswith(folder, autoescape=True),
+            )
+            for folder in under
+        ]
+        found: dict[int, DocumentFingerprint] = {}
+        with self.db.session() as session:
+            for condition in conditions:
+                for id_, source_file, source_path, title, content, text in session.execute(
+                    query.where(condition)
+                ):
+                    source_file = source_file or source_path
+                    if source_file in wanted or source_file.startswith(under):
+                        found[id_] = DocumentFingerprint(id_, source_file, source_path, title, content, text)
+        return [found[id_] for id_ in sorted(found)]
+
+    def has_documents(self, collection: str) -> bool:
+        """Whether the collection holds any ready document."""
+        with self.db.session() as session:
+            return (
+                session.scalar(
+                    select(Document.id)
+                    .join(Collection)
+                    .where(Collection.name == collection, Document.state == DocumentState.ready)
+                    .limit(1)
+                )
+                is not None
+            )
 
     def use_band_rows(self, collection: str, rows: int) -> None:
-        """Key the collection's chunk signatures in bands of `rows` values from now on: when its keys were
-        made with another width (or none), they are rebuilt from the stored signatures first."""
+        """Key the collection's chunk and document signatures in bands of `rows` values from now on: when its
+        keys were made with another width (or none), they are rebuilt from the stored signatures first."""
         with self.db.session() as session:
             collection_id = self._collection(session, collection).id
             if self._lock_collection(session, collection_id) != rows:
                 bands.rekey(session.connection(), collection_id, rows)
 
-    def chunk_candidates(self, collection: str, keys: Sequence[int]) -> list[tuple[int, int, int, bytes]]:
-        """(band key, chunk id, document id, MinHash signature) of the ready chunks of a collection that
-        share any of the band `keys` (see `retriever.bands`): the near-duplicate candidates of new chunks."""
+    def chunk_candidates(
+        self, collection: str, keys: Sequence[int]
+    ) -> list[tuple[int, int, int, str, str, bytes]]:
+        """(band key, chunk id, document id, source path, title, MinHash signature) of the ready chunks of a
+        collection that share any of the band `keys` (see `retriever.bands`): the near-duplicate candidates
+        of new chunks."""
         with self.db.session() as session:
-            return list(bands.candidates(session.connection(), collection, keys))
+            return list(bands.chunk_candidates(session.connection(), collection, keys))
+
+    def document_candidates(
+        self, collection: str, text_hash: str, keys: Sequence[int]
+    ) -> list[tuple[int, str, str, str, bytes | None]]:
+        """(id, source path, title, text hash, MinHash signature) of the ready documents of a collection with
+        the text hash `text_hash` or sharing any of the band `keys`: the duplicate candidates of a new
+        document, by id."""
+        with self.db.session() as session:
+            return bands.document_candidates(session.connection(), collection, text_hash, keys)
 
     def get_chunks(self, document_id: int) -> list[ChunkInfo]:
         """A ready document's chunks in order, with their metadata."""

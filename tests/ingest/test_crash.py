@@ -119,7 +119,7 @@ def check_consistent(data_dir: Path, corpus: Corpus, embedder: Embedder, complet
     try:
         kb.ensure_collection(COLLECTION)  # a run killed while starting has not created it yet
         documents = kb.list_documents(COLLECTION)
-        fingerprints = {f.id: f for f in kb.fingerprints(COLLECTION)}
+        fingerprints = {f.id: f for f in kb.fingerprints(COLLECTION, [d.source_path for d in documents])}
         chunk_ids: list[int] = []
         for document in documents:
             versions = corpus.versions[document.source_path]

@@ -10,7 +10,7 @@ collection's keys rebuilt in its width by the collection's next ingest (`Knowled
 import sqlalchemy as sa
 from alembic import op
 
-from retriever.bands import rekey
+from retriever.bands import CHUNKS, rekey
 
 revision = "0002"
 down_revision = "0001"
@@ -41,7 +41,7 @@ def upgrade() -> None:
     op.create_index("ix_chunk_bands_collection_key", "chunk_bands", ["collection_id", "key"])
     connection = op.get_bind()
     for collection_id in connection.execute(sa.text("SELECT id FROM collections")).scalars().all():
-        rekey(connection, collection_id, DEFAULT_BAND_ROWS)
+        rekey(connection, collection_id, DEFAULT_BAND_ROWS, kinds=(CHUNKS,))
 
 
 def downgrade() -> None:
