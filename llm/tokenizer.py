@@ -5,7 +5,9 @@ metadata; we build the equivalent `tokenizers.Tokenizer` from them. How to split
 the vocabulary and is looked up by the file's `tokenizer.ggml.pre` name (data, as in llama.cpp). A folder
 model uses its `tokenizer.json` and `tokenizer_config.json`. Chat templates are rendered with jinja2 the way
 transformers does (sandboxed, `trim_blocks`, `lstrip_blocks`); for a template without a system role (Gemma,
-Mistral v0.1/v0.2: it never mentions one, or raises on one) the system prompt opens the next user turn.
+Mistral v0.1/v0.2: it never mentions one, or raises on one) the system prompt opens the next user turn. A file
+without a template (base models are often shipped so) gets its family's chat format, recognised by the turn
+tokens its vocabulary holds (`default_chat_template`), and ChatML when it holds none of them.
 """
 
 from __future__ import annotations
@@ -50,9 +52,32 @@ END_OF_TURN = (
     "<|end|>",
     "<end_of_turn>",
 )
+# `{# system role #}`: the built-in formats that take a system message say so (`Tokenizer.render_chat`).
 CHATML = (
+    "{# system role #}"
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+# The chat formats of families whose files may come without a template, by a turn token only they have.
+FAMILY_TEMPLATES = (
+    ("<|im_start|>", CHATML),  # Qwen, SmolLM
+    (
+        "<start_of_turn>",  # Gemma: no system role (it folds into the first user turn), "model" replies
+        "{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
+        "{{ m['content'] | trim }}<end_of_turn>\n{% endfor %}"
+        "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}",
+    ),
+    (
+        "<|start_header_id|>",  # Llama 3
+        "{# system role #}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+        "{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
+        "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}",
+    ),
+    (
+        "<|assistant|>",  # Phi-3, Phi-4-mini
+        "{# system role #}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>\n{% endif %}",
+    ),
 )
 _CONTROL, _USER_DEFINED = 3, 4  # GGUF token types: special tokens, and text tokens matched whole
 
@@ -73,7 +98,7 @@ class Tokenizer:
         self.bos_token, self.eos_token = bos_token, eos_token
         self.bos_id = backend.token_to_id(bos_token) if bos_token else None
         self.add_bos = add_bos and self.bos_id is not None
-        self.chat_template = chat_template or CHATML
+        self.chat_template = chat_template or default_chat_template(backend)
         ids = {backend.token_to_id(t) for t in (eos_token, *END_OF_TURN) if t}
         self.stop_token_ids = frozenset(i for i in ids if i is not None)
         # What the chat template writes after an assistant reply (a training target ends with it).
@@ -131,6 +156,13 @@ class Tokenizer:
         if self.add_bos and (not ids or ids[0] != self.bos_id):
             ids.insert(0, self.bos_id)  # type: ignore[arg-type]
         return ids
+
+
+def default_chat_template(backend: Backend) -> str:
+    """The chat format of the family whose turn tokens the vocabulary holds; ChatML when it holds none."""
+    return next(
+        (template for token, template in FAMILY_TEMPLATES if backend.token_to_id(token) is not None), CHATML
+    )
 
 
 def _gpt2_byte_decoder() -> dict[str, int]:

@@ -292,3 +292,61 @@ def test_a_tensor_the_family_lacks_is_a_clear_error(checkpoints, tmp_path):
         UnsupportedModelError, match=r"mislabelled: unexpected tensor '.*_norm\.weight' for a llama"
     ):
         load_model(folder, WeightPolicy(torch.device("cpu"), torch.float32, cpu_weights="dequantized"))
+
+
+def vocabulary_tokenizer(*tokens: str) -> Tokenizer:
+    """A tokenizer of a file without a chat template whose vocabulary holds `tokens` (as special tokens)."""
+    from tokenizers import AddedToken, models
+    from tokenizers import Tokenizer as Backend
+
+    backend = Backend(models.WordLevel({"[UNK]": 0, "hello": 1}, unk_token="[UNK]"))
+    backend.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in tokens])
+    return Tokenizer(backend, bos_token=None, eos_token=None, add_bos=False, chat_template=None)
+
+
+@pytest.mark.parametrize(
+    ("tokens", "expected"),
+    [
+        (
+            ("<start_of_turn>", "<end_of_turn>"),
+            "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello<end_of_turn>\n"
+            "<start_of_turn>model\n",
+        ),
+        (
+            ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+            "<|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|><|start_header_id|>user"
+            "<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nHello<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\n",
+        ),
+        (
+            ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>"),
+            "<|system|>\nBe brief.<|end|>\n<|user|>\nHi<|end|>\n<|assistant|>\nHello<|end|>\n<|assistant|>\n",
+        ),
+        (
+            ("<|im_start|>", "<|im_end|>"),
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+            "Hello<|im_end|>\n<|im_start|>assistant\n",
+        ),
+        (
+            (),
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+            "Hello<|im_end|>\n<|im_start|>assistant\n",
+        ),
+    ],
+    ids=["gemma", "llama3", "phi3", "chatml", "none"],
+)
+def test_a_file_without_a_template_gets_its_familys_chat_format(tokens, expected):
+    """A base model's file often has no chat template: its turn tokens pick the family's format (Gemma's
+    without a system role, so the system prompt opens the user turn), ChatML where none is known."""
+    tokenizer = vocabulary_tokenizer(*tokens)
+    messages = [
+        ChatMessage("system", "Be brief."),
+        ChatMessage("user", "Hi"),
+        ChatMessage("assistant", "Hello"),
+    ]
+    assert tokenizer.render_chat(messages) == expected
+    if tokens:
+        # The turn markers are single special tokens, not text the model never saw.
+        rendered = tokenizer.render_chat(messages[1:2])
+        used = [tokenizer.backend.token_to_id(token) for token in tokens if token in rendered]
+        assert used and set(used) <= set(tokenizer.encode(rendered))
