@@ -8,14 +8,26 @@
   power of two (96, 80) run on tiles padded to the next one; the zero columns add nothing to the scores and
   are never stored. The masks are compile-time switches, so a full tile of a power-of-two head loads bare.
 * `attend_tile`: one online-softmax step (FlashAttention-2) in the log2 domain: scores are pre-multiplied by
-  `softmax_scale * log2(e)` so `exp2` can be used. The running max starts at a large finite negative value
-  (not -inf) so that a row with no visible key in a tile gets `p = 0`, `alpha = 1` instead of NaN.
+  `softmax_scale * log2(e)` so `exp2` can be used. With a logit cap (Gemma 2), a score `s` becomes
+  `cap * tanh(s / cap)` first; `score_scales` folds both scalings into the two factors the kernels take.
+  The running max starts at a large finite negative value (not -inf) so that a row with no visible key in
+  a tile gets `p = 0`, `alpha = 1` instead of NaN.
 """
 
 from __future__ import annotations
 
+import math
+
 import triton
 import triton.language as tl
+
+
+def score_scales(softmax_scale: float, softcap: float | None) -> tuple[float, float]:
+    """(qk_scale, qk_cap) for `attend_tile`: the log2-domain score is `qk_scale * q.k`, or with a cap
+    `qk_cap * tanh(q.k * qk_scale)`, which is `log2(e) * cap * tanh(softmax_scale * q.k / cap)`."""
+    if softcap is None:
+        return softmax_scale * math.log2(math.e), 0.0
+    return softmax_scale / softcap, softcap * math.log2(math.e)
 
 
 @triton.jit
@@ -55,12 +67,15 @@ def init_state(BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr):
 
 
 @triton.jit
-def attend_tile(acc, m_i, l_i, q, k_t, v, visible, qk_scale, MASKED: tl.constexpr,
-                DOT_PRECISION: tl.constexpr):  # fmt: skip
+def attend_tile(acc, m_i, l_i, q, k_t, v, visible, qk_scale, qk_cap, MASKED: tl.constexpr,
+                SOFTCAP: tl.constexpr, DOT_PRECISION: tl.constexpr):  # fmt: skip
     """Fold one key tile into the running (acc, max, sum).
 
-    q `(M, D)`, k_t `(D, N)`, v `(N, D)`, visible `(M, N)` (ignored unless MASKED)."""
+    q `(M, D)`, k_t `(D, N)`, v `(N, D)`, visible `(M, N)` (ignored unless MASKED); the scales are
+    `score_scales`'s."""
     s = tl.dot(q, k_t, input_precision=DOT_PRECISION) * qk_scale
+    if SOFTCAP:
+        s = qk_cap * (2.0 * tl.sigmoid(2.0 * s) - 1.0)  # tanh, portably
     if MASKED:
         s = tl.where(visible, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))

@@ -128,11 +128,12 @@ def varlen_attention(
     causal: bool = True,
     sliding_window: int | None = None,
     block_table: torch.Tensor | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """See `reference.varlen_attention`."""
     return _pick("varlen_attention", q)(
         q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale,
-        causal=causal, sliding_window=sliding_window, block_table=block_table,
+        causal=causal, sliding_window=sliding_window, block_table=block_table, softcap=softcap,
     )  # fmt: skip
 
 
@@ -146,17 +147,19 @@ def paged_decode_attention(
     *,
     sliding_window: int | None = None,
     traceable: bool = False,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """See `reference.paged_decode_attention`. `traceable` (inside a `torch.compile` graph, which only the CPU
     decode step has): always the reference's traceable form."""
     if traceable:
         return reference.paged_decode_attention(
             q, k_cache, v_cache, block_tables, context_lens, softmax_scale, sliding_window=sliding_window,
-            traceable=True,
+            traceable=True, softcap=softcap,
         )  # fmt: skip
     return _pick("paged_decode_attention", q)(
-        q, k_cache, v_cache, block_tables, context_lens, softmax_scale, sliding_window=sliding_window
-    )
+        q, k_cache, v_cache, block_tables, context_lens, softmax_scale, sliding_window=sliding_window,
+        softcap=softcap,
+    )  # fmt: skip
 
 
 def write_kv(

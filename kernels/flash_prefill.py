@@ -21,13 +21,18 @@ and a masked upper edge (causal diagonal and the sequence end), so the mask is o
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
 
-from kernels.attention_tile import attend_tile, finish_rows, init_state, kv_row_offsets, load_tile
+from kernels.attention_tile import (
+    attend_tile,
+    finish_rows,
+    init_state,
+    kv_row_offsets,
+    load_tile,
+    score_scales,
+)
 from kernels.validation import (
     FLOAT_DTYPES,
     check_block_table,
@@ -46,11 +51,11 @@ from kernels.validation import (
 @triton.jit
 def _prefill_range(
     acc, m_i, l_i, q, pos_m, start, end,
-    k_base, v_base, table_row_ptr, k_len, window, qk_scale,
+    k_base, v_base, table_row_ptr, k_len, window, qk_scale, qk_cap,
     stride_kt, stride_vt, stride_kb, stride_ks,
     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, PAGED: tl.constexpr, MASKED: tl.constexpr,
     HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    SOFTCAP: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     """Fold key positions [start, end) into the running state, BLOCK_N at a time."""
     offs_d = tl.arange(0, HEAD_PAD)
@@ -76,19 +81,21 @@ def _prefill_range(
                 visible = visible & (pos_n[None, :] <= pos_m[:, None])
             if HAS_WINDOW:
                 visible = visible & (pos_n[None, :] > pos_m[:, None] - window)
-        acc, m_i, l_i = attend_tile(acc, m_i, l_i, q, k_t, v, visible, qk_scale, MASKED, DOT_PRECISION)
+        acc, m_i, l_i = attend_tile(
+            acc, m_i, l_i, q, k_t, v, visible, qk_scale, qk_cap, MASKED, SOFTCAP, DOT_PRECISION
+        )
     return acc, m_i, l_i
 
 
 @triton.jit
 def _flash_prefill_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, cu_q_ptr, cu_k_ptr, table_ptr,
-    qk_scale, window,
+    qk_scale, qk_cap, window,
     stride_qt, stride_qh, stride_kt, stride_kb, stride_ks, stride_kh, stride_vt, stride_vh,
     stride_ot, stride_oh, stride_tb,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr, CAUSAL: tl.constexpr,
     HAS_WINDOW: tl.constexpr, PAGED: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, SOFTCAP: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     start_m = tl.program_id(0)
     head = tl.program_id(1)
@@ -137,19 +144,19 @@ def _flash_prefill_kernel(
     table_row = table_ptr + seq.to(tl.int64) * stride_tb
     acc, m_i, l_i = init_state(BLOCK_M, HEAD_PAD)
     acc, m_i, l_i = _prefill_range(
-        acc, m_i, l_i, q, pos_m, lo, mid_lo, k_base, v_base, table_row, k_len, window, qk_scale,
+        acc, m_i, l_i, q, pos_m, lo, mid_lo, k_base, v_base, table_row, k_len, window, qk_scale, qk_cap,
         stride_kt, stride_vt, stride_kb, stride_ks,
-        CAUSAL, HAS_WINDOW, PAGED, True, HEAD_DIM, HEAD_PAD, BLOCK_SIZE, BLOCK_N, DOT_PRECISION,
+        CAUSAL, HAS_WINDOW, PAGED, True, HEAD_DIM, HEAD_PAD, BLOCK_SIZE, BLOCK_N, SOFTCAP, DOT_PRECISION,
     )  # fmt: skip
     acc, m_i, l_i = _prefill_range(
-        acc, m_i, l_i, q, pos_m, mid_lo, mid_hi, k_base, v_base, table_row, k_len, window, qk_scale,
+        acc, m_i, l_i, q, pos_m, mid_lo, mid_hi, k_base, v_base, table_row, k_len, window, qk_scale, qk_cap,
         stride_kt, stride_vt, stride_kb, stride_ks,
-        CAUSAL, HAS_WINDOW, PAGED, False, HEAD_DIM, HEAD_PAD, BLOCK_SIZE, BLOCK_N, DOT_PRECISION,
+        CAUSAL, HAS_WINDOW, PAGED, False, HEAD_DIM, HEAD_PAD, BLOCK_SIZE, BLOCK_N, SOFTCAP, DOT_PRECISION,
     )  # fmt: skip
     acc, m_i, l_i = _prefill_range(
-        acc, m_i, l_i, q, pos_m, mid_hi, hi, k_base, v_base, table_row, k_len, window, qk_scale,
+        acc, m_i, l_i, q, pos_m, mid_hi, hi, k_base, v_base, table_row, k_len, window, qk_scale, qk_cap,
         stride_kt, stride_vt, stride_kb, stride_ks,
-        CAUSAL, HAS_WINDOW, PAGED, True, HEAD_DIM, HEAD_PAD, BLOCK_SIZE, BLOCK_N, DOT_PRECISION,
+        CAUSAL, HAS_WINDOW, PAGED, True, HEAD_DIM, HEAD_PAD, BLOCK_SIZE, BLOCK_N, SOFTCAP, DOT_PRECISION,
     )  # fmt: skip
     out = finish_rows(acc, l_i)
     tl.store(out_ptr + q_rows[:, None] * stride_ot + head * stride_oh + offs_d[None, :],
@@ -180,6 +187,7 @@ def varlen_attention(
     causal: bool = True,
     sliding_window: int | None = None,
     block_table: torch.Tensor | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Triton twin of `reference.varlen_attention`."""
     paged = block_table is not None
@@ -221,6 +229,7 @@ def varlen_attention(
         sliding_window is None or sliding_window >= 1, f"sliding_window must be >= 1, got {sliding_window}"
     )
     require(max_seqlen_q >= 0 and max_seqlen_k >= 0, "max_seqlen_q and max_seqlen_k must be >= 0")
+    require(softcap is None or softcap > 0, f"softcap must be > 0, got {softcap}")
     check_same_device(
         q=q, k=k, v=v, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, block_table=block_table
     )
@@ -257,13 +266,13 @@ def varlen_attention(
     grid = (triton.cdiv(max_seqlen_q, block_m), n_heads, batch)
     _flash_prefill_kernel[grid](
         q, k, v, out, cu_seqlens_q, cu_seqlens_k, table,
-        softmax_scale * math.log2(math.e), sliding_window or 0,
+        *score_scales(softmax_scale, softcap), sliding_window or 0,
         q.stride(0), q.stride(1),
         0 if paged else k.stride(0), k.stride(0) if paged else 0, k.stride(1) if paged else 0, k.stride(-2),
         0 if paged else v.stride(0), v.stride(-2), out.stride(0), out.stride(1), table.stride(0),
         GROUP=n_heads // n_kv_heads, HEAD_DIM=head_dim, HEAD_PAD=head_pad, CAUSAL=causal,
         HAS_WINDOW=sliding_window is not None, PAGED=paged, BLOCK_SIZE=k.shape[1] if paged else 1,
-        BLOCK_M=block_m, BLOCK_N=block_n,
+        BLOCK_M=block_m, BLOCK_N=block_n, SOFTCAP=softcap is not None,
         DOT_PRECISION=dot_precision(q.dtype), num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     return out

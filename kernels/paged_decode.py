@@ -19,14 +19,20 @@ partial output and log2-sum-exp; `_reduce_kernel` merges the partitions.
 
 from __future__ import annotations
 
-import math
 from functools import cache
 
 import torch
 import triton
 import triton.language as tl
 
-from kernels.attention_tile import attend_tile, finish_rows, init_state, kv_row_offsets, load_tile
+from kernels.attention_tile import (
+    attend_tile,
+    finish_rows,
+    init_state,
+    kv_row_offsets,
+    load_tile,
+    score_scales,
+)
 from kernels.validation import (
     FLOAT_DTYPES,
     check_block_table,
@@ -45,12 +51,12 @@ from kernels.validation import (
 @triton.jit
 def _paged_decode_kernel(
     q_ptr, k_ptr, v_ptr, table_ptr, ctx_ptr, out_ptr, part_out_ptr, part_lse_ptr,
-    qk_scale, window, partition_size,
+    qk_scale, qk_cap, window, partition_size,
     stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_tb, stride_ob, stride_oh,
     stride_pb, stride_ph, stride_ps, stride_lb, stride_lh,
     GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, HAS_WINDOW: tl.constexpr, SPLIT: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    SOFTCAP: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     seq = tl.program_id(0).to(tl.int64)
     kv_head = tl.program_id(1)
@@ -88,7 +94,9 @@ def _paged_decode_kernel(
         v_ptrs = v_ptr + kv_offset + rows[:, None] + offs_d[None, :]
         k_t = load_tile(k_ptrs, visible[None, :], in_head[:, None], True, PAD)
         v = load_tile(v_ptrs, visible[:, None], in_head[None, :], True, PAD)
-        acc, m_i, l_i = attend_tile(acc, m_i, l_i, q, k_t, v, visible[None, :], qk_scale, True, DOT_PRECISION)
+        acc, m_i, l_i = attend_tile(
+            acc, m_i, l_i, q, k_t, v, visible[None, :], qk_scale, qk_cap, True, SOFTCAP, DOT_PRECISION
+        )
 
     out = finish_rows(acc, l_i)
     row_mask = offs_g < GROUP
@@ -159,6 +167,7 @@ def paged_decode_attention(
     *,
     sliding_window: int | None = None,
     num_splits: int | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Triton twin of `reference.paged_decode_attention`; `num_splits` forces the split-K partition count
     (default: chosen from the grid size and the block table's capacity, without reading context_lens)."""
@@ -193,6 +202,7 @@ def paged_decode_attention(
         sliding_window is None or sliding_window >= 1, f"sliding_window must be >= 1, got {sliding_window}"
     )
     require(num_splits is None or num_splits >= 1, f"num_splits must be >= 1, got {num_splits}")
+    require(softcap is None or softcap > 0, f"softcap must be > 0, got {softcap}")
     check_same_device(
         q=q, k_cache=k_cache, v_cache=v_cache, block_tables=block_tables, context_lens=context_lens
     )
@@ -222,13 +232,14 @@ def paged_decode_attention(
     common = dict(num_warps=4 if q.is_cuda else 1)
     _paged_decode_kernel[(batch, n_kv_heads, splits)](
         q, k_cache, v_cache, block_tables, context_lens, out, part_out, part_lse,
-        softmax_scale * math.log2(math.e), sliding_window or 0, partition,
+        *score_scales(softmax_scale, softcap), sliding_window or 0, partition,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1),
         part_out.stride(0), part_out.stride(1), part_out.stride(2), part_lse.stride(0), part_lse.stride(1),
         GROUP=group, BLOCK_G=block_g, HEAD_DIM=head_dim, HEAD_PAD=head_pad, BLOCK_SIZE=block_size,
         BLOCK_N=block_n,
-        HAS_WINDOW=sliding_window is not None, SPLIT=split, DOT_PRECISION=dot_precision(q.dtype), **common,
+        HAS_WINDOW=sliding_window is not None, SPLIT=split, SOFTCAP=softcap is not None,
+        DOT_PRECISION=dot_precision(q.dtype), **common,
     )  # fmt: skip
     if split:
         _reduce_kernel[(batch, n_heads)](

@@ -16,6 +16,8 @@ Attention conventions shared with the kernels:
   `seqlen_k - seqlen_q + j` and (causal) sees keys at positions `<=` its own; with `sliding_window=W` it sees
   positions in `(p - W, p]`.
 * GQA: query head `h` reads kv head `h // (n_heads // n_kv_heads)`.
+* Logit cap (`softcap=c`, Gemma 2): a scaled score `s` becomes `c * tanh(s / c)` before the mask and the
+  softmax; SDPA has no such step, so capped attention is computed in plain torch (`_capped_attention`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,22 @@ def _key_positions(block_row: torch.Tensor, length: int, block_size: int) -> tor
     return block_row[pos // block_size].long() * block_size + pos % block_size
 
 
+def _capped_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    softmax_scale: float,
+    softcap: float,
+    allowed: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """SDPA's `(..., Lq, D) x (..., Lk, D)` attention with each scaled score capped at `softcap` (tanh)."""
+    scores = (q @ k.transpose(-1, -2)) * softmax_scale
+    scores = softcap * torch.tanh(scores / softcap)
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    return scores.softmax(dim=-1) @ v
+
+
 def _attend(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -39,6 +57,7 @@ def _attend(
     softmax_scale: float,
     causal: bool,
     sliding_window: int | None,
+    softcap: float | None,
 ) -> torch.Tensor:
     """One sequence: q `(sq, H, D)`, k/v `(sk, Hkv, D)` → `(sq, H, D)`, queries aligned to the last keys."""
     sq, n_heads, _ = q.shape
@@ -55,7 +74,9 @@ def _attend(
     qf = q.float().transpose(0, 1)[None]  # (1, H, sq, D)
     kf = k.float().repeat_interleave(group, dim=1).transpose(0, 1)[None]  # (1, H, sk, D)
     vf = v.float().repeat_interleave(group, dim=1).transpose(0, 1)[None]
-    if causal and sq == sk and sliding_window is None:
+    if softcap is not None:
+        out = _capped_attention(qf, kf, vf, softmax_scale, softcap, allowed)[0]
+    elif causal and sq == sk and sliding_window is None:
         # The plain causal square: SDPA's own flag lets the fused kernel skip the masked half.
         out = F.scaled_dot_product_attention(qf, kf, vf, is_causal=True, scale=softmax_scale)[0]
     else:
@@ -80,6 +101,7 @@ def varlen_attention(
     causal: bool = True,
     sliding_window: int | None = None,
     block_table: torch.Tensor | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Attention over a packed batch of variable-length sequences → `(total_q, n_heads, head_dim)`.
 
@@ -103,7 +125,9 @@ def varlen_attention(
             rows = _key_positions(block_table[i], sk, k.shape[1])
             ki = k.flatten(0, 1)[rows]
             vi = v.flatten(0, 1)[rows]
-        out[cq[i] : cq[i + 1]] = _attend(q[cq[i] : cq[i + 1]], ki, vi, softmax_scale, causal, sliding_window)
+        out[cq[i] : cq[i + 1]] = _attend(
+            q[cq[i] : cq[i + 1]], ki, vi, softmax_scale, causal, sliding_window, softcap
+        )
     return out
 
 
@@ -117,6 +141,7 @@ def paged_decode_attention(
     *,
     sliding_window: int | None = None,
     traceable: bool = False,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """One query token per sequence over the paged cache → `(batch, n_heads, head_dim)`.
 
@@ -126,7 +151,7 @@ def paged_decode_attention(
     """
     if traceable:
         return _paged_decode_padded(
-            q, k_cache, v_cache, block_tables, context_lens, softmax_scale, sliding_window
+            q, k_cache, v_cache, block_tables, context_lens, softmax_scale, sliding_window, softcap
         )
     batch, n_heads, head_dim = q.shape
     block_size, n_kv_heads = k_cache.shape[1], k_cache.shape[2]
@@ -144,7 +169,10 @@ def paged_decode_attention(
         keys = flat_k[rows].float().transpose(0, 1)  # (Hkv, L, D)
         values = flat_v[rows].float().transpose(0, 1)
         grouped_q = q[i].float().reshape(n_kv_heads, n_heads // n_kv_heads, head_dim)
-        attended = F.scaled_dot_product_attention(grouped_q, keys, values, scale=softmax_scale)
+        if softcap is None:
+            attended = F.scaled_dot_product_attention(grouped_q, keys, values, scale=softmax_scale)
+        else:
+            attended = _capped_attention(grouped_q, keys, values, softmax_scale, softcap)
         out[i] = attended.reshape(n_heads, head_dim).to(q.dtype)
     return out
 
@@ -157,6 +185,7 @@ def _paged_decode_padded(
     context_lens: torch.Tensor,
     softmax_scale: float,
     sliding_window: int | None,
+    softcap: float | None,
 ) -> torch.Tensor:
     """`paged_decode_attention` as one padded, masked batch, for `torch.compile` (no host reads, no loop).
 
@@ -171,6 +200,8 @@ def _paged_decode_padded(
     values = v_cache[tables].reshape(batch, width, n_kv_heads, head_dim).float()
     grouped_q = q.reshape(batch, n_kv_heads, n_heads // n_kv_heads, head_dim).float()
     scores = torch.einsum("bhgd,blhd->bhgl", grouped_q, keys) * softmax_scale
+    if softcap is not None:
+        scores = softcap * torch.tanh(scores / softcap)
     pos = torch.arange(width, device=q.device)[None, :]
     lengths = context_lens.long()[:, None]
     visible = pos < lengths

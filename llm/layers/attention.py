@@ -17,11 +17,13 @@ class PagedAttention(nn.Module):
         head_dim: int,
         sliding_window: int | None,
         scale: float,
+        softcap: float | None = None,
     ) -> None:
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.scale = scale  # of the attention scores (head_dim^-0.5 unless the model says otherwise)
         self.sliding_window = sliding_window
+        self.softcap = softcap  # scaled scores capped at softcap * tanh(score / softcap) (Gemma 2)
         # (num_blocks, block_size, n_kv_heads, head_dim), bound by the model runner once the cache is sized.
         self.k_cache = torch.empty(0)
         self.v_cache = torch.empty(0)
@@ -40,6 +42,7 @@ class PagedAttention(nn.Module):
                 self.scale,
                 sliding_window=self.sliding_window,
                 traceable=ctx.compiled,
+                softcap=self.softcap,
             )
         assert ctx.cu_seqlens_q is not None and ctx.cu_seqlens_k is not None
         if ctx.cache_hit:  # some keys were computed in earlier steps: read them all from the paged cache
@@ -58,4 +61,5 @@ class PagedAttention(nn.Module):
             causal=True,
             sliding_window=self.sliding_window,
             block_table=block_table,
+            softcap=self.softcap,
         )

@@ -1,12 +1,12 @@
-"""The decoder of every supported family (Llama 2/3, Mistral, Qwen2/3, Gemma 3, Phi-3, SmolLM2): one model
+"""The decoder of every supported family (Llama 2/3, Mistral, Qwen2/3, Gemma 2/3, Phi-3, SmolLM2): one model
 whose differences come from the preset and config, not from subclasses.
 
 Projections are fused (q/k/v into one matmul, gate/up into another) because on a small model each extra op per
 layer costs more Python overhead than arithmetic. Attention metadata comes from the step context, so
 `forward(input_ids, positions)` is the whole interface. What varies by family: q/k norms before RoPE (Qwen3,
-Gemma 3), norms on the attention and MLP outputs (Gemma 3), the gate activation (SwiGLU / GeGLU), scaled
-embeddings and capped logits (Gemma 3), a sliding window and RoPE table per layer (Mistral, Gemma 3), partial
-rotary (Phi-4-mini).
+Gemma 3), norms on the attention and MLP outputs (Gemma), the gate activation (SwiGLU / GeGLU), scaled
+embeddings and capped logits (Gemma), capped attention scores (Gemma 2), a sliding window and RoPE table per
+layer (Mistral, Gemma), partial rotary (Phi-4-mini).
 """
 
 from __future__ import annotations
@@ -40,8 +40,9 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if cfg.preset.qk_norm else None
         self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if cfg.preset.qk_norm else None
         self.attn = PagedAttention(
-            cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.layer_window(layer), cfg.attention_scale
-        )
+            cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.layer_window(layer), cfg.attention_scale,
+            cfg.attn_logit_softcapping,
+        )  # fmt: skip
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         tokens = x.shape[0]

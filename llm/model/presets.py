@@ -3,7 +3,7 @@
 A preset says how a family deviates from plain Llama (QKV bias, q/k norms, Gemma's extra norms and GeGLU, the
 GGUF converter's habits); `ModelConfig` holds the sizes of one checkpoint, read from GGUF metadata or a
 Hugging Face `config.json`. Adding a family is adding a row, not a branch. Families: Llama 2/3/3.1 (SmolLM2),
-Mistral, Qwen2, Qwen3, Gemma 3 (text-only) and Phi-3/Phi-4-mini.
+Mistral, Qwen2, Qwen3, Gemma 2, Gemma 3 (text-only) and Phi-3/Phi-4-mini.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ class ArchPreset:
     name: str
     qkv_bias: bool = False
     # llama.cpp's converter permutes q/k rows into its interleaved RoPE layout for these (not for the families
-    # llama.cpp runs with NeoX-style RoPE: Qwen, Gemma 3, Phi-3).
+    # llama.cpp runs with NeoX-style RoPE: Qwen, Gemma, Phi-3).
     gguf_permute_qk: bool = True
     qk_norm: bool = False  # each query and key head RMS-normed before RoPE (Qwen3, Gemma 3)
-    # The attention and MLP outputs RMS-normed before they join the residual (Gemma 3: four norms a layer).
+    # The attention and MLP outputs RMS-normed before they join the residual (Gemma: four norms a layer).
     sandwich_norms: bool = False
     # Gemma's RMSNorm scales by (1 + w) and Hugging Face stores w; llama.cpp's converter stores 1 + w.
     norm_weight_offset: float = 0.0
@@ -40,7 +40,7 @@ class ArchPreset:
     # llama.cpp); those layers' RoPE is never scaled. None: all layers share one RoPE.
     local_rope_theta: float | None = None
     # GGUF stores no query_pre_attn_scalar; llama.cpp scales queries by head_dim^-0.5, but by
-    # (hidden / heads)^-0.5 for models of these layer counts (Gemma 3 27B).
+    # (hidden / heads)^-0.5 for models of these layer counts (Gemma 2 27B, Gemma 3 27B).
     gguf_hidden_per_head_scale_layers: tuple[int, ...] = ()
     hf_architectures: tuple[str, ...] = ()
     gguf_architectures: tuple[str, ...] = ()
@@ -66,6 +66,18 @@ PRESETS: dict[str, ArchPreset] = {
             qk_norm=True,
             hf_architectures=("Qwen3ForCausalLM",),
             gguf_architectures=("qwen3",),
+        ),
+        ArchPreset(
+            "gemma2",  # Gemma 3's layer without q/k norms, every other layer sliding, one RoPE, capped scores
+            gguf_permute_qk=False,
+            sandwich_norms=True,
+            norm_weight_offset=1.0,
+            embed_scale=True,
+            activation="gelu_tanh",
+            sliding_window_pattern=2,
+            gguf_hidden_per_head_scale_layers=(46,),
+            hf_architectures=("Gemma2ForCausalLM",),
+            gguf_architectures=("gemma2",),
         ),
         ArchPreset(
             "gemma3",
@@ -128,6 +140,7 @@ class ModelConfig:
     local_rope_theta: float | None = None  # RoPE base of the sliding layers, if they have their own
     query_pre_attn_scalar: float | None = None  # attention scores scaled by its ^-0.5 (default: head_dim)
     final_logit_softcapping: float | None = None  # logits = cap * tanh(logits / cap)
+    attn_logit_softcapping: float | None = None  # scaled attention scores capped the same way (Gemma 2)
 
     @property
     def q_size(self) -> int:
@@ -192,8 +205,6 @@ def config_from_hf(hf: dict[str, Any], path: object) -> ModelConfig:
     """Read a Hugging Face `config.json` (transformers 4 and 5 spellings)."""
     architectures = hf.get("architectures") or [hf.get("model_type", "?")]
     preset = preset_for(architectures[0], path)
-    if hf.get("attn_logit_softcapping"):
-        raise UnsupportedModelError(f"{path}: attention logit softcapping is not supported")
     heads, layers = hf["num_attention_heads"], hf["num_hidden_layers"]
     head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
     max_positions = hf.get("max_position_embeddings", 4096)
@@ -236,6 +247,7 @@ def config_from_hf(hf: dict[str, Any], path: object) -> ModelConfig:
         local_rope_theta=local_theta if window else None,
         query_pre_attn_scalar=hf.get("query_pre_attn_scalar"),
         final_logit_softcapping=hf.get("final_logit_softcapping"),
+        attn_logit_softcapping=hf.get("attn_logit_softcapping"),
     )
 
 
@@ -292,4 +304,5 @@ def config_from_gguf(
         local_rope_theta=meta.get(f"{arch}.rope.freq_base_swa", preset.local_rope_theta) if window else None,
         query_pre_attn_scalar=scalar,
         final_logit_softcapping=meta.get(f"{arch}.final_logit_softcapping"),
+        attn_logit_softcapping=meta.get(f"{arch}.attn_logit_softcapping"),
     )

@@ -13,9 +13,16 @@ from tests.kernels.kernel_cases import DEVICE, cu_seqlens, paged_kv
 
 
 def naive_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool, window: int | None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    causal: bool,
+    window: int | None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
-    """One sequence, one head and one query at a time in float64: softmax(q k^T) v over the visible keys."""
+    """One sequence, one head and one query at a time in float64: softmax(q k^T) v over the visible keys,
+    each scaled score capped at `cap * tanh(score / cap)` when `softcap` is given."""
     sq, n_heads, _ = q.shape
     sk, n_kv_heads, _ = k.shape
     out = torch.zeros(q.shape, dtype=torch.float64)
@@ -27,6 +34,8 @@ def naive_attention(
             if not visible:
                 continue
             scores = torch.stack([q[j, h].double() @ k[t, kv].double() * scale for t in visible])
+            if softcap is not None:
+                scores = softcap * torch.tanh(scores / softcap)
             weights = torch.softmax(scores, dim=0)
             out[j, h] = sum(w * v[t, kv].double() for w, t in zip(weights, visible, strict=True))
     return out
@@ -44,8 +53,16 @@ CASES = [
 
 @pytest.mark.parametrize(("lq", "lk", "n_heads", "n_kv_heads", "causal", "window"), CASES)
 @pytest.mark.parametrize("paged", [False, True])
+@pytest.mark.parametrize("softcap", [None, 0.5], ids=["uncapped", "capped"])
 def test_varlen_reference_matches_naive(
-    lq: list[int], lk: list[int], n_heads: int, n_kv_heads: int, causal: bool, window: int | None, paged: bool
+    lq: list[int],
+    lk: list[int],
+    n_heads: int,
+    n_kv_heads: int,
+    causal: bool,
+    window: int | None,
+    paged: bool,
+    softcap: float | None,
 ) -> None:
     d = 8
     scale = 1 / math.sqrt(d)
@@ -58,12 +75,12 @@ def test_varlen_reference_matches_naive(
         k, v, table = torch.cat(keys), torch.cat(values), None
     out = reference.varlen_attention(
         q, k, v, cu_seqlens(lq), cu_seqlens(lk), max(lq), max(lk), scale,
-        causal=causal, sliding_window=window, block_table=table,
+        causal=causal, sliding_window=window, block_table=table, softcap=softcap,
     )  # fmt: skip
     start = 0
     for i, n in enumerate(lq):
         expected = naive_attention(
-            q[start : start + n].cpu(), keys[i].cpu(), values[i].cpu(), scale, causal, window
+            q[start : start + n].cpu(), keys[i].cpu(), values[i].cpu(), scale, causal, window, softcap
         )
         torch.testing.assert_close(out[start : start + n].cpu().double(), expected, atol=1e-5, rtol=1e-5)
         start += n
@@ -71,7 +88,8 @@ def test_varlen_reference_matches_naive(
 
 @pytest.mark.parametrize("window", [None, 3])
 @pytest.mark.parametrize("padded", [False, True], ids=["per_sequence", "padded_for_compile"])
-def test_decode_reference_matches_naive(window: int | None, padded: bool) -> None:
+@pytest.mark.parametrize("softcap", [None, 0.5], ids=["uncapped", "capped"])
+def test_decode_reference_matches_naive(window: int | None, padded: bool, softcap: float | None) -> None:
     d, n_heads, n_kv_heads = 8, 4, 2
     lens = [1, 6, 0, 9]
     q = torch.randn(len(lens), n_heads, d, device=DEVICE)
@@ -80,13 +98,15 @@ def test_decode_reference_matches_naive(window: int | None, padded: bool) -> Non
     k_cache, v_cache, table = paged_kv(keys, values, block_size=4)
     context_lens = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
     if padded:  # the form traced under torch.compile
-        out = reference._paged_decode_padded(q, k_cache, v_cache, table, context_lens, 0.3, window)
+        out = reference._paged_decode_padded(q, k_cache, v_cache, table, context_lens, 0.3, window, softcap)
     else:
         out = reference.paged_decode_attention(
-            q, k_cache, v_cache, table, context_lens, 0.3, sliding_window=window
+            q, k_cache, v_cache, table, context_lens, 0.3, sliding_window=window, softcap=softcap
         )
     for i in range(len(lens)):
-        expected = naive_attention(q[i : i + 1].cpu(), keys[i].cpu(), values[i].cpu(), 0.3, True, window)
+        expected = naive_attention(
+            q[i : i + 1].cpu(), keys[i].cpu(), values[i].cpu(), 0.3, True, window, softcap
+        )
         torch.testing.assert_close(out[i : i + 1].cpu().double(), expected, atol=1e-5, rtol=1e-5)
 
 

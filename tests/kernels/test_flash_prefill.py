@@ -36,6 +36,7 @@ class Case:
     causal: bool = True
     window: int | None = None
     fused: bool = False  # packed k and v sliced out of wider per-token rows, with different strides
+    softcap: float | None = None  # scores capped by tanh (Gemma 2); 1.0 in tests, so that it bites
 
 
 def fused_slices(k: torch.Tensor, v: torch.Tensor, n_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,6 +62,8 @@ CPU_CASES = [
     Case((21, 4), (21, 4), 4, 2, head_dim=96, fused=True),  # Phi-3's head: tiles padded to 128
     Case((3, 18), (40, 18), 4, 1, head_dim=256, block_size=16, window=13),  # Gemma 3's, paged
     Case((19,), (19,), 2, 2, head_dim=80),
+    Case((33, 1), (33, 1), 4, 2, window=9, softcap=1.0),
+    Case((3, 18), (40, 18), 4, 1, head_dim=256, block_size=16, window=13, softcap=1.0),  # Gemma 2's, paged
 ]
 
 GPU_CASES = [
@@ -71,6 +74,7 @@ GPU_CASES = [
     Case((700, 300), (700, 300), 9, 3, fused=True),
     Case((1024, 77), (1024, 77), 8, 1, head_dim=256, window=512),  # Gemma 3 1B's layout
     Case((256, 31), (2048, 31), 32, 32, head_dim=96, block_size=16),  # Phi-3-mini's
+    Case((1024, 77), (1024, 77), 8, 4, head_dim=256, window=4096, softcap=50.0),  # Gemma 2 2B's
 ]
 
 
@@ -97,7 +101,9 @@ def run_case(case: Case, dtype: torch.dtype) -> None:
         max(case.lk),
         1 / math.sqrt(d),
     )
-    opts: dict[str, Any] = dict(causal=case.causal, sliding_window=case.window, block_table=table)
+    opts: dict[str, Any] = dict(
+        causal=case.causal, sliding_window=case.window, block_table=table, softcap=case.softcap
+    )
     out = flash_prefill.varlen_attention(*args, **opts)
     assert out.dtype == dtype and out.shape == q.shape
     assert_close(out, reference.varlen_attention(*args, **opts), dtype)

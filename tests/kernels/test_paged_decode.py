@@ -45,7 +45,7 @@ GPU_CASES = [
 
 def run_case(
     lens: tuple[int, ...], n_heads: int, n_kv_heads: int, head_dim: int, block_size: int,
-    window: int | None, num_splits: int | None, dtype: torch.dtype,
+    window: int | None, num_splits: int | None, dtype: torch.dtype, softcap: float | None = None,
 ) -> None:  # fmt: skip
     from kernels import paged_decode
 
@@ -55,9 +55,12 @@ def run_case(
     k_cache, v_cache, table = paged_kv(keys, values, block_size)
     context_lens = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
     args = (q, k_cache, v_cache, table, context_lens, 1 / math.sqrt(head_dim))
-    out = paged_decode.paged_decode_attention(*args, sliding_window=window, num_splits=num_splits)
+    out = paged_decode.paged_decode_attention(
+        *args, sliding_window=window, num_splits=num_splits, softcap=softcap
+    )
     assert out.dtype == dtype and out.shape == q.shape
-    assert_close(out, reference.paged_decode_attention(*args, sliding_window=window), dtype)
+    expected = reference.paged_decode_attention(*args, sliding_window=window, softcap=softcap)
+    assert_close(out, expected, dtype)
 
 
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=str)
@@ -69,6 +72,19 @@ def test_decode_matches_reference(
     window: int | None, splits: int | None, dtype: torch.dtype,
 ) -> None:  # fmt: skip
     run_case(lens, n_heads, n_kv_heads, head_dim, block_size, window, splits, dtype)
+
+
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=str)
+@pytest.mark.parametrize(
+    ("lens", "n_heads", "n_kv_heads", "head_dim", "block_size", "window", "splits"),
+    [((70, 5), 8, 2, 64, 16, 20, 4), ((35, 1), 4, 2, 256, 16, 9, 1)],  # split-K; Gemma 2's head
+)
+def test_decode_caps_scores_like_the_reference(
+    lens: tuple[int, ...], n_heads: int, n_kv_heads: int, head_dim: int, block_size: int,
+    window: int | None, splits: int | None, dtype: torch.dtype,
+) -> None:  # fmt: skip
+    """Gemma 2's logit cap (1.0 here, so that it changes every weight) in both the split and whole forms."""
+    run_case(lens, n_heads, n_kv_heads, head_dim, block_size, window, splits, dtype, softcap=1.0)
 
 
 @gpu

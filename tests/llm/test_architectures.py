@@ -84,6 +84,27 @@ CASES: dict[str, tuple[str, dict[str, Any], str, tuple[str, ...]]] = {
         "F32",
         ("safetensors",),
     ),
+    # Every other layer sliding, one RoPE, scores capped by tanh: a cap of 0.5 (Gemma 2 ships 50.0) changes
+    # every attention weight of these small random scores, so a model that ignored it would not match.
+    # transformers' eager attention is the one that applies the cap.
+    "gemma2-softcap": (
+        "Gemma2ForCausalLM",
+        {
+            "hidden_size": 64,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 64,
+            "sliding_window": 16,
+            "query_pre_attn_scalar": 64,
+            "attn_logit_softcapping": 0.5,
+            "final_logit_softcapping": 5.0,
+            "tie_word_embeddings": True,
+            "attn_implementation": "eager",
+        },
+        "Q8_0",
+        ("safetensors", "gguf"),
+    ),
     "phi3-longrope-partial": (
         "Phi3ForCausalLM",
         {
@@ -162,10 +183,11 @@ def test_greedy_tokens_and_logprobs_match_transformers(checkpoints, case, fmt):
 
 
 @needs_triton
-def test_gemma3_on_triton_kernels_matches_reference(checkpoints):
-    """q/k norms through the RMSNorm kernel, per-layer sliding windows and the query scale through the
-    attention kernels, prefill and decode."""
-    _, paths = checkpoints["gemma3-local-global"]
+@pytest.mark.parametrize("case", ["gemma3-local-global", "gemma2-softcap"])
+def test_gemma_on_triton_kernels_matches_reference(checkpoints, case):
+    """q/k norms through the RMSNorm kernel (Gemma 3), per-layer sliding windows, the query scale and the
+    scores' cap (Gemma 2) through the attention kernels, prefill and decode."""
+    _, paths = checkpoints[case]
     ids = prompt(1)
     answers = {b: greedy(engine_on(b, paths["gguf"]), b, ids, 8) for b in ("reference", "triton")}
     assert answers["triton"][0] == answers["reference"][0]

@@ -108,7 +108,8 @@ def llama3_rope_freqs(rope: dict[str, Any], head_dim: int, theta: float) -> np.n
 
 def write_gguf(model: Any, path: Path, qtype: str = "F32") -> Path:
     """`model` written as llama.cpp's converter lays it out: its tensor names, q/k rows permuted for
-    interleaved RoPE (Llama), Gemma's norm weights with the 1 added, RoPE scaling as divisor tensors
+    interleaved RoPE (Llama), Gemma's norm weights with the 1 added, its logit caps as metadata, RoPE scaling
+    as divisor tensors
     (Llama 3.1 `rope_freqs`, Phi-3 `rope_factors_short/long`); matrices stored as `qtype`, vectors as F32."""
     import gguf
 
@@ -117,6 +118,7 @@ def write_gguf(model: Any, path: Path, qtype: str = "F32") -> Path:
     arch = {
         "LlamaForCausalLM": gguf.MODEL_ARCH.LLAMA,
         "Qwen3ForCausalLM": gguf.MODEL_ARCH.QWEN3,
+        "Gemma2ForCausalLM": gguf.MODEL_ARCH.GEMMA2,
         "Gemma3ForCausalLM": gguf.MODEL_ARCH.GEMMA3,
         "Phi3ForCausalLM": gguf.MODEL_ARCH.PHI3,
     }[family]
@@ -146,6 +148,8 @@ def write_gguf(model: Any, path: Path, qtype: str = "F32") -> Path:
         writer.add_sliding_window(cfg.sliding_window)
     if getattr(cfg, "final_logit_softcapping", None):
         writer.add_final_logit_softcapping(cfg.final_logit_softcapping)
+    if getattr(cfg, "attn_logit_softcapping", None):
+        writer.add_attn_logit_softcapping(cfg.attn_logit_softcapping)
     kind = rope.get("rope_type", "default")
     if kind == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
@@ -169,7 +173,7 @@ def write_gguf(model: Any, path: Path, qtype: str = "F32") -> Path:
             n = heads if name.endswith("q_proj.weight") else kv_heads
             data = data.reshape(n, 2, data.shape[0] // n // 2, *data.shape[1:]).swapaxes(1, 2)
             data = data.reshape(tensor.shape)
-        if family == "Gemma3ForCausalLM" and name.endswith("norm.weight"):
+        if family.startswith("Gemma") and name.endswith("norm.weight"):
             data = data + 1
         gguf_name = names.get_name(name, try_suffixes=(".weight", ".bias"))
         if data.ndim == 2 and qtype != "F32":
