@@ -497,7 +497,7 @@ class _Run:
 
     def _ignored(self, document: _Prepared) -> Callable[[_Ref], bool]:
         """Stored signatures that no longer count: the document's own earlier version, and documents this
-        run has rewritten or deleted."""
+        run has written (compared from this run's own indexes) or deleted."""
         return lambda ref: (
             ref.stored and (ref.source_path == document.source_path or ref.source_path in self.superseded)
         )

@@ -1,9 +1,9 @@
 """Schema versions of the database, kept by Alembic.
 
 Each component that owns tables has its own migration chain and its own version table: the retriever's
-(collections, documents, chunks, chunk_bands) in `retriever/migrations`, the service's (keys, conversations)
-in `app/migrations`, so neither needs to know the other's tables. At start-up a component checks its chain
-(`check_schema`):
+(collections, documents, chunks and their band keys) in `retriever/migrations`, the service's (keys,
+conversations) in `app/migrations`, so neither needs to know the other's tables. At start-up a component
+checks its chain (`check_schema`):
 
 * a database without any of the chain's tables is new: it is brought to the newest revision at once;
 * a database at the newest revision is used as it is;
