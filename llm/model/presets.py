@@ -186,6 +186,16 @@ def _sliding_layers(
     return None if all(sliding) else sliding
 
 
+def _logit_cap(value: Any, key: str, path: object) -> float | None:
+    """A soft cap (`c * tanh(x / c)`) as a config gives it: absent or 0 for none; any other value must be a
+    positive number (a cap of 0 would divide by zero in every score)."""
+    if not value:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise UnsupportedModelError(f"{path}: {key} must be a positive number, got {value!r}")
+    return float(value)
+
+
 def _longrope(scaling: dict[str, Any], max_positions: int, original: int) -> dict[str, Any]:
     """LongRoPE parameters with the two values transformers derives when absent made explicit: the
     pretraining context, and the attention factor (on cos/sin) from the context extension."""
@@ -246,8 +256,10 @@ def config_from_hf(hf: dict[str, Any], path: object) -> ModelConfig:
         rope_scaling=scaling,
         local_rope_theta=local_theta if window else None,
         query_pre_attn_scalar=hf.get("query_pre_attn_scalar"),
-        final_logit_softcapping=hf.get("final_logit_softcapping"),
-        attn_logit_softcapping=hf.get("attn_logit_softcapping"),
+        final_logit_softcapping=_logit_cap(
+            hf.get("final_logit_softcapping"), "final_logit_softcapping", path
+        ),
+        attn_logit_softcapping=_logit_cap(hf.get("attn_logit_softcapping"), "attn_logit_softcapping", path),
     )
 
 
@@ -303,6 +315,10 @@ def config_from_gguf(
         rope_scaling=rope_scaling,
         local_rope_theta=meta.get(f"{arch}.rope.freq_base_swa", preset.local_rope_theta) if window else None,
         query_pre_attn_scalar=scalar,
-        final_logit_softcapping=meta.get(f"{arch}.final_logit_softcapping"),
-        attn_logit_softcapping=meta.get(f"{arch}.attn_logit_softcapping"),
+        final_logit_softcapping=_logit_cap(
+            meta.get(f"{arch}.final_logit_softcapping"), f"{arch}.final_logit_softcapping", path
+        ),
+        attn_logit_softcapping=_logit_cap(
+            meta.get(f"{arch}.attn_logit_softcapping"), f"{arch}.attn_logit_softcapping", path
+        ),
     )

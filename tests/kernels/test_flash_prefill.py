@@ -183,6 +183,7 @@ def bad(name: str, match: str, **over: object) -> object:
         ),
         bad("q-longer-than-k", "seqlen_q <= seqlen_k", cu_seqlens_q=cu_seqlens([1, 6]), max_seqlen_q=6),
         bad("window-0", "sliding_window", sliding_window=0),
+        bad("softcap-0", "softcap must be > 0", softcap=0.0),
     ],
 )
 def test_bad_inputs_raise_before_launch(

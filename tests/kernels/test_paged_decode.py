@@ -172,6 +172,7 @@ def bad(name: str, match: str, **over: object) -> object:
             block_tables=torch.full((2, 2), -1, dtype=torch.int32, device=DEVICE),
         ),
         bad("splits-0", "num_splits", num_splits=0),
+        bad("softcap-negative", "softcap must be > 0", softcap=-1.0),
     ],
 )
 def test_bad_inputs_raise_before_launch(

@@ -372,3 +372,35 @@ def test_a_file_without_a_template_gets_its_familys_chat_format(tokens, expected
         rendered = tokenizer.render_chat(messages[1:2])
         used = [tokenizer.backend.token_to_id(token) for token in tokens if token in rendered]
         assert used and set(used) <= set(tokenizer.encode(rendered))
+
+
+@pytest.mark.parametrize("cap", ["attn_logit_softcapping", "final_logit_softcapping"])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(None, None), (0, None), (0.0, None), (50, 50.0), (-1.0, "error"), ("50", "error")],
+)
+def test_logit_caps_are_read_as_none_or_a_positive_number(cap, value, expected):
+    """Gemma's soft caps from config.json and GGUF metadata: absent or 0 is no cap; a negative or non-number
+    one is refused naming the key (a cap of 0 applied would make every score NaN)."""
+    from llm.model.presets import UnsupportedModelError, config_from_gguf, config_from_hf
+
+    _, extra, _, _ = CASES["gemma2-softcap"]
+    hf = {**extra, "architectures": ["Gemma2ForCausalLM"], "vocab_size": VOCAB, "intermediate_size": 128}
+    meta = {
+        "general.architecture": "gemma2", "gemma2.attention.head_count": 4, "gemma2.embedding_length": 64,
+        "gemma2.block_count": 4, "gemma2.context_length": 128, "gemma2.feed_forward_length": 128,
+        "gemma2.attention.layer_norm_rms_epsilon": 1e-6, "gemma2.vocab_size": VOCAB,
+    }  # fmt: skip
+    hf.pop("attn_logit_softcapping")
+    hf.pop("final_logit_softcapping")
+    hf[cap], meta[f"gemma2.{cap}"] = value, value
+    readers = {
+        f"cfg: {cap}": lambda: config_from_hf(hf, "cfg"),
+        f"cfg.gguf: gemma2.{cap}": lambda: config_from_gguf(meta, "cfg.gguf", False, {}),
+    }
+    for named, read in readers.items():
+        if expected == "error":
+            with pytest.raises(UnsupportedModelError, match=f"{named} must be a positive number"):
+                read()
+        else:
+            assert getattr(read(), cap) == expected
