@@ -8,8 +8,8 @@ What is compiled is a region of a few consecutive decoder layers, not the whole 
 compilation): every region runs the same code on weights of the same shapes, which dynamo lifts into graph
 inputs, so one graph serves all of them and compiling costs a region's time instead of the whole model's
 (about 6 minutes on 2 cores for SmolLM2's 30 layers, more with a LoRA mask). The embedding lookup, the
-RoPE table lookup and the final norm stay eager: a few ops. A tied group-32 int8 output head (GGUF Q8_0:
-SmolLM2, Gemma 3) gets its one-row product compiled on its own (`GroupedInt8.with_compiled_gemv`).
+RoPE table lookup, the final norm and the output head stay eager: a few ops (a tied group-32 int8 head has a
+C++ kernel of its own, `llm.layers.grouped_int8`).
 
 Two graphs are compiled when the engine starts, so no request waits on the compiler: batch 1 (torch
 specializes a size of 1) and batch >= 2 with dynamic batch size and context width. A model whose layers are
@@ -24,7 +24,6 @@ start compiles faster. Prefill stays eager: its cost is the dense GEMMs, not dis
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -33,7 +32,7 @@ import torch
 from torch.fx.experimental import _config as fx_config
 
 from llm.layers.context import StepContext, set_context
-from llm.layers.linear import PACKED_CPU_MAX_ROWS, Linear
+from llm.layers.linear import PACKED_CPU_MAX_ROWS
 from llm.model.llama import DecoderLayer, LlamaForCausalLM
 
 log = logging.getLogger(__name__)
@@ -43,11 +42,6 @@ MIN_TABLE_WIDTH = 2  # block tables are padded to this width: a width of 1 would
 # (batch 3) and compiles cold in ~20 s, 3 layers at 0.95x / 0.90x in ~45 s, 6 layers in ~78 s; the whole
 # model took ~355 s.
 MAX_REGION_LAYERS = 3
-
-
-def compiler_available() -> bool:
-    """Inductor's CPU backend builds C++ with the system compiler; without one, decode stays eager."""
-    return shutil.which("g++") is not None or shutil.which("c++") is not None
 
 
 class CompiledDecode:
@@ -67,9 +61,6 @@ class CompiledDecode:
         self._region: Callable[..., tuple[torch.Tensor, torch.Tensor]] = torch.compile(
             _run_region, dynamic=True
         )
-        # A tied group-32 int8 head's one-row product, compiled on its own; the head takes it once warm.
-        head: Linear = model.lm_head
-        self._head_table = None if head.grouped is None else head.grouped.with_compiled_gemv()
 
     def serves(self, ctx: StepContext, batch_size: int) -> bool:
         """Whether this decode step fits the compiled graphs."""
@@ -117,15 +108,6 @@ class CompiledDecode:
                 finally:
                     set_context(None)
             log.info("compiled the decode step for batch %s in %.1f s", batch, time.perf_counter() - start)
-        if self._head_table is not None:
-            start = time.perf_counter()
-            head = self.model.lm_head
-            with torch.inference_mode():
-                self._head_table.matmul(
-                    torch.zeros(1, head.in_features, dtype=self.model.embed_tokens.dtype, device=device)
-                )
-            head.grouped = self._head_table  # eager steps running meanwhile never wait on this compile
-            log.info("compiled the output head's one-row product in %.1f s", time.perf_counter() - start)
 
     def _lora_mask(self, batch: int, device: torch.device) -> torch.Tensor | None:
         if not self.mask_width:

@@ -18,7 +18,8 @@ import threading
 
 import torch
 
-from llm.engine.compiled_decode import MIN_TABLE_WIDTH, CompiledDecode, compiler_available
+from llm.cpu import cxx_compiler_available
+from llm.engine.compiled_decode import MIN_TABLE_WIDTH, CompiledDecode
 from llm.engine.engine import Request, Sample
 from llm.engine.sampler import Sampler
 from llm.engine.scheduler import ScheduledBatch
@@ -231,7 +232,7 @@ class TorchModelRunner:
 
     # --- CPU: compiled decode --------------------------------------------------------------------------
     def _compile_decode(self, max_batch: int) -> None:
-        if not compiler_available():
+        if not cxx_compiler_available():
             log.warning("no C++ compiler found: the CPU decode step stays eager (slower)")
             return
         mask_width = len(self.lora.slots) if self.lora.always_masked else 0

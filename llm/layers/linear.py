@@ -8,9 +8,9 @@
   torch's `_weight_int4pack_mm_for_cpu` and int8 weights to per-channel `_weight_int8pack_mm`, with bfloat16
   activations; 5- and 6-bit weights (GGUF Q5_*, Q6_K), which torch has no kernel for, are requantized to
   per-channel int8 like grouped int8 ones. A tied output head of group-32 int8 (GGUF Q8_0) keeps its values
-  instead (`GroupedInt8`: the per-channel kernel once per group of inputs, as fast at a vocabulary's size),
-  so that the embedding reads its rows from the same table rather than keeping a copy. Those kernels are
-  GEMVs at heart and their cost grows linearly with the rows of `x`; from `PACKED_CPU_MAX_ROWS` rows on
+  instead (`llm.layers.grouped_int8`, with a C++ kernel of its own), so that the embedding reads its rows from
+  the same table rather than keeping a copy. Those kernels are GEMVs at heart and their cost grows with the
+  rows of `x`; from `PACKED_CPU_MAX_ROWS` rows on
   (prefill chunks) expanding the weight once and running a dense bfloat16 GEMM is faster (2-3x at 1,000 rows
   on AVX512-BF16), which is exactly the dispatch reference, so prefill goes through `kernels.dispatch` with
   the `kernels.layout` weight kept beside the packed one (or expands `GroupedInt8`'s table itself). On CPUs
@@ -25,8 +25,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -46,6 +45,7 @@ from kernels.layout import (
 )
 from llm.cpu import native_bf16
 from llm.layers.context import get_context
+from llm.layers.grouped_int8 import GroupedInt8, cpu_kernel
 from llm.layers.lora import LoraDelta
 
 Weight = torch.Tensor | Int4Weight | Int8Weight
@@ -70,67 +70,6 @@ class WeightPolicy:
         if self.quantize == "int4":
             return quantize_int4(w, self.group_size)
         return w
-
-
-@dataclass(frozen=True)
-class GroupedInt8:
-    """Group-32 int8 weights laid out for torch's CPU int8 matmul, which takes one scale per output channel:
-    one `(out, 32)` matrix per group of 32 inputs with that group's scales; the groups' products are summed
-    in float32. Holds GGUF Q8_0 exactly where per-channel requantization would not, so that a tied vocabulary
-    table serves the embedding too; at batch 1 it runs about as fast as one per-channel matmul at that size
-    (Gemma 3's 262k x 640 head: 25-28 ms either way, one shared core), but its 20-odd calls make it several
-    times slower on a layer's small matrices. Where the engine compiles its decode step, one row's product
-    is compiled too (`with_compiled_gemv`)."""
-
-    qweight: torch.Tensor  # (in // 32, out, 32) int8
-    # (in // 32, out) as stored (float16 for GGUF): the rows an embedding expands are the checkpoint's exactly
-    # (bfloat16 scales, 3 bits short, were enough to turn SmolLM2's "Paris" into another answer). The matmul
-    # takes them in the activations' dtype, converted group by group (a few percent of its time).
-    scales: torch.Tensor
-    gemv: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = field(
-        default=None, compare=False, repr=False
-    )
-
-    @classmethod
-    def pack(cls, w: Int8Weight) -> GroupedInt8:
-        groups = w.in_features // GGUF_BLOCK
-        q = w.qweight.view(w.out_features, groups, GGUF_BLOCK).transpose(0, 1).contiguous()
-        return cls(q, w.scales.t().contiguous())
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {"qweight": self.qweight, "scales": self.scales}
-
-    def rows(self, ids: torch.Tensor | None = None) -> torch.Tensor:
-        """float32 rows `ids` of the weight (all of them: None), `(len(ids), in)`: the stored values."""
-        q, scales = self.qweight, self.scales
-        if ids is not None:
-            q, scales = q[:, ids], scales[:, ids]
-        w = q.float() * scales.float()[..., None]  # (groups, rows, 32)
-        return w.transpose(0, 1).reshape(w.shape[1], -1)
-
-    def with_compiled_gemv(self) -> GroupedInt8:
-        """The same table, with the product of one row compiled by inductor into a single pass over it that
-        dequantizes as it reads: Gemma 3's 262k x 640 head in 18 ms instead of 27 ms on 2 cores (SmolLM2's
-        in 2.9 ms instead of 3.3). From two rows on the per-group kernel wins (32 ms against 50 at 2 rows),
-        so only one row takes it; eager, the expression would expand the whole table."""
-        return replace(self, gemv=torch.compile(_grouped_gemv, dynamic=False))
-
-    def matmul(self, x: torch.Tensor) -> torch.Tensor:
-        """x (rows, in) -> (rows, out) in x's dtype."""
-        if self.gemv is not None and x.shape[0] == 1:
-            return self.gemv(x, self.qweight, self.scales)
-        groups = x.reshape(x.shape[0], -1, GGUF_BLOCK).transpose(0, 1).contiguous()  # (groups, rows, 32)
-        y = torch.zeros(x.shape[0], self.qweight.shape[1])
-        for g in range(groups.shape[0]):
-            y += torch.ops.aten._weight_int8pack_mm(groups[g], self.qweight[g], self.scales[g].to(x.dtype))
-        return y.to(x.dtype)
-
-
-def _grouped_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """`GroupedInt8.matmul` of one row as plain tensor algebra, for inductor to fuse (float32 sums)."""
-    groups = x.float().view(qweight.shape[0], 1, GGUF_BLOCK)
-    dots = (qweight.float() * groups).sum(-1)  # (groups, out)
-    return (dots * scales.float()).sum(0, keepdim=True).to(x.dtype)
 
 
 class Linear(nn.Module):
@@ -169,6 +108,7 @@ class Linear(nn.Module):
             self._pack_int4_cpu(w, dtype)
         elif tied and isinstance(w, Int8Weight) and w.group_size == GGUF_BLOCK:
             self.kind, self.grouped = "cpu_int8_grouped", GroupedInt8.pack(w)
+            cpu_kernel()  # built now (seconds, then from inductor's cache), not on the first request
         else:
             self._pack_int8_cpu(w, dtype)
 
