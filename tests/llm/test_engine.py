@@ -6,11 +6,13 @@ import json
 import math
 
 import pytest
+import torch
 
 from llm.base import ChatMessage, ContextOverflowError, SamplingParams, collect
 from llm.config import EngineConfig
 from llm.engine import create_engine
 from llm.engine.generator import EngineGenerator
+from llm.engine.sampler import first_max
 from llm.model.presets import UnsupportedModelError
 
 pytestmark = pytest.mark.slow
@@ -212,3 +214,11 @@ def test_eager_steps_ignore_a_compile_running_in_another_thread(packed_engine, m
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # as while another thread traces
     during = engine.runner.score(text), engine.generate([text], params)[0].text
     assert torch.equal(during[0], alone[0]) and during[1] == alone[1]
+
+
+def test_greedy_picks_the_first_of_tied_maxima_like_argmax():
+    rows = torch.zeros(3, 262_144)
+    rows[0, [7, 900, 200_000]] = 1.0
+    rows[1, [5_000, 262_143]] = 2.0
+    rows[2, 0] = -1.0  # the maximum is 0, first reached at index 1
+    assert first_max(rows).tolist() == rows.argmax(dim=-1).tolist() == [7, 5_000, 1]
