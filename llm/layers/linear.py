@@ -10,12 +10,12 @@
   per-channel int8 like grouped int8 ones. A tied output head of group-32 int8 (GGUF Q8_0) keeps its values
   instead (`llm.layers.grouped_int8`, with a C++ kernel of its own), so that the embedding reads its rows from
   the same table rather than keeping a copy. Those kernels are GEMVs at heart and their cost grows with the
-  rows of `x`; from `PACKED_CPU_MAX_ROWS` rows on
-  (prefill chunks) expanding the weight once and running a dense bfloat16 GEMM is faster (2-3x at 1,000 rows
-  on AVX512-BF16), which is exactly the dispatch reference, so prefill goes through `kernels.dispatch` with
-  the `kernels.layout` weight kept beside the packed one (or expands `GroupedInt8`'s table itself). On CPUs
-  without native bfloat16 matmuls (`llm.cpu.native_bf16`) those prefill GEMMs run in float32 and the result
-  is rounded back: torch emulates bfloat16 GEMMs there, 7x slower at 1,000 rows on AVX2.
+  rows of `x`; from `PACKED_CPU_MAX_ROWS` rows on (prefill chunks) expanding the weight once and running a
+  dense bfloat16 GEMM is faster (2-3x at 1,000 rows on AVX512-BF16), which is exactly the dispatch
+  reference, so prefill goes through `kernels.dispatch` with the `kernels.layout` weight kept beside the
+  packed one (or expands `GroupedInt8`'s table itself). On CPUs without native bfloat16 matmuls
+  (`llm.cpu.native_bf16`) those prefill GEMMs run in float32 and the result is rounded back: torch emulates
+  bfloat16 GEMMs there, 7x slower at 1,000 rows on AVX2.
 * CPU, dequantized: every weight dense in the compute dtype, bit-identical to the checkpoint's float values
   (what the parity tests compare against transformers).
 * CPU, kernels: quantized weights laid out exactly as on CUDA and multiplied through `kernels.dispatch`, so
