@@ -132,3 +132,26 @@ def test_values_json_cannot_echo_get_a_422_naming_the_field(
         named = {tuple(error["loc"][:2]) for error in response.json()["detail"]}
         assert named and named <= {("body", field) for field in fields}, (path, named)
     assert snapshot(services) == before
+
+
+def test_json_nested_past_the_recursion_limit_is_invalid_input_on_every_json_route(
+    strict: tuple[TestClient, Services],
+) -> None:
+    """Python's parser gives up on 100,000 nested lists with a RecursionError, which FastAPI answers as an
+    unreadable body (400); it is malformed JSON like any other, a 422 naming the body."""
+    client, services = strict
+    description = client.get("/openapi.json").json()
+    routes = [
+        (method.upper(), path)
+        for path, methods in description["paths"].items()
+        for method, operation in methods.items()
+        if "application/json" in operation.get("requestBody", {}).get("content", {})
+    ]
+    assert ("POST", "/v1/query") in routes and ("POST", "/v1/chat/completions") in routes
+    body = ('{"question": ' + "[" * 100_000 + "]" * 100_000 + "}").encode()
+    before = snapshot(services)
+    for method, path in routes:
+        response = client.request(method, path, content=body, headers=JSON)
+        assert response.status_code == 422, (path, response.text)
+        assert response.json()["detail"][0]["loc"][0] == "body", (path, response.text)
+    assert snapshot(services) == before

@@ -8,18 +8,19 @@ from __future__ import annotations
 import time
 import uuid
 
-from fastapi import APIRouter, Response
+from fastapi import Response
 
 from app.api.deps import PrincipalDep, ServicesDep
 from app.api.openai_compat import Completion, error_response, model_target
 from app.api.openai_schemas import MODEL_PREFIX, ChatCompletion, ChatCompletionCreate, ModelList, ModelPublic
+from app.api.routing import api_router
 from app.api.schemas import QueryCreate
 from app.api.sse import EventStreamResponse
 from app.rag.generation import GenerationFailedError
 from app.rag.rewrite import standalone_history
 from llm.base import served_adapters
 
-router = APIRouter(prefix="/v1", tags=["openai"])
+router = api_router(prefix="/v1", tags=["openai"])
 
 
 @router.get("/models", response_model=ModelList)

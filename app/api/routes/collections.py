@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-
 from app.api.deps import PrincipalDep, ServicesDep
+from app.api.routing import api_router
 from app.api.schemas import CollectionList, CollectionPublic
 
-router = APIRouter(prefix="/v1/collections", tags=["collections"])
+router = api_router(prefix="/v1/collections", tags=["collections"])
 
 
 @router.get("", response_model=CollectionList)

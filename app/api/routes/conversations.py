@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-
 from app.api.deps import PrincipalDep, ServicesDep
+from app.api.routing import api_router
 from app.api.schemas import ConversationCreate, ConversationList, ConversationPublic
 from app.api.views import conversation_public
 
-router = APIRouter(prefix="/v1/conversations", tags=["conversations"])
+router = api_router(prefix="/v1/conversations", tags=["conversations"])
 
 
 @router.post("", response_model=ConversationPublic, status_code=201)

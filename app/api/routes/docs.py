@@ -8,16 +8,17 @@ from pathlib import Path
 from typing import Literal
 
 import fastapi_offline
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
 from app.api.deps import get_principal
+from app.api.routing import api_router
 
 ASSETS = Path(fastapi_offline.__file__).parent / "static"
 Asset = Literal["swagger-ui-bundle.js", "swagger-ui.css", "favicon.png"]
 
-router = APIRouter(include_in_schema=False, dependencies=[Depends(get_principal)])
+router = api_router(include_in_schema=False, dependencies=[Depends(get_principal)])
 
 
 @router.get("/openapi.json")

@@ -7,12 +7,13 @@ import mimetypes
 from pathlib import PurePosixPath
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile
+from fastapi import File, Form, HTTPException, Response, UploadFile
 from fastapi.responses import FileResponse
 
 from app.api.deps import PrincipalDep, RowId, ServicesDep
 from app.api.errors import InvalidRequestError
 from app.api.routes.jobs import file_result_public, job_public
+from app.api.routing import api_router
 from app.api.schemas import (
     DocumentChunkPublic,
     DocumentList,
@@ -27,7 +28,7 @@ from app.ops.uploads import safe_filename, store_and_ingest
 from app.services import Services
 from retriever.records import DocumentInfo, NotFoundError
 
-router = APIRouter(prefix="/v1/documents", tags=["documents"])
+router = api_router(prefix="/v1/documents", tags=["documents"])
 
 
 def document_public(info: DocumentInfo) -> DocumentPublic:

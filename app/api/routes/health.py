@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from app.api.deps import ServicesDep
+from app.api.routing import api_router
 
-router = APIRouter(tags=["health"])
+router = api_router(tags=["health"])
 
 
 # Both probes are coroutines on the event loop, with async dependencies: a server whose worker threads are all

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from fastapi import APIRouter
-
 from app.api.deps import PrincipalDep, ServicesDep
+from app.api.routing import api_router
 from app.api.schemas import FileResultPublic, JobList, JobPublic
 from app.ops.jobs import Job
 from ingest.pipeline import FileResult
 from retriever.records import NotFoundError
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = api_router(prefix="/v1/jobs", tags=["jobs"])
 
 
 def file_result_public(result: FileResult) -> FileResultPublic:

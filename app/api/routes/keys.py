@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import Depends
 
 from app.api.deps import RowId, ServicesDep, require_admin
+from app.api.routing import api_router
 from app.api.schemas import KeyCreate, KeyCreated, KeyList, KeyPublic
 from app.api.views import key_public
 
-router = APIRouter(prefix="/v1/keys", tags=["keys"], dependencies=[Depends(require_admin)])
+router = api_router(prefix="/v1/keys", tags=["keys"], dependencies=[Depends(require_admin)])
 
 
 @router.post("", response_model=KeyCreated, status_code=201)

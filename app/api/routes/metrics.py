@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import Depends, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.api.deps import ServicesDep, require_admin
 from app.api.errors import API_ERRORS
+from app.api.routing import api_router
 
-router = APIRouter(
+router = api_router(
     tags=["health"],
     dependencies=[Depends(require_admin)],
     responses={code: API_ERRORS[code] for code in (401, 403, 429)},

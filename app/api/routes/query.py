@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import Response
 
 from app.api.deps import PrincipalDep, ServicesDep
+from app.api.routing import api_router
 from app.api.schemas import QueryCreate, QueryPublic
 from app.api.sse import EventStreamResponse, query_events
 from app.api.views import answer_public
 
-router = APIRouter(prefix="/v1", tags=["query"])
+router = api_router(prefix="/v1", tags=["query"])
 
 
 @router.post(

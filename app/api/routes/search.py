@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-
 from app.api.deps import PrincipalDep, ServicesDep
+from app.api.routing import api_router
 from app.api.schemas import SearchCreate, SearchPublic
 from app.api.views import search_public
 from app.rag.searching import search as search_passages
 
-router = APIRouter(prefix="/v1", tags=["search"])
+router = api_router(prefix="/v1", tags=["search"])
 
 
 @router.post("/search", response_model=SearchPublic)
