@@ -201,7 +201,8 @@ class _Loading:
         if not self.done.wait(timeout):
             raise NotReadyError(f"the {self.name} is still loading; try again shortly", LOADING_RETRY_AFTER)
         if self.error is not None:
-            raise NotReadyError(f"the {self.name} failed to load: {self.error}")
+            # Not the error itself, which names server paths (the model file): /readyz and the log give it.
+            raise NotReadyError(f"the {self.name} failed to load; /readyz and the server's log say why")
         return self.value
 
 

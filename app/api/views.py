@@ -4,6 +4,7 @@ messages (which keep each answer as the same JSON the API returned)."""
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import PurePath
 
 from app.api.schemas import (
     ConversationPublic,
@@ -17,7 +18,7 @@ from app.api.schemas import (
     Timings,
     Usage,
 )
-from app.ops.auth import KeyInfo
+from app.ops.auth import KeyInfo, Principal
 from app.rag.conversations import ConversationInfo, MessageInfo
 from app.rag.pipeline import Answer, Source
 from app.rag.searching import SearchResult
@@ -59,12 +60,23 @@ def answer_public(answer: Answer, collection: str = "", conversation_id: str | N
     )
 
 
-def search_public(result: SearchResult) -> SearchPublic:
+def shown_source(source_path: str, principal: Principal) -> str:
+    """A document's origin as the caller may see it: an upload's name (`upload://collection/alpha/report.txt`,
+    which a caller of the API gave), and of a file ingested on the server its name alone; the admin sees the
+    server's path."""
+    if principal.admin or source_path.startswith("upload://"):
+        return source_path
+    return PurePath(source_path).name
+
+
+def search_public(result: SearchResult, principal: Principal) -> SearchPublic:
     return SearchPublic(
         collection=result.collection,
         mode=result.mode,
         results=[
-            SearchResultPublic.model_validate({**asdict(hit), "rank": rank})
+            SearchResultPublic.model_validate(
+                {**asdict(hit), "rank": rank, "source_path": shown_source(hit.source_path, principal)}
+            )
             for rank, hit in enumerate(result.hits, start=1)
         ],
         took_ms=result.took_ms,

@@ -286,3 +286,28 @@ def test_auth_is_off_only_on_loopback(host: str, require: bool, required: bool, 
 def test_without_auth_on_loopback_everything_is_open(client: TestClient) -> None:
     assert client.get("/v1/collections").status_code == 200
     assert client.get("/v1/keys").status_code == 200
+
+
+def test_a_file_ingested_on_the_server_shows_its_path_to_the_admin(world: World, tmp_path: Path) -> None:
+    """Other keys see the file's name: the server's folders are not theirs to learn. Uploads keep the name
+    their uploader gave."""
+    w = world
+    notes = tmp_path / "server-side" / "private" / "notes.md"
+    notes.parent.mkdir(parents=True)
+    notes.write_text("# Notes\n\nOwls nest in hollow trees.", encoding="utf-8")
+    result = w.services.ingestor().ingest_file(notes, "alpha")
+    assert result.document_id is not None, result.reason
+
+    def shown(headers: dict[str, str]) -> dict[str, str]:
+        listed = w.client.get("/v1/documents", params={"collection": "alpha"}, headers=headers).json()
+        one = w.client.get(f"/v1/documents/{result.document_id}", headers=headers).json()
+        found = w.client.post("/v1/search", json={"question": "Where do owls nest?", "collection": "alpha"},
+                              headers=headers).json()["results"]  # fmt: skip
+        hit = next(h["source_path"] for h in found if h["document_id"] == result.document_id)
+        assert one["source_path"] == hit
+        return {d["title"]: d["source_path"] for d in listed["documents"]} | {"one": one["source_path"]}
+
+    uploaded = "upload://alpha/alpha.txt"
+    assert shown(ADMIN_HEADERS) == {"Notes": str(notes), "alpha": uploaded, "one": str(notes)}
+    for key in (w.reader, w.writer):
+        assert shown(key) == {"Notes": "notes.md", "alpha": uploaded, "one": "notes.md"}

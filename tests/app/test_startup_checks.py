@@ -33,6 +33,7 @@ def readiness_after_load(services: Services) -> tuple[int, dict[str, object]]:
             time.sleep(0.5)
         asked = client.post("/v1/query", json={"question": "Where is Mount Etna?"})
         assert asked.status_code == 503 and "failed to load" in asked.json()["detail"], asked.text
+        assert "/" not in asked.json()["detail"].replace("/readyz", ""), asked.text  # no server path
     services.close()
     return ready.status_code, ready.json()
 
@@ -82,3 +83,15 @@ def test_cli_ask_refuses_a_context_window_too_small(data_dir: Path, monkeypatch:
     result = CliRunner().invoke(cli, ["ask", "Where is Mount Etna?"])
     assert result.exit_code == 1 and "ARCHIVIST_LLM_MAX_MODEL_LEN" in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_a_model_file_that_fails_to_load_is_named_by_readyz_alone(tmp_path: Path, kb: KnowledgeBase) -> None:
+    """The loader's reason names the file; /readyz (for whoever runs the server) shows it, a /v1 answer's
+    503 does not show any server path."""
+    broken = tmp_path / "models" / "broken.gguf"
+    broken.parent.mkdir()
+    broken.write_bytes(b"not a GGUF file at all" * 10)
+    settings = make_settings(tmp_path / "data", llm_path=broken, llm_enforce_eager=True)
+    status, body = readiness_after_load(Services(settings, kb=kb))
+    assert status == 503 and body["llm"] == "failed", body
+    assert str(broken) in body["errors"]["llm"]  # type: ignore[index]

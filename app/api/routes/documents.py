@@ -22,6 +22,7 @@ from app.api.schemas import (
     IngestResultPublic,
     JobPublic,
 )
+from app.api.views import shown_source
 from app.ops.auth import Principal
 from app.ops.document_files import original_file
 from app.ops.uploads import safe_filename, store_and_ingest
@@ -31,8 +32,8 @@ from retriever.records import DocumentInfo, NotFoundError
 router = api_router(prefix="/v1/documents", tags=["documents"])
 
 
-def document_public(info: DocumentInfo) -> DocumentPublic:
-    return DocumentPublic(**info.__dict__)
+def document_public(info: DocumentInfo, principal: Principal) -> DocumentPublic:
+    return DocumentPublic(**{**info.__dict__, "source_path": shown_source(info.source_path, principal)})
 
 
 def visible_document(services: Services, principal: Principal, document_id: int) -> DocumentInfo:
@@ -50,12 +51,13 @@ def list_documents(
     if collection is not None:
         principal.require_read(collection)
     found = services.kb().list_documents(collection)
-    return DocumentList(documents=[document_public(d) for d in found if principal.can_read(d.collection)])
+    readable = [d for d in found if principal.can_read(d.collection)]
+    return DocumentList(documents=[document_public(d, principal) for d in readable])
 
 
 @router.get("/{document_id}", response_model=DocumentPublic)
 def get_document(document_id: RowId, services: ServicesDep, principal: PrincipalDep) -> DocumentPublic:
-    return document_public(visible_document(services, principal, document_id))
+    return document_public(visible_document(services, principal, document_id), principal)
 
 
 @router.get("/{document_id}/text", response_model=DocumentTextPublic)
@@ -67,7 +69,7 @@ def get_document_text(
     info = visible_document(services, principal, document_id)
     found = services.kb().document_text(document_id)
     return DocumentTextPublic(
-        document=document_public(info),
+        document=document_public(info, principal),
         text=found.text,
         complete=found.complete,
         chunks=[
@@ -145,7 +147,7 @@ def upload_document(
         response.status_code = 200
     document = None
     if result.document_id is not None:
-        document = document_public(services.kb().get_document(result.document_id))
+        document = document_public(services.kb().get_document(result.document_id), principal)
     duplicates = file_result_public(result).duplicates
     return IngestResultPublic(
         status=result.status,
@@ -159,4 +161,4 @@ def upload_document(
 @router.delete("/{document_id}", response_model=DocumentPublic)
 def delete_document(document_id: RowId, services: ServicesDep, principal: PrincipalDep) -> DocumentPublic:
     principal.require_write(visible_document(services, principal, document_id).collection)
-    return document_public(services.kb().delete_document(document_id))
+    return document_public(services.kb().delete_document(document_id), principal)

@@ -15,4 +15,4 @@ router = api_router(prefix="/v1", tags=["search"])
 def search(body: SearchCreate, services: ServicesDep, principal: PrincipalDep) -> SearchPublic:
     """Retrieval only: the passages `POST /v1/query` would draw on, ranked with their scores, document,
     page, headings and offsets. Same fields, rights, filters, modes and limits; no language model needed."""
-    return search_public(search_passages(services, body, principal))
+    return search_public(search_passages(services, body, principal), principal)
