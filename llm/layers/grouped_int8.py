@@ -69,7 +69,8 @@ class GroupedInt8:
             q = self.qweight.permute(0, 3, 1, 2).reshape(-1, groups, GGUF_BLOCK)[: self.out_features]
             scales = self.scales.permute(0, 2, 1).reshape(-1, groups)[: self.out_features]
         else:  # (n, groups, 32) and (n, groups)
-            q, scales = self.qweight[ids // TILE, :, :, ids % TILE], self.scales[ids // TILE, :, ids % TILE]
+            tiles, lanes = ids // TILE, ids % TILE
+            q, scales = self.qweight[tiles, :, :, lanes], self.scales[tiles, :, lanes]
         return (q.float() * scales.float()[..., None]).view(q.shape[0], -1)
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
