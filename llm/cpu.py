@@ -1,16 +1,26 @@
-"""What the host can do: native bfloat16 matmuls on its CPU (AVX512-BF16 or AMX), a C++ compiler.
+"""What the host can do (native bfloat16 matmuls, a C++ compiler), and the C++ kernels built for it.
 
 Without native bfloat16 matmuls (AVX2 machines, most laptops and many cloud cores) torch emulates bfloat16
 GEMMs, about 7x slower than float32 at prefill sizes, while its packed int4 GEMV still wants bfloat16
 activations. The engine (`llm.layers.linear`) and fine-tuning (`llm.lora.train`) choose their matmul dtype
 with it. Without a compiler, `torch.compile` and the CPU kernel inductor builds (`llm.layers.grouped_int8`)
 are unavailable.
+
+`build_kernel` compiles one of the engine's C++ kernels (`llm/layers/*.cpp`) with inductor's toolchain: the
+compiler, flags, OpenMP runtime and on-disk cache `torch.compile` uses on the CPU, so a kernel costs seconds
+once per machine and is loaded from the cache after.
 """
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable, Sequence
 from functools import cache
+from pathlib import Path
+
+# inductor builds its own kernels without loop vectorization or FMA contraction (it writes vectors itself);
+# the portable halves of the engine's kernels rely on both.
+KERNEL_FLAGS = ("-ftree-loop-vectorize", "-ffp-contract=fast")
 
 
 @cache
@@ -27,3 +37,16 @@ def native_bf16() -> bool:
 def cxx_compiler_available() -> bool:
     """Whether a C++ compiler is on PATH: inductor's CPU backend and the CPU kernels it builds need one."""
     return shutil.which("g++") is not None or shutil.which("c++") is not None
+
+
+def build_kernel(source: Path, argtypes: Sequence[str], *defines: str) -> Callable[..., None]:
+    """Compile (or load from inductor's cache) the C++ file `source`, whose `extern "C" void kernel(...)`
+    takes `argtypes` (tensors arrive as their data pointers), with `-D` `defines`: the tests build the
+    portable loops on AVX-512 machines with ARCHIVIST_PORTABLE_KERNEL."""
+    from torch._inductor.codecache import CppPythonBindingsCodeCache
+
+    flags = (*KERNEL_FLAGS, *(f"-D{name}" for name in defines))
+    kernel: Callable[..., None] = CppPythonBindingsCodeCache.load_pybinding(
+        list(argtypes), source.read_text(encoding="utf-8"), needs_vec_isa=True, extra_flags=flags
+    )
+    return kernel

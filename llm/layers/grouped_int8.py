@@ -25,15 +25,12 @@ import torch
 import torch.nn.functional as F
 
 from kernels.layout import GGUF_BLOCK, Int8Weight
-from llm.cpu import cxx_compiler_available
+from llm import cpu
 
 log = logging.getLogger(__name__)
 TILE = 64  # outputs per tile: four AVX-512 registers of float32
 FALLBACK_ROWS = 8192  # table rows expanded at a time without the kernel (a 640-wide slice: 21 MB of float32)
 KERNEL_ARGS = ["const int8_t*", "const at::Half*", "const float*", "float*", "int64_t", "int64_t", "int64_t"]
-# inductor builds its own kernels without loop vectorization or FMA contraction (it writes vectors itself);
-# the portable half of grouped_int8.cpp relies on both.
-KERNEL_FLAGS = ("-ftree-loop-vectorize", "-ffp-contract=fast")
 
 Kernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int, int, int], None]
 
@@ -91,7 +88,7 @@ class GroupedInt8:
 def cpu_kernel() -> Kernel | None:
     """`grouped_int8.cpp` built for this CPU (AVX-512 intrinsics where inductor targets AVX-512, the portable
     loops elsewhere), or None without a compiler or where the build fails."""
-    if not cxx_compiler_available():
+    if not cpu.cxx_compiler_available():
         log.warning("no C++ compiler: a tied int8 output head is multiplied without its kernel (slower)")
         return None
     try:
@@ -102,13 +99,5 @@ def cpu_kernel() -> Kernel | None:
 
 
 def build_kernel(*defines: str) -> Kernel:
-    """Compile (or load from inductor's cache) `grouped_int8.cpp` with `-D` `defines`: the tests build the
-    portable loops on AVX-512 machines with ARCHIVIST_PORTABLE_KERNEL."""
-    from torch._inductor.codecache import CppPythonBindingsCodeCache
-
-    source = Path(__file__).with_suffix(".cpp").read_text(encoding="utf-8")
-    flags = (*KERNEL_FLAGS, *(f"-D{name}" for name in defines))
-    kernel: Kernel = CppPythonBindingsCodeCache.load_pybinding(
-        KERNEL_ARGS, source, needs_vec_isa=True, extra_flags=flags
-    )
-    return kernel
+    """`grouped_int8.cpp` built (or loaded from inductor's cache) with `-D` `defines`."""
+    return cpu.build_kernel(Path(__file__).with_suffix(".cpp"), KERNEL_ARGS, *defines)

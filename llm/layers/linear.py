@@ -6,16 +6,17 @@
   kernels of `kernels.dispatch`; float weights are dense in the compute dtype.
 * CPU, packed (the default, fastest on the 2-core benchmark): int4 weights are converted to the tile layout of
   torch's `_weight_int4pack_mm_for_cpu` and int8 weights to per-channel `_weight_int8pack_mm`, with bfloat16
-  activations; 5- and 6-bit weights (GGUF Q5_*, Q6_K), which torch has no kernel for, are requantized to
-  per-channel int8 like grouped int8 ones. A tied output head of group-32 int8 (GGUF Q8_0) keeps its values
-  instead (`llm.layers.grouped_int8`, with a C++ kernel of its own), so that the embedding reads its rows from
-  the same table rather than keeping a copy. Those kernels are GEMVs at heart and their cost grows with the
-  rows of `x`; from `PACKED_CPU_MAX_ROWS` rows on (prefill chunks) expanding the weight once and running a
-  dense bfloat16 GEMM is faster (2-3x at 1,000 rows on AVX512-BF16), which is exactly the dispatch
-  reference, so prefill goes through `kernels.dispatch` with the `kernels.layout` weight kept beside the
-  packed one (or expands `GroupedInt8`'s table itself). On CPUs without native bfloat16 matmuls
-  (`llm.cpu.native_bf16`) those prefill GEMMs run in float32 and the result is rounded back: torch emulates
-  bfloat16 GEMMs there, 7x slower at 1,000 rows on AVX2.
+  activations. 5- and 6-bit weights (GGUF Q5_*, Q6_K), which torch has no kernel for, keep their bits in
+  `llm.layers.tiled_lowbit`'s tiles, with a C++ kernel of their own (a custom op, so compiled decode steps
+  call it too). A tied output head of group-32 int8 (GGUF Q8_0) keeps its values in the tiles of
+  `llm.layers.grouped_int8` (a C++ kernel too), so that the embedding reads its rows from the same table
+  rather than keeping a copy; other grouped int8 weights are requantized to per-channel int8. Those kernels
+  are GEMVs at heart and their cost grows with the rows of `x`; from `PACKED_CPU_MAX_ROWS` rows on (prefill
+  chunks) expanding the weight once and running a dense bfloat16 GEMM is faster (2-3x at 1,000 rows on
+  AVX512-BF16), which is exactly the dispatch reference, so prefill goes through `kernels.dispatch` with the
+  `kernels.layout` weight kept beside torch's packed one (or expands a tiled table itself). On CPUs without
+  native bfloat16 matmuls (`llm.cpu.native_bf16`) those prefill GEMMs run in float32 and the result is
+  rounded back: torch emulates bfloat16 GEMMs there, 7x slower at 1,000 rows on AVX2.
 * CPU, dequantized: every weight dense in the compute dtype, bit-identical to the checkpoint's float values
   (what the parity tests compare against transformers).
 * CPU, kernels: quantized weights laid out exactly as on CUDA and multiplied through `kernels.dispatch`, so
@@ -44,11 +45,14 @@ from kernels.layout import (
     unpack_int4,
 )
 from llm.cpu import native_bf16
+from llm.layers import grouped_int8, tiled_lowbit
 from llm.layers.context import get_context
-from llm.layers.grouped_int8 import GroupedInt8, cpu_kernel
+from llm.layers.grouped_int8 import GroupedInt8
 from llm.layers.lora import LoraDelta
+from llm.layers.tiled_lowbit import TiledLowBit
 
 Weight = torch.Tensor | Int4Weight | Int8Weight
+Tiled = GroupedInt8 | TiledLowBit  # CPU tables in tiles of 64 outputs, multiplied by C++ kernels of their own
 PACKED_CPU_MAX_ROWS = 128  # measured crossover (1 core): 96-128 rows
 REQUANTIZE_ROWS = 8192  # rows expanded to float32 at a time when requantizing (a 262k-token head: 670 MB)
 CPU_INT4_GROUP_SIZES = (32, 128)  # of `Int4Weight`'s, those torch's CPU int4 matmul takes
@@ -83,7 +87,7 @@ class Linear(nn.Module):
         self.bias: torch.Tensor | None = None
         self.weight: torch.Tensor = torch.empty(0)
         self.quantized: Int4Weight | Int8Weight | None = None
-        self.grouped: GroupedInt8 | None = None  # a tied group-32 int8 head on the CPU (no weight, quantized)
+        self.tiled: Tiled | None = None  # a CPU table with a kernel of its own (then no weight, no quantized)
         self.cpu_scales: torch.Tensor = torch.empty(0)  # the packed CPU matmuls' scales (and zeros)
         self.group_size = 0
         self.lora: LoraDelta | None = None  # the deltas of LoRA adapters served unmerged (`llm.layers.lora`)
@@ -106,9 +110,12 @@ class Linear(nn.Module):
             self.kind, self.quantized = ("int4" if isinstance(w, Int4Weight) else "int8"), w.to(device)
         elif isinstance(w, Int4Weight) and w.bits == 4 and w.group_size in CPU_INT4_GROUP_SIZES:
             self._pack_int4_cpu(w, dtype)
+        elif isinstance(w, Int4Weight) and w.bits > 4 and (tiled := _tiled_lowbit(w)) is not None:
+            self.kind, self.tiled = "cpu_lowbit", tiled
+            tiled_lowbit.cpu_kernel()  # built now (seconds, then from inductor's cache), not on a request
         elif tied and isinstance(w, Int8Weight) and w.group_size == GGUF_BLOCK:
-            self.kind, self.grouped = "cpu_int8_grouped", GroupedInt8.pack(w)
-            cpu_kernel()  # built now (seconds, then from inductor's cache), not on the first request
+            self.kind, self.tiled = "cpu_int8_grouped", GroupedInt8.pack(w)
+            grouped_int8.cpu_kernel()
         else:
             self._pack_int8_cpu(w, dtype)
 
@@ -126,8 +133,8 @@ class Linear(nn.Module):
         self.kind, self.group_size, self.quantized = "cpu_int4", w.group_size, w
 
     def _pack_int8_cpu(self, w: Int4Weight | Int8Weight, dtype: torch.dtype) -> None:
-        # torch's CPU int8 matmul takes one scale per output channel: grouped int8 and the 5/6-bit (or
-        # group-16) int4 layouts torch has no kernel for are requantized to that.
+        # torch's CPU int8 matmul takes one scale per output channel: grouped int8 and the group-16 int4
+        # layout torch has no kernel for are requantized to that.
         if not isinstance(w, Int8Weight) or w.group_size is not None:
             w = per_channel_int8(w)
         self.weight = w.qweight.contiguous()
@@ -139,22 +146,22 @@ class Linear(nn.Module):
         `dtype`, whatever the weight was."""
         if self.kind == "dense":
             base = self.weight.float()
-        elif self.grouped is not None:
-            base = self.grouped.rows()
+        elif self.tiled is not None:
+            base = self.tiled.rows()
         elif self.quantized is not None:
             base = dequantize(self.quantized, torch.float32)
         else:
             raise RuntimeError("linear layer merged into before its weight was loaded")
         self.weight = (base + delta.to(base.device)).to(dtype).contiguous()
-        self.kind, self.quantized, self.grouped = "dense", None, None
+        self.kind, self.quantized, self.tiled = "dense", None, None
         self.cpu_scales, self.group_size = torch.empty(0), 0
 
-    def exact_table(self) -> Int4Weight | Int8Weight | GroupedInt8 | None:
+    def exact_table(self) -> Int4Weight | Int8Weight | Tiled | None:
         """The packed weight when it holds the checkpoint's values exactly, for a tied embedding to read its
         rows from instead of keeping a copy; None when the weight is dense or was requantized."""
         if self.kind in ("cpu_int4", "int4", "int8"):
             return self.quantized
-        return self.grouped
+        return self.tiled
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (tokens, in_features) -> (tokens, out_features), plus the LoRA delta of each token's adapter."""
@@ -179,11 +186,11 @@ class Linear(nn.Module):
         kind = self.kind
         if kind == "dense":
             return F.linear(x, self.weight.to(x.dtype), bias)
-        if self.grouped is not None:
+        if self.tiled is not None:
             if x.shape[0] < PACKED_CPU_MAX_ROWS:
-                y = self.grouped.matmul(x)
+                y = self.tiled.matmul(x)
                 return y if bias is None else y + bias
-            return F.linear(x, self.grouped.rows().to(x.dtype), bias)
+            return F.linear(x, self.tiled.rows().to(x.dtype), bias)
         if kind.startswith("cpu_") and x.shape[0] < PACKED_CPU_MAX_ROWS:
             aten = torch.ops.aten
             if kind == "cpu_int4":
@@ -197,6 +204,13 @@ class Linear(nn.Module):
         if isinstance(w, Int8Weight):
             return dispatch.linear_w8a16(x, w, bias)
         raise RuntimeError("linear layer used before its weight was loaded")
+
+
+def _tiled_lowbit(w: Int4Weight) -> TiledLowBit | None:
+    """`w` in its own bits, unless float32 scales and mins of small groups (a Q4_K + Q6_K fusion widened to
+    6 bits, group 16, with mins) make it larger than per-channel int8."""
+    tiled = TiledLowBit.pack(w)
+    return tiled if tiled.nbytes <= w.out_features * (w.in_features + 4) else None
 
 
 def per_channel_int8(w: Int4Weight | Int8Weight) -> Int8Weight:
@@ -217,23 +231,23 @@ class Embedding(nn.Module):
     def __init__(self, num_embeddings: int, dim: int) -> None:
         super().__init__()
         self.num_embeddings, self.dim = num_embeddings, dim
-        self.table: Weight | GroupedInt8 = torch.empty(0)
+        self.table: Weight | Tiled = torch.empty(0)
         self.dtype = torch.float32
 
-    def set_weight(self, w: Weight | GroupedInt8, policy: WeightPolicy) -> None:
+    def set_weight(self, w: Weight | Tiled, policy: WeightPolicy) -> None:
         """The table: a checkpoint's weight, or the tied output head's `Linear.exact_table()` (shared)."""
         self.dtype = policy.dtype
         if isinstance(w, torch.Tensor):
             self.table = w.to(policy.device, policy.dtype).contiguous()
         else:
-            self.table = w if isinstance(w, GroupedInt8) else w.to(policy.device)
+            self.table = w if isinstance(w, Tiled) else w.to(policy.device)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """input_ids (tokens,) -> (tokens, dim)."""
         t = self.table
         if isinstance(t, torch.Tensor):
             return F.embedding(input_ids, t)
-        if isinstance(t, GroupedInt8):
+        if isinstance(t, Tiled):
             return t.rows(input_ids).to(self.dtype)
         return dequantize(t.select_rows(input_ids), self.dtype)
 
@@ -245,7 +259,7 @@ def weight_nbytes(model: nn.Module) -> int:
     for module in model.modules():
         if isinstance(module, Linear):
             tensors += [module.weight, module.cpu_scales, *([] if module.bias is None else [module.bias])]
-            for packed in (module.quantized, module.grouped):
+            for packed in (module.quantized, module.tiled):
                 tensors += [] if packed is None else packed.tensors().values()
         elif isinstance(module, Embedding):
             table = module.table

@@ -156,9 +156,10 @@ def test_weights_stay_packed(gemma_engine, gemma_path):
     assert model.config.vocab_size == 262144 and model.config.tie_word_embeddings
     assert model.config.sliding_layers == tuple((i + 1) % 6 != 0 for i in range(18))
     kinds = {m.kind for m in model.modules() if isinstance(m, Linear)}
-    assert kinds == {"cpu_int4", "cpu_int8", "cpu_int8_grouped"}, kinds  # Q4_K; Q5_0, Q6_K, Q8_0; the head
+    # Q4_K; Q5_0 and Q6_K in their bits; Q5_0 q and k fused with a Q8_0 v; the head
+    assert kinds == {"cpu_int4", "cpu_lowbit", "cpu_int8", "cpu_int8_grouped"}, kinds
     embedding = next(m for m in model.modules() if isinstance(m, Embedding))
-    assert embedding.table is model.lm_head.grouped  # one vocabulary table, Q8_0 as stored, for both
+    assert embedding.table is model.lm_head.tiled  # one vocabulary table, Q8_0 as stored, for both
     assert weight_nbytes(model) <= 1.15 * gemma_path.stat().st_size
 
 

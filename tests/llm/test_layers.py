@@ -86,7 +86,7 @@ def test_a_tied_group_32_head_keeps_its_values_for_the_embedding(rows):
     head, emb = Linear(256, 96), Embedding(96, 256)
     head.set_weight(q, policy, tied=True)
     table = head.exact_table()
-    assert head.kind == "cpu_int8_grouped" and table is head.grouped is not None
+    assert head.kind == "cpu_int8_grouped" and table is head.tiled is not None
     emb.set_weight(table, policy)
     x = torch.randn(rows, 256)
     torch.testing.assert_close(head(x.bfloat16()).float(), x @ dequantize(q).t(), atol=0.15, rtol=0.02)
