@@ -13,11 +13,13 @@ once per machine and is loaded from the cache after.
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Callable, Sequence
 from functools import cache
 from pathlib import Path
 
+log = logging.getLogger(__name__)
 # inductor builds its own kernels without loop vectorization or FMA contraction (it writes vectors itself);
 # the portable halves of the engine's kernels rely on both.
 KERNEL_FLAGS = ("-ftree-loop-vectorize", "-ffp-contract=fast")
@@ -50,3 +52,16 @@ def build_kernel(source: Path, argtypes: Sequence[str], *defines: str) -> Callab
         list(argtypes), source.read_text(encoding="utf-8"), needs_vec_isa=True, extra_flags=flags
     )
     return kernel
+
+
+def kernel_or_none(source: Path, argtypes: Sequence[str], serves: str) -> Callable[..., None] | None:
+    """`build_kernel(source, argtypes)`, or None (logged: the caller then takes its slower product) without a
+    compiler or where the build fails. `serves`: what the kernel multiplies, for the log."""
+    if not cxx_compiler_available():
+        log.warning("no C++ compiler: %s multiplied without its kernel (slower)", serves)
+        return None
+    try:
+        return build_kernel(source, argtypes)
+    except Exception as error:  # noqa: BLE001 - any build failure leaves the slower product, never a crash
+        log.warning("the kernel for %s could not be built (%s); using the slower product", serves, error)
+        return None

@@ -15,7 +15,6 @@ the table a slice at a time and multiplying in float32, about 3x slower at batch
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -27,7 +26,6 @@ import torch.nn.functional as F
 from kernels.layout import GGUF_BLOCK, Int8Weight
 from llm import cpu
 
-log = logging.getLogger(__name__)
 TILE = 64  # outputs per tile: four AVX-512 registers of float32
 FALLBACK_ROWS = 8192  # table rows expanded at a time without the kernel (a 640-wide slice: 21 MB of float32)
 KERNEL_ARGS = ["const int8_t*", "const at::Half*", "const float*", "float*", "int64_t", "int64_t", "int64_t"]
@@ -88,14 +86,7 @@ class GroupedInt8:
 def cpu_kernel() -> Kernel | None:
     """`grouped_int8.cpp` built for this CPU (AVX-512 intrinsics where inductor targets AVX-512, the portable
     loops elsewhere), or None without a compiler or where the build fails."""
-    if not cpu.cxx_compiler_available():
-        log.warning("no C++ compiler: a tied int8 output head is multiplied without its kernel (slower)")
-        return None
-    try:
-        return build_kernel()
-    except Exception as error:  # noqa: BLE001 - any build failure leaves the slower product, never a crash
-        log.warning("the int8 output head's kernel could not be built (%s); using the slower product", error)
-        return None
+    return cpu.kernel_or_none(Path(__file__).with_suffix(".cpp"), KERNEL_ARGS, "a tied int8 output head is")
 
 
 def build_kernel(*defines: str) -> Kernel:

@@ -16,11 +16,11 @@ a slice of rows at a time and multiplies in float32.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from kernels.layout import Int4Weight
 from llm import cpu
 
-log = logging.getLogger(__name__)
 TILE = 64  # outputs per tile: four AVX-512 registers of float32
 HALF = TILE // 2  # a tile's low nibbles take 32 bytes per input: lanes l and l + 32 share a byte
 FALLBACK_ROWS = 8192  # weight rows expanded to float32 at a time without the kernel
@@ -180,29 +179,14 @@ _LIBRARY.impl("lowbit_matmul", lowbit_matmul, "CPU")
 
 
 @torch.library.register_fake("archivist::lowbit_matmul")
-def _(
-    x: torch.Tensor,
-    low: torch.Tensor,
-    high: torch.Tensor,
-    scales: torch.Tensor,
-    offsets: torch.Tensor | None,
-    zero_point: int,
-    out_features: int,
-) -> torch.Tensor:
-    return x.new_empty(x.shape[0], out_features)
+def _(x: torch.Tensor, *weight: Any) -> torch.Tensor:
+    return x.new_empty(x.shape[0], weight[-1])  # the op's last argument: out_features
 
 
 @cache
 def cpu_kernel() -> Callable[..., None] | None:
     """`tiled_lowbit.cpp` built for this CPU, or None without a compiler or where the build fails."""
-    if not cpu.cxx_compiler_available():
-        log.warning("no C++ compiler: 5- and 6-bit weights are multiplied without their kernel (slower)")
-        return None
-    try:
-        return build_kernel()
-    except Exception as error:  # noqa: BLE001 - any build failure leaves the slower product, never a crash
-        log.warning("the 5/6-bit weights' kernel could not be built (%s); using the slower product", error)
-        return None
+    return cpu.kernel_or_none(Path(__file__).with_suffix(".cpp"), KERNEL_ARGS, "5- and 6-bit weights are")
 
 
 def build_kernel(*defines: str) -> Callable[..., None]:
