@@ -3,8 +3,8 @@
 Without native bfloat16 matmuls (AVX2 machines, most laptops and many cloud cores) torch emulates bfloat16
 GEMMs, about 7x slower than float32 at prefill sizes, while its packed int4 GEMV still wants bfloat16
 activations. The engine (`llm.layers.linear`) and fine-tuning (`llm.lora.train`) choose their matmul dtype
-with it. Without a compiler, `torch.compile` and the CPU kernel inductor builds (`llm.layers.grouped_int8`)
-are unavailable.
+with it. Without a compiler, `torch.compile` and the engine's CPU kernels (`llm.layers.grouped_int8`,
+`llm.layers.tiled_lowbit`) are unavailable.
 
 `build_kernel` compiles one of the engine's C++ kernels (`llm/layers/*.cpp`) with inductor's toolchain: the
 compiler, flags, OpenMP runtime and on-disk cache `torch.compile` uses on the CPU, so a kernel costs seconds

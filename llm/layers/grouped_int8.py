@@ -68,6 +68,10 @@ class GroupedInt8:
             q, scales = self.qweight[tiles, :, :, lanes], self.scales[tiles, :, lanes]
         return (q.float() * scales.float()[..., None]).view(q.shape[0], -1)
 
+    def dense(self, dtype: torch.dtype) -> torch.Tensor:
+        """The whole weight `(out, in)` in `dtype`, for a prefill chunk's dense GEMM."""
+        return self.rows().to(dtype)
+
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """x (rows, in) -> (rows, out) in x's dtype, float32 sums."""
         if x.dim() != 2 or x.shape[1] != self.in_features:  # the kernel would read past the rows

@@ -190,7 +190,7 @@ class Linear(nn.Module):
             if x.shape[0] < PACKED_CPU_MAX_ROWS:
                 y = self.tiled.matmul(x)
                 return y if bias is None else y + bias
-            return F.linear(x, self.tiled.rows().to(x.dtype), bias)
+            return F.linear(x, self.tiled.dense(x.dtype), bias)
         if kind.startswith("cpu_") and x.shape[0] < PACKED_CPU_MAX_ROWS:
             aten = torch.ops.aten
             if kind == "cpu_int4":

@@ -156,12 +156,63 @@ void store_tile(const float* tile_out, void* y, int64_t bf16, int64_t rows, int6
         }
 }
 
+// The weight itself, (out_features, in_features) in y's dtype, for a prefill chunk's dense GEMM: one pass,
+// where expanding it with tensor ops takes several. A group's 64 lanes are unpacked together, then each
+// lane's run of `group` values is written out.
+void expand(const Layout& w, void* y, int64_t out_features, int64_t bf16) {
+    const int64_t in_features = w.groups * w.group, tiles = (out_features + TILE - 1) / TILE;
+#pragma omp parallel for
+    for (int64_t tile = 0; tile < tiles; ++tile) {
+        const int64_t lanes = out_features - tile * TILE < TILE ? out_features - tile * TILE : TILE;
+        std::vector<float> values(TILE * w.group);  // lane-major: values[l * group + k]
+        for (int64_t g = 0; g < w.groups; ++g) {
+            const int64_t first = (tile * w.groups + g) * w.group, at = (tile * w.groups + g) * TILE;
+            float scale[TILE], offset[TILE];
+            for (int64_t l = 0; l < TILE; ++l) {
+                scale[l] = group_value(w.scale, w.half_scales, at + l);
+                offset[l] = w.offset ? group_value(w.offset, w.half_scales, at + l) : -w.zero * scale[l];
+            }
+            for (int64_t k = 0; k < w.group; ++k) {
+                const uint8_t* low = w.low + (first + k) * HALF;
+                const uint8_t* high = w.high + (first + k) * w.planes * 8;
+                int32_t q[TILE];
+                for (int64_t l = 0; l < HALF; ++l) {
+                    q[l] = low[l] & 0x0F;
+                    q[l + HALF] = low[l] >> 4;
+                }
+                for (int64_t p = 0; p < w.planes; ++p)
+                    for (int64_t l = 0; l < TILE; ++l)
+                        q[l] |= ((high[8 * p + l / 8] >> (l % 8)) & 1) << (4 + p);
+                for (int64_t l = 0; l < TILE; ++l)  // scale * q is exact, so the sum rounds once either way
+                    values[l * w.group + k] = scale[l] * static_cast<float>(q[l]) + offset[l];
+            }
+            for (int64_t l = 0; l < lanes; ++l) {
+                const float* run = values.data() + l * w.group;
+                const int64_t start = (tile * TILE + l) * in_features + g * w.group;
+                if (bf16) {
+                    at::BFloat16* out = static_cast<at::BFloat16*>(y) + start;
+                    for (int64_t k = 0; k < w.group; ++k) out[k] = at::BFloat16(run[k]);
+                } else {
+                    float* out = static_cast<float*>(y) + start;
+                    for (int64_t k = 0; k < w.group; ++k) out[k] = run[k];
+                }
+            }
+        }
+    }
+}
+
 }  // namespace
 
+// y = x @ W.T; or, with `expand`, y = W (x is not read).
 extern "C" void kernel(const uint8_t* low, const uint8_t* high, const void* scale, const void* offset,
                        const void* x, void* y, int64_t rows, int64_t out_features, int64_t groups,
-                       int64_t group, int64_t planes, int64_t half_scales, int64_t zero, int64_t bf16) {
+                       int64_t group, int64_t planes, int64_t half_scales, int64_t zero, int64_t bf16,
+                       int64_t expand_weight) {
     const Layout w{low, high, scale, offset, groups, group, planes, half_scales, static_cast<float>(zero)};
+    if (expand_weight) {
+        expand(w, y, out_features, bf16);
+        return;
+    }
     const int64_t in_features = groups * group, tiles = (out_features + TILE - 1) / TILE;
     std::vector<float> xf(rows * in_features), sums(rows * groups, 0.0f);  // x in float32, its group sums
     const auto* x_bf16 = static_cast<const at::BFloat16*>(x);

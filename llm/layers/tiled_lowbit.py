@@ -39,7 +39,8 @@ KERNEL_ARGS = [
     "const void*",  # offsets, or null
     "const void*",  # x
     "void*",  # y
-    *["int64_t"] * 8,  # rows, out_features, groups, group size, high planes, float16 scales, zero point, bf16
+    # rows, out_features, groups, group size, high planes, float16 scales, zero point, bf16, expand the weight
+    *["int64_t"] * 9,
 ]
 
 
@@ -119,6 +120,16 @@ class TiledLowBit:
         )
         return (q.float() * scales + offsets).view(len(ids), -1)
 
+    def dense(self, dtype: torch.dtype) -> torch.Tensor:
+        """The whole weight `(out, in)` in `dtype`, for a prefill chunk's dense GEMM: expanded by the kernel
+        in one pass (float32 and bfloat16), else by `rows`."""
+        kernel = cpu_kernel()
+        if kernel is None or dtype not in (torch.float32, torch.bfloat16):
+            return self.rows().to(dtype)
+        weight = torch.empty(self.out_features, self.in_features, dtype=dtype)
+        _call(kernel, self.low, self.high, self.scales, self.offsets, self.zero_point, weight, weight, 1)
+        return weight
+
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """x (rows, in) -> (rows, out) in x's dtype, float32 sums."""
         if x.dim() != 2 or x.shape[1] != self.in_features:  # the kernel would read past the rows
@@ -154,8 +165,24 @@ def lowbit_matmul(
         return torch.cat([x.float() @ weight.rows(ids).t() for ids in chunks], dim=1).to(x.dtype)
     x = x.contiguous()
     y = x.new_empty(x.shape[0], out_features)
+    _call(kernel, low, high, scales, offsets, zero_point, x, y, 0)
+    return y
+
+
+def _call(
+    kernel: Callable[..., None],
+    low: torch.Tensor,
+    high: torch.Tensor,
+    scales: torch.Tensor,
+    offsets: torch.Tensor | None,
+    zero_point: int,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    expand: int,
+) -> None:
+    """The kernel on a tiled weight: y = x @ W.T, or with `expand` y = W (x unread); y's dtype is x's."""
     groups, group = low.shape[1:3]
-    planes = high.shape[-1] // 8
+    out_features = y.shape[0] if expand else y.shape[1]
     kernel(
         low,
         high,
@@ -167,12 +194,12 @@ def lowbit_matmul(
         out_features,
         groups,
         group,
-        planes,
+        high.shape[-1] // 8,
         int(scales.dtype == torch.float16),
         zero_point,
         int(x.dtype == torch.bfloat16),
+        expand,
     )
-    return y
 
 
 _LIBRARY.impl("lowbit_matmul", lowbit_matmul, "CPU")

@@ -58,6 +58,8 @@ def test_the_tiles_hold_the_stored_values(weight):
     ids = torch.tensor([0, 31, 32, 63, 64, 199, 5, 199])  # both nibbles of a byte, tile edges, the last row
     assert torch.equal(table.rows(ids), dequantize(weight, torch.float32)[ids])
     assert torch.equal(table.rows(), dequantize(weight, torch.float32))
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):  # the kernel's expansion, and `rows`'
+        assert torch.equal(table.dense(dtype), dequantize(weight, torch.float32).to(dtype))
     last = table.low[3]  # the last tile's lanes past row 199 are zero: nibbles of lanes 8-31, all of 32-63
     assert not (last[..., OUT - 3 * TILE :] & 15).any() and not (last >> 4).any()
 
@@ -85,8 +87,12 @@ def test_the_portable_loops_compute_the_same_product(weight):
     offsets = NO_OFFSETS if t.offsets is None else t.offsets
     groups, group, planes = IN // t.group_size, t.group_size, t.high.shape[-1] // 8
     half = int(t.scales.dtype == torch.float16)
-    portable(t.low, t.high, t.scales, offsets, x, y, 6, OUT, groups, group, planes, half, t.zero_point, 0)
+    layout = (groups, group, planes, half, t.zero_point, 0)
+    portable(t.low, t.high, t.scales, offsets, x, y, 6, OUT, *layout, 0)
     close(y, x, weight)
+    dense = torch.empty(OUT, IN)
+    portable(t.low, t.high, t.scales, offsets, x, dense, 6, OUT, *layout, 1)  # the weight itself
+    assert torch.equal(dense, dequantize(weight, torch.float32))
 
 
 def test_without_the_kernel_the_product_is_the_same(weight, monkeypatch):
