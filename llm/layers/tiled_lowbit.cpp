@@ -38,6 +38,26 @@ inline float group_value(const void* table, int64_t half, int64_t index) {
                 : static_cast<const float*>(table)[index];
 }
 
+// The unsigned values of the 64 lanes of input row `row` (a tile's group's input k: row = first + k).
+inline void unpack(const Layout& w, int64_t row, int32_t q[TILE]) {
+    const uint8_t* low = w.low + row * HALF;
+    const uint8_t* high = w.high + row * w.planes * 8;
+    for (int64_t l = 0; l < HALF; ++l) {
+        q[l] = low[l] & 0x0F;
+        q[l + HALF] = low[l] >> 4;
+    }
+    for (int64_t p = 0; p < w.planes; ++p)
+        for (int64_t l = 0; l < TILE; ++l) q[l] |= ((high[8 * p + l / 8] >> (l % 8)) & 1) << (4 + p);
+}
+
+// y[at] = value in y's dtype (bfloat16 or float32).
+inline void store(void* y, int64_t at, float value, int64_t bf16) {
+    if (bf16)
+        static_cast<at::BFloat16*>(y)[at] = at::BFloat16(value);
+    else
+        static_cast<float*>(y)[at] = value;
+}
+
 #if defined(CPU_CAPABILITY_AVX512) && !defined(ARCHIVIST_PORTABLE_KERNEL)
 
 inline __m512 group_values(const void* table, int64_t half, int64_t index) {
@@ -51,7 +71,7 @@ inline __m512 group_values(const void* table, int64_t half, int64_t index) {
 // 0-31 and 32-63, the high planes added in under their bit masks, then widened to float32.
 template <int ROWS>
 void tile_rows(const Layout& w, int64_t tile, const float* __restrict x, const float* __restrict xsum,
-               float* __restrict y, int64_t in_stride, int64_t out_stride) {
+               float* __restrict y, int64_t in_stride) {
     const int64_t group = w.group, planes = w.planes;
     __m512 acc[ROWS][4];
     for (int r = 0; r < ROWS; ++r)
@@ -98,7 +118,7 @@ void tile_rows(const Layout& w, int64_t tile, const float* __restrict x, const f
         }
     }
     for (int r = 0; r < ROWS; ++r)
-        for (int j = 0; j < 4; ++j) _mm512_storeu_ps(y + r * out_stride + 16 * j, acc[r][j]);
+        for (int j = 0; j < 4; ++j) _mm512_storeu_ps(y + r * TILE + 16 * j, acc[r][j]);
 }
 
 #else
@@ -107,23 +127,17 @@ void tile_rows(const Layout& w, int64_t tile, const float* __restrict x, const f
 // turns loop vectorization and FMA contraction back on for this file).
 template <int ROWS>
 void tile_rows(const Layout& w, int64_t tile, const float* __restrict x, const float* __restrict xsum,
-               float* __restrict y, int64_t in_stride, int64_t out_stride) {
-    const int64_t group = w.group, planes = w.planes;
+               float* __restrict y, int64_t in_stride) {
+    const int64_t group = w.group;
     float acc[ROWS][TILE] = {};
     for (int64_t g = 0; g < w.groups; ++g) {
         const int64_t first = (tile * w.groups + g) * group;
         float part[ROWS][TILE] = {};
         for (int64_t k = 0; k < group; ++k) {
-            const uint8_t* low = w.low + (first + k) * HALF;
-            const uint8_t* high = w.high + (first + k) * planes * 8;
+            int32_t values[TILE];
+            unpack(w, first + k, values);
             float q[TILE];
-            for (int64_t l = 0; l < HALF; ++l) {
-                q[l] = static_cast<float>(low[l] & 0x0F);
-                q[l + HALF] = static_cast<float>(low[l] >> 4);
-            }
-            for (int64_t p = 0; p < planes; ++p)
-                for (int64_t l = 0; l < TILE; ++l)
-                    q[l] += static_cast<float>(((high[8 * p + l / 8] >> (l % 8)) & 1) << (4 + p));
+            for (int64_t l = 0; l < TILE; ++l) q[l] = static_cast<float>(values[l]);
             for (int r = 0; r < ROWS; ++r) {
                 const float xk = x[r * in_stride + g * group + k];
                 for (int64_t l = 0; l < TILE; ++l) part[r][l] += q[l] * xk;
@@ -137,7 +151,7 @@ void tile_rows(const Layout& w, int64_t tile, const float* __restrict x, const f
         }
     }
     for (int r = 0; r < ROWS; ++r)
-        for (int64_t l = 0; l < TILE; ++l) y[r * out_stride + l] = acc[r][l];
+        for (int64_t l = 0; l < TILE; ++l) y[r * TILE + l] = acc[r][l];
 }
 
 #endif
@@ -146,14 +160,8 @@ void tile_rows(const Layout& w, int64_t tile, const float* __restrict x, const f
 void store_tile(const float* tile_out, void* y, int64_t bf16, int64_t rows, int64_t first, int64_t lanes,
                 int64_t out_features) {
     for (int64_t r = 0; r < rows; ++r)
-        for (int64_t l = 0; l < lanes; ++l) {
-            const float value = tile_out[r * TILE + l];
-            const int64_t at = r * out_features + first + l;
-            if (bf16)
-                static_cast<at::BFloat16*>(y)[at] = at::BFloat16(value);
-            else
-                static_cast<float*>(y)[at] = value;
-        }
+        for (int64_t l = 0; l < lanes; ++l)
+            store(y, r * out_features + first + l, tile_out[r * TILE + l], bf16);
 }
 
 // The weight itself, (out_features, in_features) in y's dtype, for a prefill chunk's dense GEMM: one pass,
@@ -173,16 +181,8 @@ void expand(const Layout& w, void* y, int64_t out_features, int64_t bf16) {
                 offset[l] = w.offset ? group_value(w.offset, w.half_scales, at + l) : -w.zero * scale[l];
             }
             for (int64_t k = 0; k < w.group; ++k) {
-                const uint8_t* low = w.low + (first + k) * HALF;
-                const uint8_t* high = w.high + (first + k) * w.planes * 8;
                 int32_t q[TILE];
-                for (int64_t l = 0; l < HALF; ++l) {
-                    q[l] = low[l] & 0x0F;
-                    q[l + HALF] = low[l] >> 4;
-                }
-                for (int64_t p = 0; p < w.planes; ++p)
-                    for (int64_t l = 0; l < TILE; ++l)
-                        q[l] |= ((high[8 * p + l / 8] >> (l % 8)) & 1) << (4 + p);
+                unpack(w, first + k, q);
                 for (int64_t l = 0; l < TILE; ++l)  // scale * q is exact, so the sum rounds once either way
                     values[l * w.group + k] = scale[l] * static_cast<float>(q[l]) + offset[l];
             }
@@ -229,10 +229,10 @@ extern "C" void kernel(const uint8_t* low, const uint8_t* high, const void* scal
             const float* sr = sums.data() + r * groups;
             const int64_t block = rows - r < MAX_ROWS ? rows - r : MAX_ROWS;
             switch (block) {
-                case 4: tile_rows<4>(w, tile, xr, sr, tile_out, in_features, TILE); break;
-                case 3: tile_rows<3>(w, tile, xr, sr, tile_out, in_features, TILE); break;
-                case 2: tile_rows<2>(w, tile, xr, sr, tile_out, in_features, TILE); break;
-                default: tile_rows<1>(w, tile, xr, sr, tile_out, in_features, TILE); break;
+                case 4: tile_rows<4>(w, tile, xr, sr, tile_out, in_features); break;
+                case 3: tile_rows<3>(w, tile, xr, sr, tile_out, in_features); break;
+                case 2: tile_rows<2>(w, tile, xr, sr, tile_out, in_features); break;
+                default: tile_rows<1>(w, tile, xr, sr, tile_out, in_features); break;
             }
             void* y_rows = static_cast<char*>(y) + r * out_features * (bf16 ? 2 : 4);
             store_tile(tile_out, y_rows, bf16, block, first, lanes, out_features);

@@ -69,9 +69,8 @@ class TiledLowBit:
             (((q >> bit) & 1).view(*q.shape[:-1], 8, 8) << lane_bits).sum(-1, dtype=torch.uint8)
             for bit in range(4, w.bits)
         ]
-        scales, mins = w.group_scales()
-        offsets = None if mins is None else mins
-        if all(torch.equal(t.half().float(), t) for t in (scales, *([] if mins is None else [mins]))):
+        scales, offsets = w.group_scales()
+        if all(torch.equal(t.half().float(), t) for t in (scales, offsets) if t is not None):
             scales, offsets = scales.half(), None if offsets is None else offsets.half()
 
         def tiled(t: torch.Tensor) -> torch.Tensor:
