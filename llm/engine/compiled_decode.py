@@ -11,6 +11,12 @@ inputs, so one graph serves all of them and compiling costs a region's time inst
 RoPE table lookup, the final norm and the output head stay eager: a few ops (a tied group-32 int8 head has a
 C++ kernel of its own, `llm.layers.grouped_int8`).
 
+After the warm-up, each region's graph is called without dynamo (`llm.engine.graph_capture`): its guards
+and input gathering cost about 0.2 ms a region call, and skipping them makes SmolLM2's decode step ~1.3x
+faster on 2 cores. That is safe because what the guards check cannot change: the weights, caches and LoRA
+factors (read once per region) are never rebound after the engine is built, and the step's form is fixed by
+`serves` and by the batch-1 / batch >= 2 split. A region whose inputs cannot be read back goes through dynamo.
+
 Two graphs are compiled when the engine starts, so no request waits on the compiler: batch 1 (torch
 specializes a size of 1) and batch >= 2 with dynamic batch size and context width. A model whose layers are
 not alike (a linear quantized differently in one layer) gets a graph per kind of region. The compiling steps
@@ -31,16 +37,17 @@ from collections.abc import Callable
 import torch
 from torch.fx.experimental import _config as fx_config
 
+from llm.engine.graph_capture import CapturingBackend, DirectCall
 from llm.layers.context import StepContext, set_context
 from llm.layers.linear import PACKED_CPU_MAX_ROWS
 from llm.model.llama import DecoderLayer, LlamaForCausalLM
 
 log = logging.getLogger(__name__)
 MIN_TABLE_WIDTH = 2  # block tables are padded to this width: a width of 1 would be a graph of its own
-# Layers per compiled region. Each region call costs dynamo's guard checks and wrappers; on SmolLM2-135M
-# (30 layers, 2 cores), relative to compiling the whole model: 1 layer decodes at 0.87x (batch 1) / 0.83x
-# (batch 3) and compiles cold in ~20 s, 3 layers at 0.95x / 0.90x in ~45 s, 6 layers in ~78 s; the whole
-# model took ~355 s.
+# Layers per compiled region. Each region call costs inductor's wrappers and input checks; on SmolLM2-135M
+# (30 layers, 2 cores, regions called directly), relative to 1 layer a region: 2 layers decode at 1.03x, 3
+# at 1.05x (batch 1) / 1.03x (batch 3), 6 at 1.07x / 1.05x. Compiling cold took ~20 s for 1 layer, ~45 s for
+# 3 and ~78 s for 6; the whole model ~355 s.
 MAX_REGION_LAYERS = 3
 
 
@@ -58,31 +65,52 @@ class CompiledDecode:
         layers = list(model.layers)
         size = region_size(len(layers))
         self._regions = [tuple(layers[i : i + size]) for i in range(0, len(layers), size)]
+        self._backend = CapturingBackend(_run_region.__globals__)
         self._region: Callable[..., tuple[torch.Tensor, torch.Tensor]] = torch.compile(
-            _run_region, dynamic=True
+            _run_region, dynamic=True, backend=self._backend
         )
+        # Keyed by batch == 1 (torch specializes a size of 1): each region's graph, called without dynamo.
+        self._direct: dict[bool, list[DirectCall]] = {}
+        self.call_directly = True  # False: every region through dynamo, guards and all (a check in tests)
 
     def serves(self, ctx: StepContext, batch_size: int) -> bool:
         """Whether this decode step fits the compiled graphs."""
         return batch_size <= self.max_batch and (ctx.lora_mask is None) == (self.mask_width == 0)
 
-    def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, record: list[DirectCall | None] | None = None
+    ) -> torch.Tensor:
         # No duck sizing: a block-table width that happens to equal a weight's dimension must stay its own
         # symbol, or the next width recompiles. Inductor's note on mixed bf16/fp16 loops is not actionable.
         with fx_config.patch(use_duck_shape=False), warnings.catch_warnings():  # type: ignore[attr-defined]
             warnings.filterwarnings("ignore", message="bf16 and fp16 are mixed")
-            return self._forward(input_ids, positions)
+            return self._forward(input_ids, positions, record)
 
-    def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """`LlamaForCausalLM.forward` with its layers run region by region through the compiled graphs."""
+    def _forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, record: list[DirectCall | None] | None = None
+    ) -> torch.Tensor:
+        """`LlamaForCausalLM.forward` with its layers run region by region through the compiled graphs; with
+        `record`, through dynamo, noting how to call each region's graph directly."""
         model = self.model
         x = model.embed(input_ids)
         cos, sin = model.rotary.lookup(positions, x.dtype)
         # A zero residual rather than None: the first layer then takes the others' graph (x + 0 is exact).
         residual = torch.zeros_like(x)
-        for region in self._regions:
+        direct = self._direct.get(x.shape[0] == 1) if self.call_directly and record is None else None
+        for index, region in enumerate(self._regions):
+            if direct is not None:
+                x, residual = direct[index](x=x, residual=residual, cos=cos, sin=sin)
+                continue
+            self._backend.last_call = None
             x, residual = self._region(region, x, residual, cos, sin)
+            if record is not None:
+                record.append(DirectCall.of(self._backend, "layers", region, (x, residual)))
         return model.norm(x, residual)[0]
+
+    @property
+    def direct_batches(self) -> list[bool]:
+        """For which keys (batch == 1) the regions are called without dynamo."""
+        return sorted(self._direct)
 
     def warm_up(self, scratch_block: int, block_size: int, device: torch.device) -> None:
         """Compile both graphs with dummy steps whose keys go to `scratch_block`, a cache block that no
@@ -102,11 +130,17 @@ class CompiledDecode:
                     compiled=True,
                 )
                 ids = torch.zeros(batch, dtype=torch.int64, device=device)
+                record: list[DirectCall | None] = []
                 set_context(ctx)
                 try:
-                    self(ids, torch.zeros_like(ids))
+                    self(ids, torch.zeros_like(ids), record)
                 finally:
                     set_context(None)
+            direct = [region for region in record if region is not None]
+            if len(direct) == len(record):
+                self._direct[batch == 1] = direct
+            else:
+                log.warning("graph inputs not readable back: batch %s runs through dynamo", batch)
             log.info("compiled the decode step for batch %s in %.1f s", batch, time.perf_counter() - start)
 
     def _lora_mask(self, batch: int, device: torch.device) -> torch.Tensor | None:

@@ -112,13 +112,39 @@ def test_compiled_matches_eager_decode(compiled_engine, eager_engine, prompt_ids
     assert with_adapter.token_logprobs[0].top_logprobs != without.token_logprobs[0].top_logprobs
 
 
-def test_batched_matches_single_and_nothing_recompiles(compiled_engine, prompt_ids):
-    engine, _ = compiled_engine
+@pytest.fixture
+def through_dynamo(compiled_engine):
+    """The compiled step with every region called through dynamo, which checks its guards at each call."""
+    compiled = compiled_engine[0].runner.compiled_decode
+    compiled.call_directly = False
+    yield compiled_engine
+    compiled.call_directly = True
+
+
+def test_batched_matches_single_and_nothing_recompiles(through_dynamo, prompt_ids):
+    engine, _ = through_dynamo
     with torch.compiler.set_stance("fail_on_recompile"):  # the graphs compiled at load cover every step
         singles = [generate(engine, [ids], [slot])[0] for ids, slot in zip(prompt_ids, ADAPTERS, strict=True)]
         batched = generate(engine, prompt_ids, ADAPTERS)
     for one, together in zip(singles, batched, strict=True):
         assert_same_or_near_tie(together, one)
+
+
+def test_regions_called_directly_match_dynamos_calls(compiled_engine, prompt_ids):
+    """After the warm-up the engine calls each region's graph without dynamo (batch 1 and batch >= 2); on the
+    steps the engine really runs (block tables growing, batches of 1 and 3, the LoRA mask) the results are
+    the very same as through dynamo, whose guards would have chosen the same graphs (checked above)."""
+    engine, _ = compiled_engine
+    compiled = engine.runner.compiled_decode
+    assert compiled.direct_batches == [False, True] and compiled.call_directly
+    direct = [generate(engine, prompt_ids[:1], ADAPTERS[:1])[0], *generate(engine, prompt_ids, ADAPTERS)]
+    compiled.call_directly = False
+    try:
+        dynamo = [generate(engine, prompt_ids[:1], ADAPTERS[:1])[0], *generate(engine, prompt_ids, ADAPTERS)]
+    finally:
+        compiled.call_directly = True
+    for ours, theirs in zip(direct, dynamo, strict=True):
+        assert ours.token_logprobs == theirs.token_logprobs
 
 
 def test_steps_needing_a_lora_mask_the_graphs_lack_run_eager():
