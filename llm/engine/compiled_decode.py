@@ -101,10 +101,11 @@ class CompiledDecode:
             if direct is not None:
                 x, residual = direct[index](x=x, residual=residual, cos=cos, sin=sin)
                 continue
+            frame_locals = {"layers": region, "x": x, "residual": residual, "cos": cos, "sin": sin}
             self._backend.last_call = None
-            x, residual = self._region(region, x, residual, cos, sin)
+            x, residual = self._region(**frame_locals)
             if record is not None:
-                record.append(DirectCall.of(self._backend, "layers", region, (x, residual)))
+                record.append(DirectCall.of(self._backend, frame_locals, "layers", (x, residual)))
         return model.norm(x, residual)[0]
 
     @property

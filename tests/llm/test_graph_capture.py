@@ -50,9 +50,9 @@ def test_direct_calls_give_dynamos_results_for_other_weights_and_inputs():
     with torch.inference_mode():
         direct = []
         for layers in (first, second):
+            frame = {"layers": layers, "x": torch.randn(3, 8)}
             backend.last_call = None
-            result = run(layers, torch.randn(3, 8))
-            call = DirectCall.of(backend, "layers", layers, result)
+            call = DirectCall.of(backend, frame, "layers", run(**frame))
             assert call is not None
             direct.append(call)
         assert direct[0].graph is direct[1].graph
@@ -74,7 +74,22 @@ def test_a_result_the_graph_does_not_return_is_not_called_directly():
     backend, run = compiled(passthrough)
     layers = (Scale(8, 1e-6),)
     with torch.inference_mode():
+        frame = {"layers": layers, "x": torch.randn(2, 8)}
         backend.last_call = None
-        result = run(layers, torch.randn(2, 8))
-        assert DirectCall.of(backend, "layers", layers, result) is None
-        assert DirectCall.of(CapturingBackend({}), "layers", layers, result) is None  # no graph ran
+        result = run(**frame)
+        assert DirectCall.of(backend, frame, "layers", result) is None
+        assert DirectCall.of(CapturingBackend({}), frame, "layers", result) is None  # no graph ran
+
+
+def test_an_input_not_read_back_as_dynamo_passed_it_is_not_called_directly():
+    backend, run = compiled(blocks)
+    layers = (Scale(8, 1e-5),)
+    _step.bias = torch.randn(8)
+    with torch.inference_mode():
+        frame = {"layers": layers, "x": torch.randn(3, 8)}
+        backend.last_call = None
+        result = run(**frame)
+        call = backend.last_call
+        assert DirectCall.of(backend, dict(frame, x=torch.randn(3, 8)), "layers", result) is None
+        backend.last_call = call
+        assert DirectCall.of(backend, frame, "layers", result) is not None
