@@ -33,6 +33,7 @@ import logging
 import time
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.fx.experimental import _config as fx_config
@@ -80,15 +81,6 @@ class CompiledDecode:
     def __call__(
         self, input_ids: torch.Tensor, positions: torch.Tensor, record: list[DirectCall | None] | None = None
     ) -> torch.Tensor:
-        # No duck sizing: a block-table width that happens to equal a weight's dimension must stay its own
-        # symbol, or the next width recompiles. Inductor's note on mixed bf16/fp16 loops is not actionable.
-        with fx_config.patch(use_duck_shape=False), warnings.catch_warnings():  # type: ignore[attr-defined]
-            warnings.filterwarnings("ignore", message="bf16 and fp16 are mixed")
-            return self._forward(input_ids, positions, record)
-
-    def _forward(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, record: list[DirectCall | None] | None = None
-    ) -> torch.Tensor:
         """`LlamaForCausalLM.forward` with its layers run region by region through the compiled graphs; with
         `record`, through dynamo, noting how to call each region's graph directly."""
         model = self.model
@@ -102,11 +94,19 @@ class CompiledDecode:
                 x, residual = direct[index](x=x, residual=residual, cos=cos, sin=sin)
                 continue
             frame_locals = {"layers": region, "x": x, "residual": residual, "cos": cos, "sin": sin}
-            self._backend.last_call = None
-            x, residual = self._region(**frame_locals)
+            x, residual = self._through_dynamo(frame_locals)
             if record is not None:
                 record.append(DirectCall.of(self._backend, frame_locals, "layers", (x, residual)))
         return model.norm(x, residual)[0]
+
+    def _through_dynamo(self, frame_locals: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One region called through dynamo, which compiles its graph on the first call of its kind."""
+        self._backend.last_call = None
+        # No duck sizing: a block-table width that happens to equal a weight's dimension must stay its own
+        # symbol, or the next width recompiles. Inductor's note on mixed bf16/fp16 loops is not actionable.
+        with fx_config.patch(use_duck_shape=False), warnings.catch_warnings():  # type: ignore[attr-defined]
+            warnings.filterwarnings("ignore", message="bf16 and fp16 are mixed")
+            return self._region(**frame_locals)
 
     @property
     def direct_batches(self) -> list[bool]:
