@@ -9,7 +9,9 @@ the base model.
 
 from __future__ import annotations
 
+import threading
 from types import SimpleNamespace
+from unittest.mock import patch
 
 import pytest
 import torch
@@ -62,13 +64,25 @@ def compiled_engine(gguf_path, adapter_folder):
     """Built as the server builds it: the decode step compiles in the background while eager steps answer."""
     from torch._dynamo.utils import counters
 
+    from llm.engine.compiled_decode import CompiledDecode
+
     before = counters["stats"]["unique_graphs"]
     engine, tokenizer = _engine(gguf_path, adapter_folder, eager=False, background=True)
-    engine.runner.start_compiling()
-    prompt = tokenizer.apply_chat_template([ChatMessage("user", PROMPTS[0])])
-    early = engine.generate([prompt], SamplingParams(max_new_tokens=4), ignore_eos=True)[0]
-    EARLY_REPLY.append((early, not engine.runner.wait_for_compile(timeout=0)))
-    assert engine.runner.wait_for_compile(timeout=600)
+    # The compile waits for the early reply to be done (a warm inductor cache could otherwise finish first);
+    # a reply that waited for the compile would then wait out the gate's timeout and find it finished.
+    reply_done, warm_up = threading.Event(), CompiledDecode.warm_up
+
+    def warm_up_after_the_reply(self, *args, **kwargs):
+        reply_done.wait(timeout=120)
+        return warm_up(self, *args, **kwargs)
+
+    with patch.object(CompiledDecode, "warm_up", warm_up_after_the_reply):
+        engine.runner.start_compiling()
+        prompt = tokenizer.apply_chat_template([ChatMessage("user", PROMPTS[0])])
+        early = engine.generate([prompt], SamplingParams(max_new_tokens=4), ignore_eos=True)[0]
+        EARLY_REPLY.append((early, not engine.runner.wait_for_compile(timeout=0)))
+        reply_done.set()
+        assert engine.runner.wait_for_compile(timeout=600)
     GRAPHS_COMPILED.append(counters["stats"]["unique_graphs"] - before)
     return engine, tokenizer
 
