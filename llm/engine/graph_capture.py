@@ -71,6 +71,8 @@ class CompiledGraph:
 
 @dataclass
 class LastCall:
+    """A graph's call by dynamo: the inputs it passed and the outputs the graph returned."""
+
     graph: CompiledGraph
     args: Sequence[Any]
     outputs: Sequence[Any]
