@@ -189,13 +189,7 @@ void expand(const Layout& w, void* y, int64_t out_features, int64_t bf16) {
             for (int64_t l = 0; l < lanes; ++l) {
                 const float* run = values.data() + l * w.group;
                 const int64_t start = (tile * TILE + l) * in_features + g * w.group;
-                if (bf16) {
-                    at::BFloat16* out = static_cast<at::BFloat16*>(y) + start;
-                    for (int64_t k = 0; k < w.group; ++k) out[k] = at::BFloat16(run[k]);
-                } else {
-                    float* out = static_cast<float*>(y) + start;
-                    for (int64_t k = 0; k < w.group; ++k) out[k] = run[k];
-                }
+                for (int64_t k = 0; k < w.group; ++k) store(y, start + k, run[k], bf16);
             }
         }
     }
