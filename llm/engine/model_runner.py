@@ -64,8 +64,9 @@ class TorchModelRunner:
         self.scratch_block = num_blocks  # never handed out by the block manager, which owns 0..num_blocks-1
         shape = (num_blocks + 1, block_size, cfg.num_kv_heads, cfg.head_dim)
         for layer in model.attention_layers():
-            layer.k_cache = torch.zeros(shape, dtype=dtype, device=device)
-            layer.v_cache = torch.zeros(shape, dtype=dtype, device=device)
+            layer.bind_cache(
+                torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device)
+            )
         self.sampler = Sampler(device, seed)
         self._pin = device.type == "cuda"
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
