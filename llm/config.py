@@ -20,7 +20,9 @@ class EngineConfig:
     `dtype`: activation/compute dtype; "auto" is bfloat16 on CUDA, and on the CPU bfloat16 with packed weights
     or float32 with dequantized ones.
     `cpu_weights`: on the CPU, keep quantized weights packed for torch's int4/int8 matmuls ("packed") or
-    expand them to dense float ("dequantized", bit-exact with the reference); "auto" = the faster, packed;
+    expand them to dense float ("dequantized", bit-exact with the reference); "auto" = the faster, packed,
+    with 4-bit weights multiplied by int8 dot products where the CPU has AVX512-VNNI (`llm.layers.tiled_int4`:
+    activations rounded to int8 per block of 32 as llama.cpp does; "packed" keeps them bfloat16);
     "kernels" lays them out as on CUDA and multiplies through `kernels.dispatch` (with
     `ARCHIVIST_KERNELS=triton` and `TRITON_INTERPRET=1`: the GPU kernels inside the engine on the CPU; slow).
     `num_kv_blocks`: KV-cache size in blocks of `block_size` tokens; None sizes it from `kv_cache_memory` (a

@@ -4,7 +4,7 @@ Without native bfloat16 matmuls (AVX2 machines, most laptops and many cloud core
 GEMMs, about 7x slower than float32 at prefill sizes, while its packed int4 GEMV still wants bfloat16
 activations. The engine (`llm.layers.linear`) and fine-tuning (`llm.lora.train`) choose their matmul dtype
 with it. Without a compiler, `torch.compile` and the engine's CPU kernels (`llm.layers.grouped_int8`,
-`llm.layers.tiled_lowbit`) are unavailable.
+`llm.layers.tiled_lowbit`, `llm.layers.tiled_int4`, `llm.layers.decode_attention`) are unavailable.
 
 `build_kernel` compiles one of the engine's C++ kernels (`llm/layers/*.cpp`) with inductor's toolchain: the
 compiler, flags, OpenMP runtime and on-disk cache `torch.compile` uses on the CPU, so a kernel costs seconds
@@ -26,14 +26,23 @@ KERNEL_FLAGS = ("-ftree-loop-vectorize", "-ffp-contract=fast")
 
 
 @cache
-def native_bf16() -> bool:
-    """True when /proc/cpuinfo lists AVX512-BF16 or AMX-BF16 (False where it cannot be read)."""
+def cpu_flags() -> str:
+    """/proc/cpuinfo's text ("" where it cannot be read)."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
-            flags = cpuinfo.read()
+            return cpuinfo.read()
     except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        return ""
+
+
+def native_bf16() -> bool:
+    """True when /proc/cpuinfo lists AVX512-BF16 or AMX-BF16."""
+    return "avx512_bf16" in cpu_flags() or "amx_bf16" in cpu_flags()
+
+
+def int8_dot_products() -> bool:
+    """True when /proc/cpuinfo lists AVX512-VNNI (`vpdpbusd`: four int8 products a 32-bit lane)."""
+    return "avx512_vnni" in cpu_flags()
 
 
 def cxx_compiler_available() -> bool:

@@ -47,7 +47,8 @@ def _policy(config: EngineConfig) -> WeightPolicy:
         dtype = torch.bfloat16  # torch's packed CPU matmuls are fast with bfloat16 activations only
     else:
         dtype = torch.float32
-    return WeightPolicy(device, dtype, cpu_weights, config.quantize, config.quantize_group_size)
+    dot_products = config.cpu_weights == "auto"  # "packed" keeps every activation in the compute dtype
+    return WeightPolicy(device, dtype, cpu_weights, config.quantize, config.quantize_group_size, dot_products)
 
 
 def _num_blocks(config: EngineConfig, model_bytes_per_block: int, device: torch.device) -> int:

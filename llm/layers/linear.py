@@ -6,17 +6,20 @@
   kernels of `kernels.dispatch`; float weights are dense in the compute dtype.
 * CPU, packed (the default, fastest on the 2-core benchmark): int4 weights are converted to the tile layout of
   torch's `_weight_int4pack_mm_for_cpu` and int8 weights to per-channel `_weight_int8pack_mm`, with bfloat16
-  activations. 5- and 6-bit weights (GGUF Q5_*, Q6_K), which torch has no kernel for, keep their bits in
-  `llm.layers.tiled_lowbit`'s tiles, with a C++ kernel of their own (a custom op, so compiled decode steps
-  call it too). A tied output head of group-32 int8 (GGUF Q8_0) keeps its values in the tiles of
-  `llm.layers.grouped_int8` (a C++ kernel too), so that the embedding reads its rows from the same table
-  rather than keeping a copy; other grouped int8 weights are requantized to per-channel int8. Those kernels
-  are GEMVs at heart and their cost grows with the rows of `x`; from `PACKED_CPU_MAX_ROWS` rows on (prefill
-  chunks) expanding the weight once and running a dense bfloat16 GEMM is faster (2-3x at 1,000 rows on
-  AVX512-BF16), which is exactly the dispatch reference, so prefill goes through `kernels.dispatch` with the
-  `kernels.layout` weight kept beside torch's packed one (or expands a tiled table itself). On CPUs without
-  native bfloat16 matmuls (`llm.cpu.native_bf16`) those prefill GEMMs run in float32 and the result is
-  rounded back: torch emulates bfloat16 GEMMs there, 7x slower at 1,000 rows on AVX2.
+  activations; with `int4_dot_products` (the engine's "auto"), 4-bit weights on a CPU with AVX512-VNNI instead
+  take `llm.layers.tiled_int4`'s tiles, multiplied by int8 dot products (activations quantized per block of
+  32, as llama.cpp does: about 2x faster, a slight perplexity cost). 5- and 6-bit weights (GGUF Q5_*, Q6_K),
+  which torch has no kernel for, keep their bits in `llm.layers.tiled_lowbit`'s tiles, with a C++ kernel of
+  their own (a custom op, so compiled decode steps call it too). A tied output head of group-32 int8 (GGUF
+  Q8_0) keeps its values in the tiles of `llm.layers.grouped_int8` (a C++ kernel too), so that the embedding
+  reads its rows from the same table rather than keeping a copy; other grouped int8 weights are requantized to
+  per-channel int8. Those kernels are GEMVs at heart and their cost grows with the rows of `x`; from
+  `PACKED_CPU_MAX_ROWS` rows on (prefill chunks) expanding the weight once and running a dense bfloat16 GEMM
+  is faster (2-3x at 1,000 rows on AVX512-BF16), which is exactly the dispatch reference, so prefill goes
+  through `kernels.dispatch` with the `kernels.layout` weight kept beside torch's packed one (or expands a
+  tiled table itself). On CPUs without native bfloat16 matmuls (`llm.cpu.native_bf16`) those prefill GEMMs run
+  in float32 and the result is rounded back: torch emulates bfloat16 GEMMs there, 7x slower at 1,000 rows on
+  AVX2.
 * CPU, dequantized: every weight dense in the compute dtype, bit-identical to the checkpoint's float values
   (what the parity tests compare against transformers).
 * CPU, kernels: quantized weights laid out exactly as on CUDA and multiplied through `kernels.dispatch`, so
@@ -45,10 +48,11 @@ from kernels.layout import (
     unpack_int4,
 )
 from llm.cpu import native_bf16
-from llm.layers import grouped_int8, tiled_lowbit
+from llm.layers import grouped_int8, tiled_int4, tiled_lowbit
 from llm.layers.context import get_context
 from llm.layers.grouped_int8 import GroupedInt8
 from llm.layers.lora import LoraDelta
+from llm.layers.tiled_int4 import TiledInt4
 from llm.layers.tiled_lowbit import TiledLowBit
 
 Weight = torch.Tensor | Int4Weight | Int8Weight
@@ -67,6 +71,9 @@ class WeightPolicy:
     cpu_weights: Literal["packed", "dequantized", "kernels"]
     quantize: Literal["int8", "int4"] | None = None  # quantize float weights at load
     group_size: int = 32
+    # CPU, packed: 4-bit weights multiplied by int8 dot products (`llm.layers.tiled_int4`) where the host has
+    # AVX512-VNNI, their activations quantized to int8 per block of 32 as llama.cpp does (slightly lossy).
+    int4_dot_products: bool = False
 
     def quantize_float(self, w: torch.Tensor) -> Weight:
         if self.quantize == "int8":
@@ -88,6 +95,8 @@ class Linear(nn.Module):
         self.weight: torch.Tensor = torch.empty(0)
         self.quantized: Int4Weight | Int8Weight | None = None
         self.tiled: Tiled | None = None  # a CPU table with a kernel of its own (then no weight, no quantized)
+        # A 4-bit weight ("cpu_int4") in the int8-dot-product tiles instead of torch's packed layout.
+        self.int4_tiles: TiledInt4 | None = None
         self.cpu_scales: torch.Tensor = torch.empty(0)  # the packed CPU matmuls' scales (and zeros)
         self.group_size = 0
         self.lora: LoraDelta | None = None  # the deltas of LoRA adapters served unmerged (`llm.layers.lora`)
@@ -101,6 +110,7 @@ class Linear(nn.Module):
             )
         if isinstance(w, torch.Tensor):
             w = policy.quantize_float(w)
+        self.int4_tiles = None  # set again below where the new weight takes the tiles
         device, dtype = policy.device, policy.dtype
         layout = policy.cpu_weights if device.type == "cpu" else "kernels"
         if isinstance(w, torch.Tensor) or layout == "dequantized":
@@ -109,7 +119,7 @@ class Linear(nn.Module):
         elif layout == "kernels":
             self.kind, self.quantized = ("int4" if isinstance(w, Int4Weight) else "int8"), w.to(device)
         elif isinstance(w, Int4Weight) and w.bits == 4 and w.group_size in CPU_INT4_GROUP_SIZES:
-            self._pack_int4_cpu(w, dtype)
+            self._pack_int4_cpu(w, dtype, policy.int4_dot_products)
         elif isinstance(w, Int4Weight) and w.bits > 4 and (tiled := _tiled_lowbit(w)) is not None:
             self.kind, self.tiled = "cpu_lowbit", tiled
             tiled_lowbit.cpu_kernel()  # built now (seconds, then from inductor's cache), not on a request
@@ -122,7 +132,11 @@ class Linear(nn.Module):
     def set_bias(self, b: torch.Tensor, policy: WeightPolicy) -> None:
         self.bias = b.to(policy.device, policy.dtype)
 
-    def _pack_int4_cpu(self, w: Int4Weight, dtype: torch.dtype) -> None:
+    def _pack_int4_cpu(self, w: Int4Weight, dtype: torch.dtype, dot_products: bool) -> None:
+        self.kind, self.group_size, self.quantized = "cpu_int4", w.group_size, w
+        if dot_products and tiled_int4.available() and (tiles := TiledInt4.pack(w)) is not None:
+            self.int4_tiles = tiles
+            return
         # torch's CPU int4 matmul computes w = (q - 8) * scale + zero per group, with scales/zeros in the
         # activations' dtype laid out (in // group, out, 2); Q4_1-style mins become zero = min + 8 * scale.
         q = unpack_int4(w.qweight).to(torch.int32)
@@ -130,7 +144,6 @@ class Linear(nn.Module):
         scales, mins = w.group_scales()
         zeros = torch.zeros_like(scales) if mins is None else mins + 8 * scales
         self.cpu_scales = torch.stack((scales.t(), zeros.t()), dim=-1).to(dtype).contiguous()
-        self.kind, self.group_size, self.quantized = "cpu_int4", w.group_size, w
 
     def _pack_int8_cpu(self, w: Int4Weight | Int8Weight, dtype: torch.dtype) -> None:
         # torch's CPU int8 matmul takes one scale per output channel: grouped int8 and the group-16 int4
@@ -153,7 +166,7 @@ class Linear(nn.Module):
         else:
             raise RuntimeError("linear layer merged into before its weight was loaded")
         self.weight = (base + delta.to(base.device)).to(dtype).contiguous()
-        self.kind, self.quantized, self.tiled = "dense", None, None
+        self.kind, self.quantized, self.tiled, self.int4_tiles = "dense", None, None, None
         self.cpu_scales, self.group_size = torch.empty(0), 0
 
     def exact_table(self) -> Int4Weight | Int8Weight | Tiled | None:
@@ -193,7 +206,9 @@ class Linear(nn.Module):
             return F.linear(x, self.tiled.dense(x.dtype), bias)
         if kind.startswith("cpu_") and x.shape[0] < PACKED_CPU_MAX_ROWS:
             aten = torch.ops.aten
-            if kind == "cpu_int4":
+            if kind == "cpu_int4" and self.int4_tiles is not None:
+                y = self.int4_tiles.matmul(x)
+            elif kind == "cpu_int4":
                 y = aten._weight_int4pack_mm_for_cpu(x, self.weight, self.group_size, self.cpu_scales)
             else:
                 y = aten._weight_int8pack_mm(x, self.weight, self.cpu_scales)

@@ -17,6 +17,15 @@ from tests.llm.bf16_compare import assert_same_or_near_tie
 
 needs_compiler = pytest.mark.skipif(not cxx_compiler_available(), reason="the kernel needs a C++ compiler")
 PROMPTS = ["Explain in detail how a steam engine works.", "List ten fruits.", "请解释一下太阳系。"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def kernel_loaded():
+    """The op's CPU kernel is registered when its library loads, as `PagedAttention.bind_cache` does."""
+    if cxx_compiler_available():
+        assert decode_attention.cpu_kernel() is not None
+
+
 TOLERANCE = {torch.float32: 2e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
 
 
