@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
 from collections.abc import Callable, Sequence
 from functools import cache
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+_BUILD_LOCKS: dict[Path, threading.Lock] = {}  # one per kernel source
+_LOCKS_LOCK = threading.Lock()
 # inductor builds its own kernels without loop vectorization or FMA contraction (it writes vectors itself);
 # the portable halves of the engine's kernels rely on both.
 KERNEL_FLAGS = ("-ftree-loop-vectorize", "-ffp-contract=fast")
@@ -65,12 +68,17 @@ def build_kernel(source: Path, argtypes: Sequence[str], *defines: str) -> Callab
 
 def kernel_or_none(source: Path, argtypes: Sequence[str], serves: str) -> Callable[..., None] | None:
     """`build_kernel(source, argtypes)`, or None (logged: the caller then takes its slower product) without a
-    compiler or where the build fails. `serves`: what the kernel multiplies, for the log."""
+    compiler or where the build fails. `serves`: what the kernel multiplies, for the log. One build of a
+    source at a time: a second caller (an engine's load reaching a kernel its start began building in a
+    thread) waits for it, then loads the result."""
     if not cxx_compiler_available():
         log.warning("no C++ compiler: %s multiplied without its kernel (slower)", serves)
         return None
+    with _LOCKS_LOCK:
+        lock = _BUILD_LOCKS.setdefault(source, threading.Lock())
     try:
-        return build_kernel(source, argtypes)
+        with lock:
+            return build_kernel(source, argtypes)
     except Exception as error:  # noqa: BLE001 - any build failure leaves the slower product, never a crash
         log.warning("the kernel for %s could not be built (%s); using the slower product", serves, error)
         return None

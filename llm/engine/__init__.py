@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -17,6 +19,7 @@ from llm.engine.engine import LLMEngine
 from llm.engine.generator import EngineGenerator
 from llm.engine.model_runner import TorchModelRunner
 from llm.engine.scheduler import Scheduler
+from llm.layers import decode_attention, tiled_int4
 from llm.layers.linear import WeightPolicy
 from llm.layers.lora import install_adapters
 from llm.locate import default_llm_path
@@ -62,6 +65,18 @@ def _num_blocks(config: EngineConfig, model_bytes_per_block: int, device: torch.
     return max(1, int(budget // model_bytes_per_block))
 
 
+def _build_cpu_kernels(policy: WeightPolicy) -> None:
+    """Start building the C++ kernels every CPU engine takes (decode attention; with `int4_dot_products` the
+    4-bit one) in threads, so that a cold start compiles them side by side while the weights load, instead of
+    one after another as the load reaches each (the compiler runs as a process of its own; a build not done
+    when the load needs it is waited for, and inductor's cache lock keeps one build of each)."""
+    builds: list[Callable[[], object]] = [decode_attention.cpu_kernel]
+    if policy.int4_dot_products:
+        builds.append(tiled_int4.available)
+    for build in builds:
+        threading.Thread(target=build, name="archivist-kernel-build", daemon=True).start()
+
+
 def create_engine(config: EngineConfig | None = None) -> tuple[LLMEngine, Tokenizer, str]:
     """Load the model and tokenizer and size the KV cache; returns (engine, tokenizer, model name)."""
     config = config or EngineConfig()
@@ -70,6 +85,8 @@ def create_engine(config: EngineConfig | None = None) -> tuple[LLMEngine, Tokeni
     device, dtype = policy.device, policy.dtype
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
+    if device.type == "cpu":
+        _build_cpu_kernels(policy)
     model, source = load_model(path, policy, max_positions=config.max_model_len)
     adapters = [load_adapter(p) for p in config.adapters]
     names = [a.name for a in adapters]
