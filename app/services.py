@@ -246,6 +246,14 @@ class Services:
         threading.Thread(target=self._load, name="archivist-loader", daemon=True).start()
 
     def _load(self) -> None:
+        if self.settings.llm_backend == "engine" and not self._generator.done.is_set():
+            from llm.engine import start_building_cpu_kernels
+
+            # On a cold machine their compile (seconds) then overlaps the knowledge base's load.
+            try:
+                start_building_cpu_kernels(self.settings.engine_config())
+            except Exception:  # noqa: BLE001 - a bad setting fails the model's own load below, with its reason
+                log.debug("kernels not built ahead of the model", exc_info=True)
         # The server answers as soon as the model is loaded: its CPU decode step compiles in the background.
         serving_generator = partial(load_rag_generator, compile_in_background=True)
         for loading, loader in ((self._kb, load_knowledge_base), (self._generator, serving_generator)):

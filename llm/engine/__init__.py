@@ -65,11 +65,15 @@ def _num_blocks(config: EngineConfig, model_bytes_per_block: int, device: torch.
     return max(1, int(budget // model_bytes_per_block))
 
 
-def _build_cpu_kernels(policy: WeightPolicy) -> None:
-    """Start building the C++ kernels every CPU engine takes (decode attention; with `int4_dot_products` the
-    4-bit one) in threads, so that a cold start compiles them side by side while the weights load, instead of
-    one after another as the load reaches each (the compiler runs as a process of its own; a build not done
-    when the load needs it is waited for, and inductor's cache lock keeps one build of each)."""
+def start_building_cpu_kernels(config: EngineConfig) -> None:
+    """Start building the C++ kernels an engine of `config` takes on the CPU (decode attention; 4-bit weights
+    by int8 dot products where that serves), each in a thread, so that a cold start compiles them side by side
+    while other work goes on (the compiler runs as a process of its own): `create_engine` calls it before
+    loading the weights, and a server may call it earlier still. A build not done when the load reaches it is
+    waited for; `llm.cpu.kernel_or_none` keeps it to one build of each. Nothing on a CUDA device."""
+    policy = _policy(config)
+    if policy.device.type != "cpu":
+        return
     builds: list[Callable[[], object]] = [decode_attention.cpu_kernel]
     if policy.int4_dot_products:
         builds.append(tiled_int4.available)
@@ -85,8 +89,7 @@ def create_engine(config: EngineConfig | None = None) -> tuple[LLMEngine, Tokeni
     device, dtype = policy.device, policy.dtype
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
-    if device.type == "cpu":
-        _build_cpu_kernels(policy)
+    start_building_cpu_kernels(config)
     model, source = load_model(path, policy, max_positions=config.max_model_len)
     adapters = [load_adapter(p) for p in config.adapters]
     names = [a.name for a in adapters]
