@@ -1,6 +1,5 @@
 // Decode attention on the CPU: one query token per sequence over the paged KV cache, read in place through
-// the block table; built and loaded by decode_attention.py through inductor's C++ toolchain, which registers
-// the CPU kernel of the op archivist::paged_decode.
+// the block table; built and loaded by decode_attention.py through inductor's C++ toolchain.
 //
 // q, out: (batch, heads, dim); k_cache, v_cache: (blocks, block_size, kv_heads, dim), contiguous, all four of
 // one dtype (float32, bfloat16 or float16); tables: int32 (batch, width); lens: int32 (batch,), the keys of
@@ -12,13 +11,11 @@
 
 #include <torch/csrc/inductor/cpp_prefix.h>
 
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <torch/library.h>
-
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 namespace {
@@ -146,11 +143,14 @@ void attend_sequence(const Shape& s, const T* q, const T* k_cache, const T* v_ca
 // leave an OpenMP loop), so a bad table is a Python error, not a read past the cache.
 void check_tables(const Shape& s, const int32_t* tables, const int32_t* lens) {
     for (int64_t b = 0; b < s.batch; ++b) {
-        TORCH_CHECK(lens[b] >= 0 && lens[b] <= s.width * s.block_size, "sequence ", b, " has ", lens[b],
-                    " keys, its block table holds ", s.width * s.block_size);
+        if (lens[b] < 0 || lens[b] > s.width * s.block_size)
+            throw std::out_of_range("sequence " + std::to_string(b) + " has " + std::to_string(lens[b]) +
+                                    " keys, its block table holds " + std::to_string(s.width * s.block_size));
         for (int64_t i = 0; i < (lens[b] + s.block_size - 1) / s.block_size; ++i)
-            TORCH_CHECK(tables[b * s.width + i] >= 0 && tables[b * s.width + i] < s.blocks, "sequence ", b,
-                        " reads block ", tables[b * s.width + i], " of a cache of ", s.blocks);
+            if (tables[b * s.width + i] < 0 || tables[b * s.width + i] >= s.blocks)
+                throw std::out_of_range("sequence " + std::to_string(b) + " reads block " +
+                                        std::to_string(tables[b * s.width + i]) + " of a cache of " +
+                                        std::to_string(s.blocks));
     }
 }
 
@@ -169,51 +169,19 @@ void attend(const Shape& s, const void* q, const void* k_cache, const void* v_ca
     }
 }
 
-// The op archivist::paged_decode (its schema is defined in decode_attention.py): q (batch, heads, dim) ->
-// like q. A query of another dtype than the caches' is attended in theirs.
-at::Tensor paged_decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
-                        const at::Tensor& block_tables, const at::Tensor& context_lens, double scale,
-                        int64_t window, double softcap) {
-    const auto dtype = k_cache.scalar_type();
-    TORCH_CHECK_VALUE(
-        q.dim() == 3 && k_cache.dim() == 4 && v_cache.sizes() == k_cache.sizes() && k_cache.is_contiguous() &&
-            v_cache.is_contiguous() && v_cache.scalar_type() == dtype && k_cache.size(3) == q.size(2) &&
-            q.size(1) % k_cache.size(2) == 0 && block_tables.dim() == 2 && block_tables.size(0) == q.size(0) &&
-            context_lens.dim() == 1 && context_lens.size(0) == q.size(0),
-        "paged decode of q ", q.sizes(), " over caches ", k_cache.sizes(), " and ", v_cache.sizes(),
-        " with tables ", block_tables.sizes(), " and lengths ", context_lens.sizes());
-    TORCH_CHECK_VALUE(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
-                      "paged decode over a cache of ", dtype);
-    const at::Tensor query = q.to(dtype).contiguous();
-    const at::Tensor tables = block_tables.to(at::kInt).contiguous(), lens = context_lens.to(at::kInt).contiguous();
-    at::Tensor out = at::empty(query.sizes(), query.options());
-    const Shape s{q.size(0),     q.size(1),       k_cache.size(2), q.size(2),
-                  k_cache.size(0), k_cache.size(1), tables.size(1),  static_cast<float>(scale),
-                  static_cast<float>(softcap), window};
-    const int32_t* table_rows = tables.data_ptr<int32_t>();
-    const int32_t* lengths = lens.data_ptr<int32_t>();
-    check_tables(s, table_rows, lengths);
-    if (dtype == at::kBFloat16)
-        attend<at::BFloat16>(s, query.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), table_rows, lengths,
-                             out.data_ptr());
-    else if (dtype == at::kHalf)
-        attend<at::Half>(s, query.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), table_rows, lengths,
-                         out.data_ptr());
-    else
-        attend<float>(s, query.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), table_rows, lengths,
-                      out.data_ptr());
-    return out.scalar_type() == q.scalar_type() ? out : out.to(q.scalar_type());
-}
-
 }  // namespace
 
-// Loading this library registers the op's CPU kernel: called from a compiled graph it costs a dispatch, not
-// a Python call.
-TORCH_LIBRARY_IMPL(archivist, CPU, m) {
-    m.impl("paged_decode", paged_decode);
-}
-
-// The library's entry point only confirms that it was built and loaded: status[0] = 1.
-extern "C" void kernel(float* status) {
-    status[0] = 1.0f;
+// dtype: 0 float32, 1 bfloat16, 2 float16 (of q, the caches and out alike).
+extern "C" void kernel(const void* q, const void* k_cache, const void* v_cache, const int32_t* tables,
+                       const int32_t* lens, void* out, int64_t batch, int64_t heads, int64_t kv_heads,
+                       int64_t dim, int64_t blocks, int64_t block_size, int64_t width, float scale,
+                       int64_t window, float softcap, int64_t dtype) {
+    const Shape s{batch, heads, kv_heads, dim, blocks, block_size, width, scale, softcap, window};
+    check_tables(s, tables, lens);
+    if (dtype == 1)
+        attend<at::BFloat16>(s, q, k_cache, v_cache, tables, lens, out);
+    else if (dtype == 2)
+        attend<at::Half>(s, q, k_cache, v_cache, tables, lens, out);
+    else
+        attend<float>(s, q, k_cache, v_cache, tables, lens, out);
 }
