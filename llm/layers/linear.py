@@ -136,6 +136,7 @@ class Linear(nn.Module):
         self.kind, self.group_size, self.quantized = "cpu_int4", w.group_size, w
         if dot_products and tiled_int4.available() and (tiles := TiledInt4.pack(w)) is not None:
             self.int4_tiles = tiles
+            self.weight, self.cpu_scales = torch.empty(0), torch.empty(0)  # no torch-packed copy beside it
             return
         # torch's CPU int4 matmul computes w = (q - 8) * scale + zero per group, with scales/zeros in the
         # activations' dtype laid out (in // group, out, 2); Q4_1-style mins become zero = min + 8 * scale.

@@ -104,6 +104,8 @@ def test_the_linear_takes_the_tiles_only_when_asked_and_able():
     layer.set_weight(w, WeightPolicy(cpu, torch.bfloat16, "packed", int4_dot_products=True))
     assert layer.kind == "cpu_int4" and (layer.int4_tiles is not None) == tiled_int4.available()
     assert layer.exact_table() is w  # a tied embedding still reads the checkpoint's values
+    if layer.int4_tiles is not None:
+        assert layer.weight.numel() == 0  # no torch-packed copy beside the tiles
     layer.set_weight(w, WeightPolicy(cpu, torch.bfloat16, "packed"))
     assert layer.kind == "cpu_int4" and layer.int4_tiles is None
 
