@@ -23,12 +23,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
 import torch
 
 from bench.machine import cpu_name, git_revision, library_versions, load_average
 from llm.base import SamplingParams
-from llm.config import EngineConfig, Quantize
+from llm.config import CpuWeights, EngineConfig, Quantize
 from llm.engine import LLMEngine, create_engine
 from llm.locate import default_adapter_path, default_llm_path
 from llm.tokenizer import Tokenizer, load_tokenizer
@@ -270,7 +271,7 @@ def main() -> None:
     parser.add_argument("--rag-new-tokens", type=int, default=128, help="RAG load: new tokens per request")
     parser.add_argument("--repeats", type=int, default=3, help="batch-1 runs per backend (best is kept)")
     parser.add_argument("--threads", type=int, default=None, help="torch / llama.cpp threads")
-    parser.add_argument("--cpu-weights", default="auto", choices=["auto", "packed", "dequantized", "kernels"])
+    parser.add_argument("--cpu-weights", default="auto", choices=get_args(CpuWeights))
     parser.add_argument(
         "--quantize", nargs="*", default=[], choices=["int4", "int8"],
         help="also run our engine with its linear weights quantized at load (safetensors models)",

@@ -10,6 +10,7 @@ import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -42,7 +43,9 @@ def _policy(config: EngineConfig) -> WeightPolicy:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
         device = torch.device(config.device)
-    cpu_weights = "packed" if config.cpu_weights == "auto" else config.cpu_weights
+    cpu_weights: Literal["packed", "dequantized", "kernels"] = "packed"  # auto, packed, int8-activations
+    if config.cpu_weights == "dequantized" or config.cpu_weights == "kernels":
+        cpu_weights = config.cpu_weights
     packed = device.type == "cpu" and cpu_weights == "packed"
     if config.dtype != "auto":
         dtype = _DTYPES[config.dtype]
@@ -50,7 +53,7 @@ def _policy(config: EngineConfig) -> WeightPolicy:
         dtype = torch.bfloat16  # torch's packed CPU matmuls are fast with bfloat16 activations only
     else:
         dtype = torch.float32
-    dot_products = config.cpu_weights == "auto"  # "packed" keeps every activation in the compute dtype
+    dot_products = config.cpu_weights == "int8-activations"  # lossy: opt-in
     return WeightPolicy(device, dtype, cpu_weights, config.quantize, config.quantize_group_size, dot_products)
 
 

@@ -6,20 +6,20 @@
   kernels of `kernels.dispatch`; float weights are dense in the compute dtype.
 * CPU, packed (the default, fastest on the 2-core benchmark): int4 weights are converted to the tile layout of
   torch's `_weight_int4pack_mm_for_cpu` and int8 weights to per-channel `_weight_int8pack_mm`, with bfloat16
-  activations; with `int4_dot_products` (the engine's "auto"), 4-bit weights on a CPU with AVX512-VNNI instead
-  take `llm.layers.tiled_int4`'s tiles, multiplied by int8 dot products (activations quantized per block of
-  32, as llama.cpp does: about 2x faster, a slight perplexity cost). 5- and 6-bit weights (GGUF Q5_*, Q6_K),
-  which torch has no kernel for, keep their bits in `llm.layers.tiled_lowbit`'s tiles, with a C++ kernel of
-  their own (a custom op, so compiled decode steps call it too). A tied output head of group-32 int8 (GGUF
-  Q8_0) keeps its values in the tiles of `llm.layers.grouped_int8` (a C++ kernel too), so that the embedding
-  reads its rows from the same table rather than keeping a copy; other grouped int8 weights are requantized to
-  per-channel int8. Those kernels are GEMVs at heart and their cost grows with the rows of `x`; from
-  `PACKED_CPU_MAX_ROWS` rows on (prefill chunks) expanding the weight once and running a dense bfloat16 GEMM
-  is faster (2-3x at 1,000 rows on AVX512-BF16), which is exactly the dispatch reference, so prefill goes
-  through `kernels.dispatch` with the `kernels.layout` weight kept beside torch's packed one (or expands a
-  tiled table itself). On CPUs without native bfloat16 matmuls (`llm.cpu.native_bf16`) those prefill GEMMs run
-  in float32 and the result is rounded back: torch emulates bfloat16 GEMMs there, 7x slower at 1,000 rows on
-  AVX2.
+  activations; with `int4_dot_products` (the engine's "int8-activations"), 4-bit weights on a CPU with
+  AVX512-VNNI instead take `llm.layers.tiled_int4`'s tiles, multiplied by int8 dot products (activations
+  quantized per block of 32, as llama.cpp does: about 2x faster, a slight perplexity cost). 5- and 6-bit
+  weights (GGUF Q5_*, Q6_K), which torch has no kernel for, keep their bits in `llm.layers.tiled_lowbit`'s
+  tiles, with a C++ kernel of their own (a custom op, so compiled decode steps call it too). A tied output
+  head of group-32 int8 (GGUF Q8_0) keeps its values in the tiles of `llm.layers.grouped_int8` (a C++ kernel
+  too), so that the embedding reads its rows from the same table rather than keeping a copy; other grouped
+  int8 weights are requantized to per-channel int8. Those kernels are GEMVs at heart and their cost grows with
+  the rows of `x`; from `PACKED_CPU_MAX_ROWS` rows on (prefill chunks) expanding the weight once and running a
+  dense bfloat16 GEMM is faster (2-3x at 1,000 rows on AVX512-BF16), which is exactly the dispatch reference,
+  so prefill goes through `kernels.dispatch` with the `kernels.layout` weight kept beside torch's packed one
+  (or expands a tiled table itself). On CPUs without native bfloat16 matmuls (`llm.cpu.native_bf16`) those
+  prefill GEMMs run in float32 and the result is rounded back: torch emulates bfloat16 GEMMs there, 7x slower
+  at 1,000 rows on AVX2.
 * CPU, dequantized: every weight dense in the compute dtype, bit-identical to the checkpoint's float values
   (what the parity tests compare against transformers).
 * CPU, kernels: quantized weights laid out exactly as on CUDA and multiplied through `kernels.dispatch`, so

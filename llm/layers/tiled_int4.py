@@ -9,7 +9,9 @@ lane. The weight keeps the checkpoint's values (its nibbles, its float16 scales 
 outputs: per 8 inputs, 64 bytes whose low nibbles are inputs 0-3 and high nibbles inputs 4-7 of each output.
 Quantizing the activations is lossy; the perplexity cost is measured in `tests/llm/test_tiled_int4.py`.
 
-Used only where it pays and is exact about the weight: a CPU with AVX512-VNNI (`/proc/cpuinfo`), a kernel
+Opt-in (`EngineConfig(cpu_weights="int8-activations")`): the rounding changes some greedy answers of a small
+model (SmolLM2's "What is the capital of France?" gets llama.cpp's answer, not "Paris"). Used only where it
+pays and is exact about the weight: a CPU with AVX512-VNNI (`/proc/cpuinfo`), a kernel
 built with those loops, group sizes that are multiples of 32, and scales and mins that float16 holds
 exactly. Anything else keeps torch's int4 matmul (`llm.layers.linear`).
 """

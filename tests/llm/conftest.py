@@ -53,13 +53,11 @@ def exact_engine(gguf_path):
 
 @pytest.fixture(scope="session")
 def packed_engine(gguf_path):
-    """Our engine with int4/int8 weights packed for torch's matmuls and bfloat16 activations ("packed"; the
-    default "auto" rounds 4-bit layers' activations to int8 on AVX512-VNNI hosts: `test_tiled_int4.py`)."""
+    """Our engine as served on the CPU: int4/int8 weights packed, bfloat16 activations."""
     from llm.config import EngineConfig
     from llm.engine import create_engine
 
-    config = EngineConfig(
-        model_path=gguf_path, cpu_weights="packed", num_kv_blocks=256, max_model_len=1024, enforce_eager=True
+    engine, tokenizer, _ = create_engine(
+        EngineConfig(model_path=gguf_path, num_kv_blocks=256, max_model_len=1024, enforce_eager=True)
     )
-    engine, tokenizer, _ = create_engine(config)
     return engine, tokenizer

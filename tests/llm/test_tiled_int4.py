@@ -1,6 +1,7 @@
 """4-bit weights multiplied by int8 dot products (`llm.layers.tiled_int4`): the tiles hold the checkpoint's
 values, the kernel computes exactly what int8 activations per block of 32 give, a compiled graph calls it,
-the engine takes it by default where the CPU has AVX512-VNNI, and the perplexity it costs is small."""
+the engine takes it when asked (`cpu_weights="int8-activations"`) where the CPU has AVX512-VNNI, and the
+perplexity it costs is small."""
 
 from __future__ import annotations
 
@@ -112,8 +113,8 @@ def test_the_linear_takes_the_tiles_only_when_asked_and_able():
 
 @needs_vnni
 def test_int8_activations_cost_little_perplexity(gguf_path):
-    """SmolLM2 Q4_1 (every layer's q/k/v/o/gate/up/down 4-bit): the engine's default ("auto": the tiles)
-    against torch's int4 matmul with bfloat16 activations ("packed"), on English and Chinese text scored in
+    """SmolLM2 Q4_1 (every layer's q/k/v/o/gate/up/down 4-bit): the tiles ("int8-activations") against torch's
+    int4 matmul with bfloat16 activations ("packed", the default), on English and Chinese text scored in
     prefill chunks of under 128 tokens (the rows that take the packed matmuls)."""
     from llm.config import EngineConfig
     from llm.engine import create_engine
@@ -124,7 +125,7 @@ def test_int8_activations_cost_little_perplexity(gguf_path):
         "量化会降低模型的精度，但是可以让模型在普通电脑上运行得更快。"
     )
     perplexity = {}
-    for cpu_weights in ("auto", "packed"):
+    for cpu_weights in ("int8-activations", "packed"):
         config = EngineConfig(
             model_path=gguf_path, cpu_weights=cpu_weights, num_kv_blocks=64, max_model_len=512,
             enforce_eager=True,
@@ -133,4 +134,4 @@ def test_int8_activations_cost_little_perplexity(gguf_path):
         ids = tokenizer.encode(text)
         assert len(ids) < 128
         perplexity[cpu_weights] = math.exp(-engine.runner.score(ids).mean().item())
-    assert perplexity["auto"] / perplexity["packed"] - 1 < 0.02, perplexity
+    assert perplexity["int8-activations"] / perplexity["packed"] - 1 < 0.02, perplexity
