@@ -22,7 +22,7 @@ class EngineConfig:
     `cpu_weights`: on the CPU, keep quantized weights packed for torch's int4/int8 matmuls ("packed") or
     expand them to dense float ("dequantized", bit-exact with the reference); "auto" = packed;
     "int8-activations" = packed, with 4-bit weights multiplied by int8 dot products where the CPU has
-    AVX512-VNNI (`llm.layers.tiled_int4`: ~1.2x faster decode on SmolLM2, its activations rounded to int8 per
+    AVX512-VNNI (`llm.layers.tiled_int4`: ~1.1x faster decode on SmolLM2, its activations rounded to int8 per
     block of 32 as llama.cpp does, +0.3-0.8 % perplexity, and some greedy answers change);
     "kernels" lays them out as on CUDA and multiplies through `kernels.dispatch` (with
     `ARCHIVIST_KERNELS=triton` and `TRITON_INTERPRET=1`: the GPU kernels inside the engine on the CPU; slow).

@@ -2,8 +2,8 @@
 
 On a small model and a few CPU cores, an eager decode step spends more time dispatching small ops (norms,
 RoPE, dtype casts, the attention gather) than in the packed int4/int8 matmuls; inductor fuses the small ops
-into a handful of C++ loops around those matmuls (SmolLM2-135M on 2 cores, whole decode steps: 10.1 ms ->
-5.7 ms per token, with the direct calls below; the engine's C++ kernels serve both).
+into a handful of C++ loops around those matmuls (SmolLM2-135M on 2 cores, whole decode steps: 12.8 ms ->
+7.8 ms per token, with the direct calls below; the engine's C++ kernels serve both).
 
 What is compiled is a region of a few consecutive decoder layers, not the whole model ("regional"
 compilation): every region runs the same code on weights of the same shapes, which dynamo lifts into graph

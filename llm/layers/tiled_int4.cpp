@@ -18,7 +18,6 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
-#include <cmath>
 #include <vector>
 #if defined(CPU_CAPABILITY_AVX512) && defined(__AVX512VNNI__)
 #include <immintrin.h>
