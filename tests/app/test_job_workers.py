@@ -143,6 +143,9 @@ def workers(
         "ARCHIVIST_BROKER_URL": RABBITMQ_URL,
         "ARCHIVIST_BROKER_QUEUE": broker_queue,
         "ARCHIVIST_LOG_FORMAT": "text",
+        # small groups, each its own transaction: a job's files finish a few at a time, so a test can stop a
+        # worker mid-job (with the default of 256 chunks, 120 one-chunk notes end in one burst)
+        "ARCHIVIST_INGEST_BATCH_CHUNKS": "4",
     }
     logs = [settings.data_dir.parent / f"worker-{n}.log" for n in range(2)]
     settings.data_dir.mkdir(parents=True, exist_ok=True)
