@@ -677,6 +677,14 @@ def finetune(
     learning_rate: Annotated[float, typer.Option(min=0.0, help="Peak learning rate")] = 1e-3,
     epochs: Annotated[int, typer.Option(min=1)] = 1,
     seed: Annotated[int, typer.Option(help="Seed of the example sampling and the initialisation")] = 0,
+    start_from: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            file_okay=False,
+            help="Go on training this adapter (PEFT folder, its rank and alpha kept), e.g. with a new seed",
+        ),
+    ] = None,
 ) -> None:
     """Train a LoRA adapter that teaches the LLM the RAG answer format (short answer + [n] citation)."""
     from app.quality.evaluation import EvaluationError
@@ -687,6 +695,7 @@ def finetune(
         examples=examples, validation_questions=validation, no_answer_share=no_answer_share, rank=rank,
         alpha=2.0 * rank,
         learning_rate=learning_rate, epochs=epochs, seed=seed,
+        start_from=str(start_from) if start_from is not None else None,
     )  # fmt: skip
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, TextColumn("{task.fields[info]}"), console=console) as progress:

@@ -8,7 +8,9 @@ of the same passages (`app.quality.rag_examples.RagGroup`: trained in one packed
 questions of the same article whose answer is in none of the passages, with the no-answer reply as target
 (about `no_answer_share` of all), so that the model learns to refuse. Articles are split into training and
 validation sets (`app.quality.evaluation.split_articles`); validation questions are never trained on, and
-exact match / F1 on them (gold passage + 2 distractors) are reported at the end.
+exact match / F1 on them (gold passage + 2 distractors) are reported at the end. Training may go on from an
+earlier adapter (`FinetuneOptions.start_from`, with its rank and scale), e.g. for another pass over the same
+questions asked of other passages (another seed).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import json
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,7 @@ class FinetuneOptions:
     batch_size: int = 8
     epochs: int = 1
     seed: int = 0
+    start_from: str | None = None  # folder of an adapter (PEFT format) to go on training
 
 
 @dataclass
@@ -67,6 +70,7 @@ class FinetuneReport:
     final_loss: float
     options: dict[str, Any]
     validation: dict[str, float] = field(default_factory=dict)
+    started_from: dict[str, Any] | None = None  # the training.json of the adapter training went on from
 
 
 def answer_text(reply: str) -> str:
@@ -86,11 +90,27 @@ def run_finetune(
 
     from llm.hf import load_causal_lm
     from llm.locate import default_llm_path
-    from llm.lora.adapter import save_adapter
+    from llm.lora.adapter import PROJECTIONS, AdapterError, load_adapter, save_adapter
     from llm.lora.train import TrainConfig, TrainExample, train_lora, trained_weights
     from llm.tokenizer import load_tokenizer
 
     started = time.perf_counter()
+    initial, started_from = None, None
+    modules: tuple[str, ...] = PROJECTIONS
+    if options.start_from is not None:
+        folder = Path(options.start_from)
+        try:
+            earlier = load_adapter(folder)
+        except AdapterError as error:
+            raise FinetuneError(str(error)) from error
+        if not set(earlier.target_modules) <= set(PROJECTIONS):
+            raise FinetuneError(f"{folder}: adapts {', '.join(earlier.target_modules)}; training "
+                                f"goes on from adapters of {', '.join(PROJECTIONS)} only")  # fmt: skip
+        # Its rank and scale (alpha / rank, which also stands for an rsLoRA scale) carry over.
+        options = replace(options, rank=earlier.rank, alpha=earlier.scale * earlier.rank)
+        initial, modules = earlier.unscaled_weights(), earlier.target_modules
+        record = folder / "training.json"
+        started_from = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else {}
     articles = load_squad(squad)
     train_ids = split_articles(len(articles), "train")
     validation_ids = split_articles(len(articles), "validation")
@@ -138,7 +158,7 @@ def run_finetune(
         torch.set_num_threads(settings.llm_threads)
     model = load_causal_lm(model_path, device)
     config = TrainConfig(
-        rank=options.rank, alpha=options.alpha, learning_rate=options.learning_rate,
+        rank=options.rank, alpha=options.alpha, target_modules=modules, learning_rate=options.learning_rate,
         batch_size=options.batch_size, epochs=options.epochs, seed=options.seed,
     )  # fmt: skip
     losses: list[float] = []
@@ -149,7 +169,10 @@ def run_finetune(
             info = f"loss {state.loss:.3f}, {state.examples_per_s:.2f} examples/s"
             progress("training", state.step, state.total, info)
 
-    wrapped = train_lora(model, encoded, config, report_step)
+    try:
+        wrapped = train_lora(model, encoded, config, report_step, initial)
+    except ValueError as error:  # an adapter to go on from that does not fit this model
+        raise FinetuneError(f"{options.start_from}: {error}") from error
     scores = validate(model, tokenizer, validation, progress)
     report = FinetuneReport(
         output=str(output),
@@ -161,6 +184,7 @@ def run_finetune(
         final_loss=losses[-1] if losses else float("nan"),
         options=asdict(options),
         validation=scores,
+        started_from=started_from,
     )
     save_adapter(
         output, trained_weights(wrapped), rank=options.rank, alpha=options.alpha, base_model=model_path.name

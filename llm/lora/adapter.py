@@ -40,11 +40,16 @@ class LoraAdapter:
     rank: int
     alpha: float
     target_modules: tuple[str, ...]
+    scale: float  # lora_alpha / r, or lora_alpha / sqrt(r) with rsLoRA
     weights: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = field(repr=False)
 
     @property
     def num_layers(self) -> int:
         return 1 + max((layer for layer, _ in self.weights), default=-1)
+
+    def unscaled_weights(self) -> dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]:
+        """(A, B) as the file holds them, B not multiplied by the scale: what training goes on from."""
+        return {key: (a, b / self.scale) for key, (a, b) in self.weights.items()}
 
 
 def scaling(config: dict) -> float:
@@ -100,7 +105,8 @@ def load_adapter(path: str | Path, name: str | None = None) -> LoraAdapter:
     if not weights:
         raise AdapterError(f"{weights_path}: holds no LoRA weights")
     modules = tuple(sorted({module for _, module in weights}, key=ADAPTABLE.index))
-    return LoraAdapter(name or folder.name, rank, float(config.get("lora_alpha", rank)), modules, weights)
+    alpha = float(config.get("lora_alpha", rank))
+    return LoraAdapter(name or folder.name, rank, alpha, modules, scale, weights)
 
 
 def save_adapter(

@@ -7,8 +7,9 @@ is evaluated only at the positions that predict them (the vocabulary projection 
 would cost as much as the rest of a small model). Examples come in groups that share a prompt prefix (in
 RAG: several questions asked of the same passages), packed into one forward pass without padding, where a
 block mask keeps each example to the prefix and itself, which costs the passages once instead of once per
-question; gradients are accumulated over at least `batch_size` examples. The result is the trained (A, B)
-pairs, keyed like `llm.lora.adapter` expects.
+question; gradients are accumulated over at least `batch_size` examples. Training starts from a new adapter
+(`B` zero) or goes on from the (A, B) pairs of an earlier one. The result is the trained (A, B) pairs, keyed
+like `llm.lora.adapter` expects.
 """
 
 from __future__ import annotations
@@ -94,6 +95,26 @@ def attach_lora(model: nn.Module, config: TrainConfig) -> dict[tuple[int, str], 
     return wrapped
 
 
+def start_from(wrapped: dict[tuple[int, str], LoraLinear], pairs: dict[tuple[int, str], Pair]) -> None:
+    """Give the wrappers the unscaled (A, B) `pairs` of an earlier adapter, which must adapt the same
+    projections with the same rank; raises ValueError naming the first that does not fit."""
+    if set(pairs) != set(wrapped):
+        missing = sorted(set(wrapped) ^ set(pairs))[0]
+        raise ValueError(f"the adapter to go on from does not adapt the same projections (layer {missing[0]} "
+                         f"{missing[1]} is in only one of them)")  # fmt: skip
+    with torch.no_grad():
+        for key, module in wrapped.items():
+            a, b = pairs[key]
+            if a.shape != module.lora_A.shape or b.shape != module.lora_B.shape:
+                raise ValueError(
+                    f"layer {key[0]} {key[1]}: the adapter to go on from has A {tuple(a.shape)} and B "
+                    f"{tuple(b.shape)}, training needs {tuple(module.lora_A.shape)} and "
+                    f"{tuple(module.lora_B.shape)}"
+                )
+            module.lora_A.copy_(a)
+            module.lora_B.copy_(b)
+
+
 def trained_weights(wrapped: dict[tuple[int, str], LoraLinear]) -> dict[tuple[int, str], Pair]:
     """The trained (A, B) pairs, unscaled, on the CPU."""
     return {key: (m.lora_A.detach().cpu(), m.lora_B.detach().cpu()) for key, m in wrapped.items()}
@@ -159,15 +180,18 @@ def train_lora(
     groups: Sequence[Sequence[TrainExample]],
     config: TrainConfig,
     progress: Callable[[TrainProgress], None] | None = None,
+    initial: dict[tuple[int, str], Pair] | None = None,
 ) -> dict[tuple[int, str], LoraLinear]:
-    """Attach LoRA to `model` (a transformers causal LM with `.model` and `.lm_head`) and train it on
-    `groups` of examples that share a prompt prefix (a group may hold one example); the model keeps the
-    trained wrappers (ready for evaluation), which are also returned. An optimizer step follows every
-    `batch_size` examples or more (whole groups)."""
+    """Attach LoRA to `model` (a transformers causal LM with `.model` and `.lm_head`), starting from the
+    unscaled (A, B) pairs `initial` when given, and train it on `groups` of examples that share a prompt
+    prefix (a group may hold one example); the model keeps the trained wrappers (ready for evaluation),
+    which are also returned. An optimizer step follows every `batch_size` examples or more (whole groups)."""
     torch.manual_seed(config.seed)
     device = next(model.parameters()).device
     model.to(compute_dtype(device))  # the frozen base; the LoRA weights are created in float32
     wrapped = attach_lora(model, config)
+    if initial is not None:
+        start_from(wrapped, initial)
     parameters = [p for m in wrapped.values() for p in (m.lora_A, m.lora_B)]
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
     shuffle = random.Random(config.seed)

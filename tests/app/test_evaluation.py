@@ -181,6 +181,18 @@ def test_finetune_refuses_a_file_that_is_not_squad(tmp_path: Path) -> None:
     assert not output.exists()  # nothing written for a refused run
 
 
+def test_finetune_refuses_to_go_on_from_a_folder_that_is_no_adapter(tmp_path: Path) -> None:
+    squad = tmp_path / "squad.json"
+    squad.write_text('{"data": []}')
+    (tmp_path / "notes").mkdir()
+    output = tmp_path / "adapter"
+    arguments = ["finetune", str(squad), "--output", str(output), "--start-from", str(tmp_path / "notes")]
+    result = CliRunner().invoke(cli, arguments)
+    said = " ".join(result.output.split())  # rich wraps long lines
+    assert result.exit_code == 1 and f"error: {tmp_path / 'notes'}: not a LoRA adapter folder" in said, said
+    assert not output.exists()
+
+
 @pytest.mark.parametrize("share", ["-0.1", "0.95", "half"])
 def test_finetune_refuses_a_no_answer_share_out_of_range(tmp_path: Path, share: str) -> None:
     squad = tmp_path / "squad.json"

@@ -196,6 +196,33 @@ def test_trained_adapter_is_a_peft_adapter(gguf_path, tmp_path):
     assert len(load_adapter(folder).weights) == 7 * model.config.num_hidden_layers
 
 
+def test_training_goes_on_from_a_saved_adapter(gguf_path, tmp_path):
+    """A saved adapter, loaded to go on training, starts where it stopped (to the float16 of its file), and
+    one of another rank is refused with the projection named."""
+    from dataclasses import replace
+
+    from llm.hf import load_causal_lm
+
+    config = TrainConfig(rank=4, alpha=8.0, batch_size=1, learning_rate=5e-3)
+    example = TrainExample(list(range(200, 240)), [300, 301, 302])
+    cpu = torch.device("cpu")
+    model = load_causal_lm(gguf_path)
+    with torch.no_grad():
+        before = float(group_loss(model, [example], cpu))
+    wrapped = train_lora(model, [[example]] * 3, config)
+    with torch.no_grad():
+        trained = float(group_loss(model, [example], cpu))
+    folder = save_adapter(tmp_path / "first", trained_weights(wrapped), rank=4, alpha=8.0, base_model="x")
+    initial = load_adapter(folder).unscaled_weights()
+    again = load_causal_lm(gguf_path)
+    train_lora(again, [[example]], replace(config, learning_rate=0.0), initial=initial)  # no step moves it
+    with torch.no_grad():
+        resumed = float(group_loss(again, [example], cpu))
+    assert before > 5.0 and resumed == pytest.approx(trained, abs=0.05)  # it learned the target, and kept it
+    with pytest.raises(ValueError, match="layer 0 q_proj"):
+        train_lora(load_causal_lm(gguf_path), [[example]], replace(config, rank=8), initial=initial)
+
+
 def test_a_packed_group_scores_like_separate_passes(gguf_path):
     """Examples sharing a prompt prefix, packed into one pass, get the loss of one pass each."""
     from llm.hf import load_causal_lm
