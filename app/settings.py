@@ -11,7 +11,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ingest.config import ChunkerConfig, IngestConfig
-from llm.config import EngineConfig
+from llm.config import CpuWeights, EngineConfig
 from llm.locate import default_adapter_path
 from retriever.config import RetrieverConfig, SearchMode
 
@@ -86,6 +86,11 @@ class Settings(BaseSettings):
     llm_threads: int | None = Field(_engine("num_threads"), ge=1, description="CPU threads for the engine")
     llm_enforce_eager: bool = Field(
         _engine("enforce_eager"), description="Decode op by op: no CUDA graphs, no compiled CPU step"
+    )
+    llm_cpu_weights: CpuWeights = Field(
+        _engine("cpu_weights"),
+        description="Quantized weights on the CPU: auto (= packed), packed, int8-activations (faster 4-bit "
+        "decode with AVX512-VNNI, activations rounded to int8), dequantized, kernels",
     )
     llm_adapter: str | None = Field(
         None,
@@ -361,6 +366,7 @@ class Settings(BaseSettings):
             kv_cache_memory=self.llm_kv_cache_memory,
             num_threads=self.llm_threads,
             enforce_eager=self.llm_enforce_eager,
+            cpu_weights=self.llm_cpu_weights,
             compile_in_background=compile_in_background,
             adapters=tuple(filter(None, (default, *self.llm_adapters))),
             default_adapter=default.name if default else None,

@@ -87,10 +87,26 @@ def test_one_answer_commands_decode_eagerly_unless_told(
         get_settings.cache_clear()
 
 
+@pytest.mark.parametrize("value", [None, "int8-activations", "dequantized"])
+def test_the_cpu_weights_setting_reaches_the_engine(
+    monkeypatch: pytest.MonkeyPatch, value: str | None
+) -> None:
+    if value is None:
+        monkeypatch.delenv("ARCHIVIST_LLM_CPU_WEIGHTS", raising=False)
+    else:
+        monkeypatch.setenv("ARCHIVIST_LLM_CPU_WEIGHTS", value)
+    get_settings.cache_clear()
+    try:
+        assert get_settings().engine_config().cpu_weights == (value or "auto")
+    finally:
+        get_settings.cache_clear()
+
+
 @pytest.mark.parametrize(
     ("variable", "value", "command"),
     [
         ("ARCHIVIST_LLM_ENFORCE_EAGER", "maybe", ["generate", "hi"]),
+        ("ARCHIVIST_LLM_CPU_WEIGHTS", "fastest", ["generate", "hi"]),
         ("ARCHIVIST_TOP_K", "-3", ["ask", "why?"]),
         # An admin key that could be guessed: too short, or copied from an example.
         ("ARCHIVIST_ADMIN_KEY", "hunter2", ["serve"]),
