@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -69,37 +71,37 @@ def test_generate_streams_a_reply_and_rejects_bad_input(data_dir: Path) -> None:
     assert unknown.exit_code == 1 and "no-such-adapter" in unknown.output
 
 
+@contextmanager
+def setting(monkeypatch: pytest.MonkeyPatch, variable: str, value: str | None) -> Iterator[None]:
+    """Settings read inside see `variable` = `value` (unset for None); the settings cache is cleared."""
+    if value is None:
+        monkeypatch.delenv(variable, raising=False)
+    else:
+        monkeypatch.setenv(variable, value)
+    get_settings.cache_clear()
+    try:
+        yield
+    finally:
+        get_settings.cache_clear()
+
+
 @pytest.mark.parametrize(("env", "eager"), [(None, True), ("false", False), ("true", True)])
 def test_one_answer_commands_decode_eagerly_unless_told(
     monkeypatch: pytest.MonkeyPatch, env: str | None, eager: bool
 ) -> None:
     from app.cli import _one_answer_settings
 
-    if env is None:
-        monkeypatch.delenv("ARCHIVIST_LLM_ENFORCE_EAGER", raising=False)
-    else:
-        monkeypatch.setenv("ARCHIVIST_LLM_ENFORCE_EAGER", env)
-    get_settings.cache_clear()
-    try:
+    with setting(monkeypatch, "ARCHIVIST_LLM_ENFORCE_EAGER", env):
         assert _one_answer_settings().engine_config().enforce_eager is eager
         assert get_settings().llm_enforce_eager is (env == "true")  # servers compile by default
-    finally:
-        get_settings.cache_clear()
 
 
 @pytest.mark.parametrize("value", [None, "int8-activations", "dequantized"])
 def test_the_cpu_weights_setting_reaches_the_engine(
     monkeypatch: pytest.MonkeyPatch, value: str | None
 ) -> None:
-    if value is None:
-        monkeypatch.delenv("ARCHIVIST_LLM_CPU_WEIGHTS", raising=False)
-    else:
-        monkeypatch.setenv("ARCHIVIST_LLM_CPU_WEIGHTS", value)
-    get_settings.cache_clear()
-    try:
+    with setting(monkeypatch, "ARCHIVIST_LLM_CPU_WEIGHTS", value):
         assert get_settings().engine_config().cpu_weights == (value or "auto")
-    finally:
-        get_settings.cache_clear()
 
 
 @pytest.mark.parametrize(
@@ -117,12 +119,8 @@ def test_the_cpu_weights_setting_reaches_the_engine(
 def test_a_bad_setting_is_named_not_a_traceback(
     monkeypatch: pytest.MonkeyPatch, variable: str, value: str, command: list[str]
 ) -> None:
-    monkeypatch.setenv(variable, value)
-    get_settings.cache_clear()
-    try:
+    with setting(monkeypatch, variable, value):
         result = runner.invoke(cli, command)
-    finally:
-        get_settings.cache_clear()
     assert result.exit_code == 2
     assert f"invalid setting {variable}" in result.output
     assert value not in result.output  # a refused value, a secret perhaps, is not echoed
