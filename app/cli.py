@@ -685,6 +685,15 @@ def finetune(
             help="Go on training this adapter (PEFT folder, its rank and alpha kept), e.g. with a new seed",
         ),
     ] = None,
+    questions: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="Questions written over the training articles (app/trainsets/*.json), trained on "
+            "instead of their own",
+        ),
+    ] = None,
 ) -> None:
     """Train a LoRA adapter that teaches the LLM the RAG answer format (short answer + [n] citation)."""
     from app.quality.evaluation import EvaluationError
@@ -696,6 +705,7 @@ def finetune(
         alpha=2.0 * rank,
         learning_rate=learning_rate, epochs=epochs, seed=seed,
         start_from=str(start_from) if start_from is not None else None,
+        questions=str(questions) if questions is not None else None,
     )  # fmt: skip
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, TextColumn("{task.fields[info]}"), console=console) as progress:

@@ -10,7 +10,8 @@ questions of the same article whose answer is in none of the passages, with the 
 validation sets (`app.quality.evaluation.split_articles`); validation questions are never trained on, and
 exact match / F1 on them (gold passage + 2 distractors) are reported at the end. Training may go on from an
 earlier adapter (`FinetuneOptions.start_from`, with its rank and scale), e.g. for another pass over the same
-questions asked of other passages (another seed).
+questions asked of other passages (another seed), or on questions written over the same training articles
+(`FinetuneOptions.questions`, `app.quality.written_questions`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ from app.quality.evaluation import (
     throwaway_knowledge_base,
 )
 from app.quality.rag_examples import RagExample, RagGroup, build_examples, build_groups
+from app.quality.written_questions import (
+    WrittenQuestionsError,
+    load_written_questions,
+    with_written_questions,
+)
 from app.rag.grounding import CITATION, NO_ANSWER
 from app.rag.pipeline import build_messages
 from app.settings import Settings
@@ -57,6 +63,9 @@ class FinetuneOptions:
     epochs: int = 1
     seed: int = 0
     start_from: str | None = None  # folder of an adapter (PEFT format) to go on training
+    # A written-questions file (`app.quality.written_questions`): trained on instead of the training
+    # articles' own questions.
+    questions: str | None = None
 
 
 @dataclass
@@ -113,6 +122,12 @@ def run_finetune(
         started_from = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else {}
     articles = load_squad(squad)
     train_ids = split_articles(len(articles), "train")
+    if options.questions is not None:
+        try:
+            written = load_written_questions(Path(options.questions))
+            articles = with_written_questions(articles, written, train_ids)
+        except WrittenQuestionsError as error:
+            raise FinetuneError(str(error)) from error
     validation_ids = split_articles(len(articles), "validation")
     rng = random.Random(options.seed)
     model_path = settings.llm_path or default_llm_path()
