@@ -18,10 +18,9 @@ from app.quality.written_questions import (
     load_written_questions,
     with_written_questions,
 )
+from tests.conftest import REPO_ROOT, shared_file
 
-REPO = Path(__file__).resolve().parents[2]
-SHIPPED = REPO / "app" / "trainsets" / "squad-dev-a-written.json"
-DEV_A = REPO.parent / "shared" / "data" / "squad" / "squad-v1.1-dev-a.json"
+SHIPPED = REPO_ROOT / "app" / "trainsets" / "squad-dev-a-written.json"
 
 
 def article(title: str, *contexts: str) -> dict[str, Any]:
@@ -38,7 +37,7 @@ def article(title: str, *contexts: str) -> dict[str, Any]:
                         "answers": [{"text": context.split()[0], "answer_start": 0}],
                     },
                 ],
-            }  # fmt: skip
+            }
             for n, context in enumerate(contexts)
         ],
     }
@@ -141,9 +140,7 @@ def test_finetune_refuses_written_questions_that_do_not_match_and_writes_nothing
 
 
 def test_the_shipped_written_questions_match_dev_a_and_stay_off_its_validation_articles() -> None:
-    if not DEV_A.is_file():
-        pytest.skip(f"{DEV_A} is absent (the shared SQuAD data)")
-    articles = load_squad(DEV_A)
+    articles = load_squad(shared_file("squad/squad-v1.1-dev-a.json"))
     train = split_articles(len(articles), "train")
     merged = with_written_questions(articles, load_written_questions(SHIPPED), train)  # raises on a mismatch
     per_article = [sum(len(p["qas"]) for p in a["paragraphs"]) for a in merged]
